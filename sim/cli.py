@@ -1,0 +1,160 @@
+"""`loginstorm`: a thin Typer skin over the library. Library errors become exit codes here only.
+
+Exit status: 0 on success, 2 on bad input (a scenario, an option), 1 on a bug.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sim import __version__
+from sim.config import ScenarioError, load_scenario, shipped_scenarios
+from sim.describe import policy_rows, scenario_line
+from sim.units import format_duration, parse_duration
+
+app = typer.Typer(
+    name="loginstorm",
+    help="Simulate and load-test login storms: reboot waves, retry storms, backoff policies.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+SetOption = Annotated[Optional[list[str]], typer.Option(
+    "--set", metavar="KEY=VALUE", help="Override any key by its dotted path, e.g. server.workers=800 "
+                                       "or events.0.fraction=0.3 (repeatable).")]
+ScaleOption = Annotated[float, typer.Option(
+    "--scale", min=0.0, help="Run a population S times the size: clients, login_rate, workers, "
+                             "queue_limit and rate-limit rate/burst are multiplied by S.")]
+SeedOption = Annotated[Optional[int], typer.Option("--seed", min=0, help="Override the scenario's seed.")]
+
+
+def _duration(value: str) -> float:
+    try:
+        return parse_duration(value)
+    except (TypeError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"loginstorm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Simulate and load-test login storms: reboot waves, retry storms, backoff policies."""
+
+
+def _fail(exc: ScenarioError) -> typer.Exit:
+    for problem in exc.problems:
+        err.print(problem.line(exc.source), markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="Scenario files (or names of shipped scenarios).")],
+    sets: SetOption = None,
+    scale: ScaleOption = 1.0,
+    seed: SeedOption = None,
+    show: Annotated[bool, typer.Option("--show", help="Also print the fully resolved scenario as JSON.")] = False,
+) -> None:
+    """Check scenario files; print a one-line summary of each valid one, the problems otherwise."""
+    failed = False
+    for file in files:
+        try:
+            scenario = load_scenario(file, sets=sets or (), scale=scale, seed=seed)
+        except ScenarioError as exc:
+            _fail(exc)
+            failed = True
+            continue
+        out.print(f"{file}: ok  {scenario_line(scenario)}", markup=False, highlight=False, soft_wrap=True)
+        if show:
+            out.print_json(scenario.model_dump_json())
+    if failed:
+        raise typer.Exit(code=2)
+
+
+@app.command()
+def scenarios() -> None:
+    """List the shipped scenarios with their descriptions."""
+    table = Table(title="Shipped scenarios (run one by name, e.g. `loginstorm validate quickstart`)")
+    table.add_column("name", style="bold")
+    table.add_column("clients", justify="right")
+    table.add_column("duration", justify="right")
+    table.add_column("description")
+    for path in shipped_scenarios():
+        try:
+            s = load_scenario(path)
+        except ScenarioError as exc:
+            table.add_row(path.stem, "", "", f"[red]invalid:[/red] {exc.problems[0].message}")
+            continue
+        table.add_row(s.name, f"{s.population.clients:,}", format_duration(s.duration), s.description)
+    out.print(table)
+
+
+@app.command()
+def policies(
+    base: Annotated[str, typer.Option(help="Base delay b (e.g. 1s, 250ms).")] = "1s",
+    cap: Annotated[str, typer.Option(help="Cap c (e.g. 5m, inf).")] = "5m",
+    multiplier: Annotated[Optional[float], typer.Option(min=1.0, help="Multiplier m (default 2; grpc 1.6).")] = None,
+    retries: Annotated[int, typer.Option(min=1, max=30, help="How many retries to show.")] = 10,
+) -> None:
+    """The backoff policies with their formulas and the mean delay before retries 0..N-1."""
+    b, c = _duration(base), _duration(cap)
+    try:
+        rows = policy_rows(b, c, multiplier, retries)
+    except ValueError as exc:
+        err.print(f"loginstorm policies: {exc}", markup=False)
+        raise typer.Exit(code=2) from None
+    formulas = Table(title="Backoff policies (MODEL.md section 4)")
+    formulas.add_column("policy", style="bold", no_wrap=True)
+    formulas.add_column("delay before retry n", no_wrap=True)
+    means = Table(title=f"Mean delay before retry n with b = {format_duration(b)}, c = {format_duration(c)}"
+                        f"{'' if multiplier is None else f', m = {multiplier:g}'} (~ = simulated: no closed form)")
+    means.add_column("policy", style="bold", no_wrap=True)
+    for n in range(retries):
+        means.add_column(f"n={n}", justify="right", no_wrap=True)
+    for row in rows:
+        formulas.add_row(row.name, row.formula)
+        means.add_row(row.name, *[("~" if est else "") + _short(m) for m, est in zip(row.means, row.estimated)])
+    console = out if out.is_terminal else Console(width=200)  # piped output is not cut to 80 columns
+    console.print(formulas)
+    console.print(means)
+    console.print("b = base, c = cap, m = multiplier (2; grpc 1.6), n = retry number from 0, U(x, y) uniform;\n"
+                  "with honor_retry_after the delay is max(policy delay, Retry-After).", highlight=False)
+
+
+def _short(seconds: float) -> str:
+    if math.isinf(seconds):
+        return "inf"
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    return format_duration(round(seconds))  # 2m8s
+
+
+@app.command(hidden=False)
+def simulate(
+    scenario: Annotated[Path, typer.Argument(help="Scenario file or shipped name.")],
+) -> None:
+    """Run a scenario through the simulator (arrives with the reference engine)."""
+    err.print("loginstorm simulate: the reference engine is not part of this version yet; "
+              "`loginstorm validate` checks a scenario meanwhile.")
+    raise typer.Exit(code=2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

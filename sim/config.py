@@ -1,0 +1,350 @@
+"""Loading scenarios: TOML -> overrides -> validation -> `--scale`, with errors a person can act on.
+
+    >>> s = load_scenario("scenarios/quickstart.toml", sets=["server.workers=80"], scale=0.5)
+    >>> s.server.workers
+    40
+
+Every problem becomes one line `FILE: key.path: what was expected, got what`, collected in a
+`ScenarioError` (the CLI prints them and exits with status 2).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from sim.scenario import EVENT_KINDS, Scenario
+from sim.units import format_duration
+
+__all__ = [
+    "Problem", "ScenarioError", "load_scenario", "parse_scenario", "apply_sets", "scale_scenario",
+    "shipped_scenarios", "resolve_scenario_path", "SECRET_KEYS",
+]
+
+#: keys whose values never appear in a message
+SECRET_KEYS = ("secret", "password", "token")
+LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a scenario: where (dotted key path) and what."""
+
+    path: str
+    message: str
+
+    def line(self, source: str) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{source}: {where}{self.message}"
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot run; `str()` is one line per problem."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(p.line(source) for p in problems))
+
+
+# --- shipped scenarios --------------------------------------------------------------------
+
+def _scenario_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "scenarios", here / "_scenarios"):  # checkout, then wheel
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "scenarios"
+
+
+def shipped_scenarios() -> list[Path]:
+    """The scenario files that come with loginstorm, sorted by name."""
+    return sorted(_scenario_dir().glob("*.toml"))
+
+
+def resolve_scenario_path(arg: str | Path) -> Path:
+    """A path as given, or the name of a shipped scenario (`quickstart` -> scenarios/quickstart.toml)."""
+    path = Path(arg)
+    if path.exists() or path.suffix == ".toml" or "/" in str(arg):
+        return path
+    shipped = _scenario_dir() / f"{arg}.toml"
+    return shipped if shipped.exists() else path
+
+
+# --- loading ------------------------------------------------------------------------------
+
+def load_scenario(path: str | Path, sets: typing.Sequence[str] = (), scale: float = 1.0,
+                  seed: int | None = None) -> Scenario:
+    """Read, override (`--set key=value`), validate and scale one scenario file."""
+    path = resolve_scenario_path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(source, [Problem("", "no such file")]) from None
+    except OSError as exc:
+        raise ScenarioError(source, [Problem("", f"cannot read: {exc.strerror}")]) from None
+    return parse_scenario(text, source, sets=sets, scale=scale, seed=seed)
+
+
+def parse_scenario(text: str, source: str = "<scenario>", sets: typing.Sequence[str] = (),
+                   scale: float = 1.0, seed: int | None = None) -> Scenario:
+    """Like `load_scenario`, from TOML text; `source` names it in messages."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(source, [Problem("", f"not valid TOML: {exc}")]) from None
+    problems = apply_sets(raw, sets)
+    if seed is not None:
+        raw["seed"] = seed
+    if problems:
+        raise ScenarioError(source, problems)
+    try:
+        scenario = Scenario.model_validate(raw)
+    except ValidationError as exc:
+        overridden = {s.partition("=")[0].strip() for s in sets}
+        raise ScenarioError(source, [_problem(err, overridden) for err in exc.errors()]) from None
+    problems = _check_consistency(scenario)
+    if problems:
+        raise ScenarioError(source, problems)
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ScenarioError(source, [Problem("--scale", f"must be a number > 0, got {scale!r}")])
+    scenario = scale_scenario(scenario, scale)
+    scenario._source = source
+    return scenario
+
+
+def apply_sets(raw: dict[str, Any], sets: typing.Sequence[str]) -> list[Problem]:
+    """Apply `key.path=value` overrides in place; the value is read as TOML, else as a string.
+
+    `events.N.key` addresses event N; N equal to the number of events appends a new one.
+    """
+    problems = []
+    for item in sets:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            problems.append(Problem("--set", f"expected KEY=VALUE such as server.workers=800, got {item!r}"))
+            continue
+        try:
+            _assign(raw, key.split("."), _toml_value(text.strip()))
+        except LookupError as exc:
+            problems.append(Problem(key, f"{exc.args[0]} (from --set)"))
+    return problems
+
+
+def _toml_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word: full-jitter, 5m, lifo
+
+
+def _assign(node: Any, parts: list[str], value: Any) -> None:
+    head, rest = parts[0], parts[1:]
+    if isinstance(node, list):
+        if not head.isdigit() or int(head) > len(node):
+            raise LookupError(f"no item {head!r}: there are {len(node)} events (indices 0-{len(node) - 1}, "
+                              f"or {len(node)} to add one)")
+        index = int(head)
+        if index == len(node):
+            node.append({})
+        if not rest:
+            node[index] = value
+            return
+        _assign(node[index], rest, value)
+        return
+    if not isinstance(node, dict):
+        raise LookupError(f"{head!r} is inside a value that is not a table")
+    if not rest:
+        node[head] = value
+        return
+    child = node.setdefault(head, [] if head == "events" else {})
+    if isinstance(child, str) and head == "policy":  # policy = "name" -> a table to set keys in
+        child = node[head] = {"name": child}
+    _assign(child, rest, value)
+
+
+# --- error messages -----------------------------------------------------------------------
+
+def _problem(err: dict[str, Any], overridden: set[str]) -> Problem:
+    loc = [part for part in err["loc"]]
+    kind = err["type"]
+    model_loc = loc
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        message = _event_kind_message(err)
+        loc = loc + ["kind"]
+    elif kind == "extra_forbidden":
+        model_loc = loc[:-1]
+        message = _unknown_key_message(str(loc[-1]), _keys_at(model_loc))
+    elif kind == "missing":
+        message = "missing required key"
+    elif kind == "literal_error":
+        expected = err["ctx"]["expected"]
+        message = f"expected one of {expected}, got {_shown(loc, err['input'])}"
+        options = [o.strip(" '") for o in expected.replace(" or ", ",").split(",")]
+        message += _suggestion(str(err["input"]), options)
+    elif kind == "value_error":
+        message = str(err["ctx"]["error"])
+        # a nested parser names its own sub-key first: "median: must be > 0"
+        sub, sep, rest = message.partition(": ")
+        if sep and sub.isidentifier():
+            loc = loc + [sub]
+            message = rest
+    else:
+        message = f"{_expected(err)}, got {_shown(loc, err['input'])}"
+    path = ".".join(str(p) for p in _without_tags(loc))
+    if any(path == k or path.startswith(k + ".") or k.startswith(path + ".") for k in overridden):
+        message += " (from --set)"
+    return Problem(path, message)
+
+
+def _without_tags(loc: list[Any]) -> list[Any]:
+    """Pydantic puts the event kind in the location (events.0.reboot.fraction): drop it."""
+    out = []
+    for i, part in enumerate(loc):
+        if part in EVENT_KINDS and i > 0 and isinstance(loc[i - 1], int) and "events" in loc[:i]:
+            continue
+        out.append(part)
+    return out
+
+
+def _expected(err: dict[str, Any]) -> str:
+    ctx = err.get("ctx", {})
+    words = {
+        "int_type": "expected a whole number", "float_type": "expected a number",
+        "bool_type": "expected true or false", "string_type": "expected a string",
+        "list_type": "expected a list [...]", "model_type": "expected a table {...}",
+        "dict_type": "expected a table {...}", "model_attributes_type": "expected a table {...}",
+        "greater_than": f"must be > {ctx.get('gt')}", "greater_than_equal": f"must be >= {ctx.get('ge')}",
+        "less_than": f"must be < {ctx.get('lt')}", "less_than_equal": f"must be <= {ctx.get('le')}",
+        "too_short": "must not be empty", "string_pattern_mismatch": f"must match {ctx.get('pattern')}",
+        "string_too_long": f"must be at most {ctx.get('max_length')} characters",
+        "int_from_float": "expected a whole number", "finite_number": "expected a finite number",
+    }
+    return words.get(err["type"], err["msg"].lower())
+
+
+def _shown(loc: list[Any], value: Any) -> str:
+    if any(word in str(part).lower() for part in loc for word in SECRET_KEYS):
+        return "a value that is not shown (secret)"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _event_kind_message(err: dict[str, Any]) -> str:
+    kinds = list(EVENT_KINDS)
+    if err["type"] == "union_tag_not_found":
+        return f"missing key 'kind' (one of {', '.join(kinds)})"
+    tag = str(err["ctx"]["tag"])
+    return f"unknown event kind {tag!r}{_suggestion(tag, kinds)} (one of {', '.join(kinds)})"
+
+
+def _unknown_key_message(key: str, valid: list[str]) -> str:
+    return f"unknown key {key!r}{_suggestion(key, valid)}" + (f" (valid keys: {', '.join(valid)})" if valid else "")
+
+
+def _suggestion(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _keys_at(loc: list[Any]) -> list[str]:
+    """The valid keys of the table at a location, by walking the models' annotations."""
+    model: Any = Scenario
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if part in EVENT_KINDS:
+            model = EVENT_KINDS[part]
+            continue
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        model = _model_in(fields[part].annotation)
+    return list(getattr(model, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> Any:
+    """The table model inside `X | None`, `list[X]`, `Annotated[X, ...]` (None if there is none)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+# --- checks across keys -------------------------------------------------------------------
+
+def _check_consistency(s: Scenario) -> list[Problem]:
+    problems = []
+    dur = format_duration(s.duration)
+    if not math.isfinite(s.duration):
+        problems.append(Problem("duration", "must be finite"))
+    if s.warmup is not None and s.warmup >= s.duration:
+        problems.append(Problem("warmup", f"must be before the end of the run ({dur}), got {format_duration(s.warmup)}"))
+    if s.resolution is not None and s.resolution > s.duration:
+        problems.append(Problem("resolution", f"must be at most the duration ({dur}), got {format_duration(s.resolution)}"))
+    if s.server.workers == 0 and s.server.p2p is None:
+        problems.append(Problem("server.workers", "must be >= 1 (only a [server.p2p] block can carry all capacity), got 0"))
+    for i, event in enumerate(s.events):
+        if event.at >= s.duration:
+            problems.append(Problem(f"events.{i}.at", f"must be before the end of the run ({dur}), "
+                                                      f"got {format_duration(event.at)}"))
+    if s.target is not None:
+        problems.extend(_check_target(s))
+    return problems
+
+
+def _check_target(s: Scenario) -> list[Problem]:
+    host = s.target.host.split("://", 1)[1].rsplit(":", 1)[0] if "]" not in s.target.host else \
+        s.target.host.split("://", 1)[1].split("]")[0] + "]"
+    if host in LOOPBACK or host.startswith("127.") or host in s.target.allowed_hosts:
+        return []
+    return [Problem("target.host", f"{host!r} is not in target.allowed_hosts "
+                                   f"({', '.join(s.target.allowed_hosts) or 'empty'}); loopback is always allowed")]
+
+
+# --- scale --------------------------------------------------------------------------------
+
+def _scaled_count(value: float, factor: float) -> float:
+    """A count times the factor, rounded; a positive count stays at least 1 (inf stays inf)."""
+    if math.isinf(value) or value == 0:
+        return value
+    return max(1, round(value * factor))
+
+
+def scale_scenario(s: Scenario, factor: float) -> Scenario:
+    """`--scale S`: population and capacity S times the size; shares, times and per-client figures stay.
+
+    clients, login_rate, workers, queue_limit, rate_limit rate and burst are multiplied by S
+    (counts rounded to the nearest whole number, a positive count kept >= 1); p2p follows,
+    being per client.
+    """
+    if factor == 1.0:
+        return s
+    pop = s.population.model_copy(update={
+        "clients": int(_scaled_count(s.population.clients, factor)),
+        "login_rate": s.population.login_rate * factor,
+    })
+    server_update: dict[str, Any] = {
+        "workers": int(_scaled_count(s.server.workers, factor)),
+        "queue_limit": _scaled_count(s.server.queue_limit, factor),
+    }
+    if s.server.rate_limit is not None:
+        rl = s.server.rate_limit
+        server_update["rate_limit"] = rl.model_copy(update={
+            "rate": rl.rate * factor, "burst": max(1.0, rl.bucket * factor)})
+    scaled = s.model_copy(update={"population": pop, "server": s.server.model_copy(update=server_update)})
+    scaled._scale = s.scale * factor
+    scaled._source = s.source
+    return scaled

@@ -1,0 +1,370 @@
+"""The scenario file of MODEL.md section 2 as validated, immutable objects.
+
+Every key of the format lives here once, with its type, default and bounds. Loading a file
+(TOML, overrides, readable errors, `--scale`) is `sim.config`'s job; this module only says
+what a valid scenario is.
+
+    >>> from sim.config import load_scenario
+    >>> s = load_scenario("scenarios/quickstart.toml")
+    >>> s.server.workers, s.client.build_policy().name
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
+
+from sim.distributions import Constant, Distribution, parse_distribution
+from sim.policies import Policy, make_policy
+from sim.units import parse_duration
+
+__all__ = [
+    "Scenario", "Population", "Client", "PolicySpec", "Server", "RateLimit", "Overload", "P2P",
+    "Wave", "Event", "EVENT_KINDS", "Target",
+]
+
+INF = math.inf
+
+
+def _as_value_error(parse):
+    """Pydantic reports ValueErrors with their location; a TypeError would escape it."""
+
+    def convert(value: Any) -> Any:
+        try:
+            return parse(value)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+
+    return convert
+
+
+def _count_or_inf(value: Any) -> float:
+    if isinstance(value, str) and value.strip().lower() in ("inf", "infinity", "unlimited"):
+        return INF
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a whole number or \"inf\", got {value!r}")
+    if value < 0 or (not math.isinf(value) and value != int(value)):
+        raise ValueError(f"expected a whole number >= 0 or \"inf\", got {value!r}")
+    return float(value)
+
+
+def _policy_table(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+#: seconds, from a number or a string with a unit (`"250ms"`, `"5m"`, `"inf"`)
+Duration = Annotated[float, BeforeValidator(_as_value_error(parse_duration))]
+#: a distribution table, or a bare duration meaning a constant
+Dist = Annotated[Distribution, BeforeValidator(_as_value_error(parse_distribution))]
+#: a whole number or "inf" (kept as a float so that inf compares naturally)
+CountOrInf = Annotated[float, BeforeValidator(_count_or_inf)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+NonNegative = Annotated[float, Field(ge=0.0)]
+ZERO = Constant(0.0)
+FOREVER = Constant(INF)
+
+
+class _Table(BaseModel):
+    """A TOML table: unknown keys are errors, values are immutable, no silent coercion."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, arbitrary_types_allowed=True)
+
+
+class Population(_Table):
+    clients: Annotated[int, Field(ge=0)] = 0
+    online_at_start: Fraction = 1.0
+    login_rate: NonNegative = 0.0
+    session: Dist = FOREVER
+    offline: Dist = FOREVER
+
+
+class PolicySpec(_Table):
+    """`policy = {name = "exponential", base = "1s", cap = "5m"}` or just `policy = "full-jitter"`."""
+
+    name: str = "none"
+    base: Duration | None = None
+    cap: Duration | None = None
+    multiplier: Annotated[float, Field(gt=0.0)] | None = None
+
+    @model_validator(mode="after")
+    def _known_policy(self) -> PolicySpec:
+        try:
+            self.build()
+        except ValueError as exc:  # "cap: must be >= base" names its key; an unknown name does not
+            text = str(exc)
+            raise ValueError(text if ": " in text.split(" ")[0] + " " else f"name: {text}") from None
+        return self
+
+    def params(self) -> dict[str, float]:
+        return {k: v for k in ("base", "cap", "multiplier") if (v := getattr(self, k)) is not None}
+
+    def build(self, max_attempts: int = 0) -> Policy:
+        return make_policy(self.name, max_attempts=max_attempts, **self.params())
+
+
+class Client(_Table):
+    timeout: Dist = FOREVER
+    connect_delay: Dist = ZERO
+    max_attempts: Annotated[int, Field(ge=0)] = 0
+    give_up_after: Duration = INF
+    relaunch: Dist = FOREVER
+    honor_retry_after: bool = True
+    rtt: Duration = 0.010
+    policy: Annotated[PolicySpec, BeforeValidator(_policy_table)] = PolicySpec()
+
+    def build_policy(self) -> Policy:
+        """The policy object both engines and the Locust users call, with `max_attempts`."""
+        return self.policy.build(self.max_attempts)
+
+
+class RateLimit(_Table):
+    """Token bucket in front of the queue: an attempt without a token gets 429 + Retry-After."""
+
+    rate: Annotated[float, Field(gt=0.0)]
+    burst: Annotated[float, Field(ge=1.0)] | None = None  # default: rate
+    retry_after: Duration = 0.0
+
+    @property
+    def bucket(self) -> float:
+        return self.rate if self.burst is None else self.burst
+
+
+class Overload(_Table):
+    """Thrashing: service time x (1 + per_request * max(0, in_system - knee))."""
+
+    knee: NonNegative
+    per_request: NonNegative
+
+
+class P2P(_Table):
+    """Skype-style supernodes: online clients carry login capacity and homes (MODEL.md 3.2)."""
+
+    supernode_ratio: Annotated[float, Field(gt=0.0, le=1.0)]
+    children: Annotated[int, Field(ge=1)]
+    slots: Annotated[int, Field(ge=0)]
+    promotion_delay: Duration = 0.0
+    promotion_rate: Fraction = 1.0
+    overload_shutdown: NonNegative = INF
+    shutdown_rate: Fraction = 0.0
+
+
+class Server(_Table):
+    workers: Annotated[int, Field(ge=0)]
+    service_time: Dist
+    queue_limit: CountOrInf = INF
+    discipline: Literal["fifo", "lifo"] = "fifo"
+    drop_expired: bool = False
+    cancel_on_timeout: bool = False
+    reject_cost: Duration = 0.0
+    retry_after: Duration = 0.0
+    rate_limit: RateLimit | None = None
+    overload: Overload | None = None
+    p2p: P2P | None = None
+
+
+class Wave(_Table):
+    """A per-time-zone copy of an event's spread: `offset` after `at`, this share of the clients."""
+
+    offset: Duration = 0.0
+    weight: Annotated[float, Field(gt=0.0)]
+
+
+class _Event(_Table):
+    at: Duration
+
+    def end(self) -> float:
+        """When the event's own effect ends, not counting per-client draws (for `metastable`)."""
+        return self.at + getattr(self, "duration", 0.0) + getattr(self, "ramp", 0.0)
+
+
+class _ClientWave(_Event):
+    """An event that picks clients, each at `at` + wave offset + a spread draw."""
+
+    fraction: Fraction = 1.0
+    spread: Dist = ZERO
+    waves: Annotated[list[Wave], Field(min_length=1)] | None = None
+
+    def wave_table(self) -> tuple[tuple[float, float], ...]:
+        """(offset, probability) pairs; the weights are normalised to sum to 1."""
+        if not self.waves:
+            return ((0.0, 1.0),)
+        total = sum(w.weight for w in self.waves)
+        return tuple((w.offset, w.weight / total) for w in self.waves)
+
+
+class Reboot(_ClientWave):
+    """`fraction` of ONLINE clients go offline at at + spread, boot for `downtime`, then log in."""
+
+    kind: Literal["reboot"]
+    downtime: Dist = ZERO
+
+
+class Disconnect(_ClientWave):
+    """`fraction` of ONLINE clients lose their session and start an episode."""
+
+    kind: Literal["disconnect"]
+
+
+class Login(_ClientWave):
+    """`fraction` of OFFLINE clients want to log in (morning ramp, launch day)."""
+
+    kind: Literal["login"]
+
+
+class Outage(_Event):
+    """The login tier is down for `duration`: refused at once, or blackholed (attempts time out)."""
+
+    kind: Literal["outage"]
+    duration: Duration
+    mode: Literal["refuse", "blackhole"] = "refuse"
+    drop_sessions: bool = False
+
+
+class Capacity(_Event):
+    """From `at`, workers become `factor` x the configured workers, linearly over `ramp`."""
+
+    kind: Literal["capacity"]
+    factor: NonNegative
+    ramp: Duration = 0.0
+
+
+class Admit(_Event):
+    """Operator gate: only `fraction` of clients (by id) may log in; others get 503 + Retry-After."""
+
+    kind: Literal["admit"]
+    fraction: Fraction
+    retry_after: Duration = 0.0
+
+
+class Partition(_Event):
+    """A failing back end: attempts of `fraction` of clients hang for `hang` with prob. `failure`."""
+
+    kind: Literal["partition"]
+    duration: Duration
+    fraction: Fraction = 1.0
+    failure: Fraction = 1.0
+    hang: Duration
+    isolate_at: Duration | None = None
+
+
+class Surge(_Event):
+    """For `duration`, `login_rate` is multiplied by `factor` (organic spike)."""
+
+    kind: Literal["surge"]
+    duration: Duration
+    factor: NonNegative
+
+
+class Failover(_Event):
+    """The primary dies: sessions drop, clients find the standby after `propagation`."""
+
+    kind: Literal["failover"]
+    propagation: Dist = ZERO
+    factor: NonNegative
+
+
+Event = Annotated[
+    Union[Reboot, Disconnect, Login, Outage, Capacity, Admit, Partition, Surge, Failover],
+    Field(discriminator="kind"),
+]
+EVENT_KINDS: dict[str, type[_Event]] = {
+    cls.model_fields["kind"].annotation.__args__[0]: cls
+    for cls in (Reboot, Disconnect, Login, Outage, Capacity, Admit, Partition, Surge, Failover)
+}
+
+_ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
+
+
+def _env_reference(value: Any) -> Any:
+    """Secrets enter only as `${VAR}`; a literal is refused without echoing it."""
+    if isinstance(value, str) and _ENV_REF.match(value):
+        return value
+    raise ValueError("a secret may only be given as an environment reference such as "
+                     "\"${LOGINSTORM_CLIENT_SECRET}\", never written into the file")
+
+
+class Fields(_Table):
+    username: str = "username"
+    password: str = "password"
+    csrf: str | None = None
+
+
+class Success(_Table):
+    status: Annotated[list[Annotated[int, Field(ge=100, le=599)]], Field(min_length=1)] = [200]
+    json_field: str | None = None
+
+
+class Heartbeat(_Table):
+    path: str
+    every: Annotated[float, BeforeValidator(_as_value_error(parse_duration)), Field(gt=0.0)]
+
+
+class StopRule(_Table):
+    error_rate: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    after: Duration = 30.0
+    p99: Duration | None = None
+
+
+class Target(_Table):
+    """MODEL.md section 7: the real endpoint a load test replays the storm against."""
+
+    host: Annotated[str, Field(pattern=r"^https?://[^/\s]+$")]
+    allowed_hosts: list[str] = []
+    flow: Literal["oauth2-client-credentials", "oauth2-password", "form", "json", "basic"]
+    path: Annotated[str, Field(pattern=r"^/")] = "/"
+    client_id: str | None = None
+    client_secret: Annotated[str, BeforeValidator(_env_reference)] | None = None
+    client_auth: Literal["basic", "body"] = "basic"
+    credentials: str | None = None
+    fields: Fields = Fields()
+    success: Success = Success()
+    heartbeat: Heartbeat | None = None
+    verify_tls: bool = True
+    max_rps: Annotated[float, Field(gt=0.0)] | None = None
+    stop: StopRule = StopRule()
+
+
+class Scenario(_Table):
+    """One storm: who the clients are, how they retry, what serves them, and what happens."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=80)]
+    description: str = ""
+    duration: Annotated[float, BeforeValidator(_as_value_error(parse_duration)), Field(gt=0.0)]
+    seed: Annotated[int, Field(ge=0)] = 0
+    resolution: Annotated[float, BeforeValidator(_as_value_error(parse_duration)), Field(gt=0.0)] | None = None
+    warmup: Duration | None = None
+    population: Population = Population()
+    client: Client = Client()
+    server: Server
+    events: list[Event] = []
+    target: Target | None = None
+
+    _scale: float = PrivateAttr(1.0)
+    _source: str | None = PrivateAttr(None)
+
+    @property
+    def scale(self) -> float:
+        """The `--scale` factor this scenario was built with (counts are reported /scale)."""
+        return self._scale
+
+    @property
+    def source(self) -> str | None:
+        """The file this scenario came from, for messages and reports."""
+        return self._source
+
+    @property
+    def bin_width(self) -> float:
+        """Width of a time-series bin: `resolution`, else duration / 1000."""
+        return self.resolution if self.resolution is not None else self.duration / 1000.0
+
+    @property
+    def warmup_s(self) -> float:
+        """Start of the `steady` window: `warmup`, else 10 % of the duration."""
+        return self.warmup if self.warmup is not None else 0.1 * self.duration
+
+    def last_event_end(self) -> float:
+        """The latest `at` + duration/ramp over all events (0 with none); per-client draws excluded."""
+        return max((e.end() for e in self.events), default=0.0)
