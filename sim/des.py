@@ -1,0 +1,437 @@
+"""The reference engine (`des`): MODEL.md section 3 in SimPy, one process per active client.
+
+A client's life is one generator (`Model.life`), read like its sequence diagram: online until
+its session ends or an event drops it, offline, then an episode of attempts with the policy's
+delays between them. A client with nothing scheduled (an endless session, say) has no process;
+an event that touches it starts one, so memory follows the clients that are doing something.
+
+    >>> from sim.config import load_scenario
+    >>> result = run(load_scenario("scenarios/quickstart.toml"), until=600.0)
+    >>> result.summary["engine"]
+    'des'
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from array import array
+from dataclasses import dataclass
+from typing import Callable, Generator
+
+import numpy as np
+import simpy
+
+from sim.metrics import summarize, timeseries
+from sim.record import COUNTS, LEVELS, Counter, Level, ShareWatch, Tallies, Window
+from sim.scenario import Scenario
+from sim.server import ERROR, OK, TIMEOUT, LoginServer, Request
+from sim.waves import pick, wave_times
+
+__all__ = ["run", "RunResult", "UnsupportedScenario"]
+
+OFFLINE, CONNECTING, ONLINE, GAVE_UP = 0, 1, 2, 3
+STATE_NAMES = ("offline", "connecting", "online", "gave_up")
+# What a client does next: (step, argument)
+EPISODE = ("episode", None)
+GIVE_UP = ("gave_up", None)
+ONLINE_STEP = ("online", None)
+
+
+class UnsupportedScenario(ValueError):
+    """The scenario uses something this engine does not model yet (exit status 2)."""
+
+
+@dataclass
+class RunResult:
+    """What one run produced: the summary (MODEL.md 5) and the time series columns."""
+
+    scenario: Scenario
+    summary: dict
+    timeseries: dict[str, np.ndarray]
+
+
+Progress = Callable[[float, int], None]
+
+
+def run(scenario: Scenario, *, until: float | None = None, progress: Progress | None = None,
+        rng: np.random.Generator | None = None) -> RunResult:
+    """Simulate one scenario to its `duration` (or `until`) and return its records."""
+    if scenario.server.p2p is not None:
+        raise UnsupportedScenario("[server.p2p] (supernodes) is not supported by this engine yet")
+    end = scenario.duration if until is None else min(until, scenario.duration)
+    if end <= 0:
+        raise UnsupportedScenario(f"--until must be > 0, got {until}")
+    model = Model(scenario, end, rng if rng is not None else np.random.default_rng(scenario.seed))
+    started = time.perf_counter()
+    events = model.run(progress)
+    wallclock = time.perf_counter() - started
+    summary = summarize(model, events=events, wallclock=wallclock)
+    return RunResult(scenario, summary, timeseries(model))
+
+
+class Model:
+    """The wiring: environment, records, server, population and the scenario's events."""
+
+    def __init__(self, s: Scenario, end: float, rng: np.random.Generator):
+        self.s, self.end, self.rng = s, end, rng
+        self.env = env = simpy.Environment()
+        width = s.bin_width
+        nbins = max(1, math.ceil(end / width - 1e-9))
+        self.steady = Window(min(s.warmup_s, end), end)
+        self.tail = Window(0.9 * end, end)
+        windows = (self.steady, self.tail)
+        self.levels = {name: Level(width, nbins, windows) for name in LEVELS}
+        self.counts = {name: Counter(width, nbins, windows) for name in COUNTS}
+        self.steady_refusals = Counter(width, nbins, (self.steady,))  # by attempt start time
+        self.steady_timeouts = Counter(width, nbins, (self.steady,))
+        self.tallies = Tallies(self.steady)
+        first_at = min((e.at for e in s.events if e.at < end), default=0.0)
+        self.watch = ShareWatch(first_at, self.tail.start)
+        self.last_event_end = max((e.end() for e in s.events if e.at < end), default=0.0)
+        self.server = LoginServer(env, s, rng, self.tallies, self.counts, self.levels,
+                                  self.steady_refusals, self.key)
+        self.levels["workers"].set(0.0, s.server.workers)
+        self.capacity_at_start = self.server.capacity_rps()
+        c = s.client
+        self.policy = c.build_policy()
+        self.timeout, self.connect_delay, self.relaunch = c.timeout, c.connect_delay, c.relaunch
+        self.session, self.offline = s.population.session, s.population.offline
+        self.state = array("b")
+        self.keys = array("d")
+        self.rebooting = bytearray()
+        self.procs: dict[int, list] = {}
+        self.n_state = [0, 0, 0, 0]
+        self._populate()
+        for event in s.events:
+            if event.at < end:
+                env.process(self.fire(event))
+        if s.population.login_rate > 0:
+            env.process(self.arrivals())
+
+    # --- population -----------------------------------------------------------------------
+
+    def key(self, cid: int) -> float:
+        """The client's fixed uniform draw: admit and partition membership by id."""
+        return self.keys[cid]
+
+    def _new_client(self, state: int) -> int:
+        cid = len(self.state)
+        self.state.append(state)
+        self.keys.append(float(self.rng.random()))
+        self.rebooting.append(0)
+        self.n_state[state] += 1
+        self.levels[STATE_NAMES[state]].add(self.env.now, 1)
+        return cid
+
+    def _populate(self) -> None:
+        pop = self.s.population
+        online = int(round(pop.online_at_start * pop.clients))
+        self.keys.extend(self.rng.random(pop.clients))
+        self.state.extend([ONLINE] * online + [OFFLINE] * (pop.clients - online))
+        self.rebooting.extend(bytes(pop.clients))
+        self.n_state[ONLINE], self.n_state[OFFLINE] = online, pop.clients - online
+        self.levels["online"].set(0.0, online)
+        self.levels["offline"].set(0.0, pop.clients - online)
+        self.watch.update(0.0, online, 0, 0)
+        if not self.session.is_infinite:
+            for cid, t in enumerate(self.session.sample(self.rng, online)):
+                self.wake(cid, ("online", float(t)))
+        if not self.offline.is_infinite:
+            for cid, t in zip(range(online, pop.clients), self.offline.sample(self.rng, pop.clients - online)):
+                self.wake(cid, ("offline", float(t)))
+
+    def set_state(self, cid: int, new: int) -> None:
+        old = self.state[cid]
+        if old == new:
+            return
+        now = self.env.now
+        self.state[cid] = new
+        n = self.n_state
+        n[old] -= 1
+        n[new] += 1
+        self.levels[STATE_NAMES[old]].add(now, -1)
+        self.levels[STATE_NAMES[new]].add(now, 1)
+        self.watch.update(now, n[ONLINE], n[CONNECTING], n[GAVE_UP])
+
+    def wake(self, cid: int, step: tuple) -> None:
+        """Send a client to `step` now: interrupt its process, or start one if it has none."""
+        slot = self.procs.get(cid)
+        if slot is None:
+            slot = self.procs[cid] = [None, step, False]
+            slot[0] = self.env.process(self.life(cid, slot))
+            return
+        # Not begun yet, or an interrupt already on its way: the latest step wins, once.
+        already = slot[1] is not None
+        slot[1] = step
+        if slot[2] and not already:
+            slot[0].interrupt()
+
+    # --- one client -----------------------------------------------------------------------
+
+    def life(self, cid: int, slot: list) -> Generator:
+        """One client from its first step until it settles with nothing scheduled."""
+        slot[2] = True
+        step, slot[1] = slot[1], None
+        while step is not None:
+            try:
+                kind, arg = step
+                if kind == "episode":
+                    step = yield from self.episode(cid)
+                elif kind == "online":
+                    step = yield from self.online(cid, arg)
+                elif kind == "offline":
+                    step = yield from self.wait_offline(cid, arg)
+                elif kind == "reboot":
+                    step = yield from self.reboot(cid, arg)
+                else:
+                    step = yield from self.gave_up(cid)
+            except simpy.Interrupt:
+                step, slot[1] = slot[1], None
+        del self.procs[cid]
+
+    def online(self, cid: int, session: float | None) -> Generator:
+        self.set_state(cid, ONLINE)
+        if session is None:
+            session = self.session.sample(self.rng)
+        if math.isinf(session):
+            return None
+        yield self.env.timeout(session)
+        return ("offline", None)
+
+    def wait_offline(self, cid: int, wait: float | None) -> Generator:
+        self.set_state(cid, OFFLINE)
+        if wait is None:
+            wait = self.offline.sample(self.rng)
+        if math.isinf(wait):
+            return None
+        yield self.env.timeout(wait)
+        return EPISODE
+
+    def reboot(self, cid: int, downtime: float) -> Generator:
+        self.set_state(cid, OFFLINE)
+        self.rebooting[cid] = 1
+        try:
+            if downtime > 0:
+                yield self.env.timeout(downtime)
+        finally:
+            self.rebooting[cid] = 0
+        return EPISODE
+
+    def gave_up(self, cid: int) -> Generator:
+        self.set_state(cid, GAVE_UP)
+        wait = self.relaunch.sample(self.rng)
+        if math.isinf(wait):
+            return None
+        yield self.env.timeout(wait)
+        return EPISODE
+
+    def episode(self, cid: int) -> Generator:
+        """Attempts until success or give-up: the policy's delay (or Retry-After) between them."""
+        env, rng, policy, client = self.env, self.rng, self.policy, self.s.client
+        self.set_state(cid, CONNECTING)
+        self.tallies.episodes += 1
+        begun = env.now
+        delay = self.connect_delay.sample(rng)
+        if delay > 0:
+            yield env.timeout(delay)
+        first = env.now
+        attempts, previous = 0, None
+        while True:
+            attempts += 1
+            outcome, retry_after = yield from self.attempt(cid)
+            if outcome == OK:
+                self.tallies.login(env.now - begun)
+                self.counts["successes"].add(env.now)
+                return ONLINE_STEP
+            if not policy.allows_retry(attempts):
+                break
+            previous = policy.delay(attempts - 1, rng, previous)
+            wait = max(previous, retry_after) if client.honor_retry_after else previous
+            if env.now + wait > first + client.give_up_after:
+                break
+            orbit = self.levels["orbit"]
+            orbit.add(env.now, 1)
+            try:
+                yield env.timeout(wait)
+            finally:
+                orbit.add(env.now, -1)
+        self.tallies.gave_up += 1
+        return GIVE_UP
+
+    def attempt(self, cid: int) -> Generator:
+        """One request: sent now, answered by the server or ended by the client's timeout."""
+        env = self.env
+        now = env.now
+        self.counts["attempts"].add(now)
+        timeout = self.timeout.sample(self.rng)
+        req = Request(cid, now, now + timeout, env.event())
+        self.server.submit(req)
+        if not math.isinf(timeout):
+            env.timeout(timeout, req).callbacks.append(_expire)
+        outcome = yield req.reply
+        if outcome[0] == TIMEOUT:
+            self.counts["timeouts"].add(env.now)
+            self.steady_timeouts.add(now)
+        elif outcome[0] == ERROR:
+            self.counts["errors"].add(env.now)
+        return outcome
+
+    # --- arrivals and events --------------------------------------------------------------
+
+    def arrivals(self) -> Generator:
+        """Poisson arrivals of new clients at `login_rate`, times any active surge factors."""
+        env, rng = self.env, self.rng
+        base = self.s.population.login_rate
+        surges = [(e.at, e.at + e.duration, e.factor) for e in self.s.events if e.kind == "surge"]
+        while True:
+            # invert the integrated piecewise-constant rate: exact for any surge pattern
+            need, t = rng.exponential(1.0), env.now
+            while True:
+                rate = base * math.prod(f for a, b, f in surges if a <= t < b)
+                nxt = min([x for a, b, _ in surges for x in (a, b) if x > t], default=math.inf)
+                if rate > 0 and t + need / rate <= nxt:
+                    t += need / rate
+                    break
+                if math.isinf(nxt):
+                    return
+                need -= rate * (nxt - t)
+                t = nxt
+            yield env.timeout(t - env.now)
+            self.wake(self._new_client(OFFLINE), EPISODE)
+
+    def fire(self, e) -> Generator:
+        """One scenario event: wait for its `at`, then act (MODEL.md 3.1)."""
+        env = self.env
+        yield env.timeout(e.at)
+        if e.kind in ("reboot", "disconnect", "login"):
+            yield from self.hit_clients(e)
+        elif e.kind == "outage":
+            yield from self.outage(e)
+        elif e.kind == "capacity":
+            yield from self.capacity(e)
+        elif e.kind == "admit":
+            self.server.admit = (e.fraction, ("refused", e.retry_after))
+        elif e.kind == "partition":
+            entry = (float(self.rng.random()), e.fraction, e.failure, e.hang,
+                     math.inf if e.isolate_at is None else e.isolate_at)
+            self.server.partitions.append(entry)
+            yield env.timeout(e.duration)
+            self.server.partitions.remove(entry)
+        elif e.kind == "failover":
+            self.failover(e)
+        # surge: read by `arrivals`
+
+    def hit_clients(self, e) -> Generator:
+        state = np.frombuffer(self.state, dtype=np.int8)
+        if e.kind == "login":
+            eligible = np.flatnonzero((state == OFFLINE) & (np.frombuffer(self.rebooting, dtype=np.uint8) == 0))
+        else:
+            eligible = np.flatnonzero(state == ONLINE)
+        ids = pick(self.rng, eligible, e.fraction)
+        times = wave_times(self.rng, e.at, len(ids), e.spread, e.wave_table())
+        downtimes = e.downtime.sample(self.rng, len(ids)) if e.kind == "reboot" else np.zeros(len(ids))
+        if len(ids):
+            self.last_event_end = max(self.last_event_end, float((times + downtimes).max()))
+        order = np.argsort(times, kind="stable")
+        env = self.env
+        for i in order:
+            t, cid = float(times[i]), int(ids[i])
+            if t >= self.end:
+                break
+            if t > env.now:
+                yield env.timeout(t - env.now)
+            current = self.state[cid]
+            if e.kind == "reboot" and current != OFFLINE:
+                self.set_state(cid, OFFLINE)  # at once: a second hit in the same instant sees it
+                self.rebooting[cid] = 1
+                self.wake(cid, ("reboot", float(downtimes[i])))
+            elif e.kind == "disconnect" and current == ONLINE:
+                self.drop(cid)
+            elif e.kind == "login" and current == OFFLINE and not self.rebooting[cid]:
+                self.set_state(cid, CONNECTING)
+                self.wake(cid, EPISODE)
+
+    def drop(self, cid: int) -> None:
+        """An ONLINE client loses its session and starts an episode."""
+        self.set_state(cid, CONNECTING)
+        self.wake(cid, EPISODE)
+
+    def drop_all_sessions(self) -> None:
+        for cid in np.flatnonzero(np.frombuffer(self.state, dtype=np.int8) == ONLINE):
+            self.drop(int(cid))
+
+    def outage(self, e) -> Generator:
+        srv = self.server
+        srv.outage = e.mode
+        srv.lose_everything(answer=e.mode == "refuse")
+        if e.drop_sessions:
+            self.drop_all_sessions()
+        yield self.env.timeout(e.duration)
+        srv.outage = None
+        srv._dispatch()
+
+    def capacity(self, e) -> Generator:
+        """Workers become factor x configured, linearly over `ramp`; a newer event replaces a ramp."""
+        srv, env = self.server, self.env
+        self._ramp_id = ramp_id = getattr(self, "_ramp_id", 0) + 1
+        start, target = srv.workers, int(round(srv.configured * e.factor))
+        if e.ramp <= 0 or start == target:
+            srv.set_workers(target)
+            return
+        step = 1 if target > start else -1
+        for w in range(start + step, target + step, step):
+            at = e.at + e.ramp * (w - start) / (target - start)
+            if at > env.now:
+                yield env.timeout(at - env.now)
+            if self._ramp_id != ramp_id:
+                return
+            srv.set_workers(w)
+
+    def failover(self, e) -> None:
+        """The primary dies: in-flight requests fail, sessions drop, clients find the standby late."""
+        srv = self.server
+        n = len(self.state)
+        learned = array("d", e.at + np.asarray(e.propagation.sample(self.rng, n), dtype=float))
+        if n:
+            self.last_event_end = max(self.last_event_end, max(learned))
+        rng, propagation, at = self.rng, e.propagation, e.at
+
+        def knows(cid: int, now: float) -> bool:
+            while cid >= len(learned):  # clients that arrived later draw their own
+                learned.append(at + propagation.sample(rng))
+            return now >= learned[cid]
+
+        srv.learned = knows
+        srv.lose_everything(answer=True)
+        self.drop_all_sessions()
+        srv.set_workers(int(round(srv.workers * e.factor)))
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def run(self, progress: Progress | None) -> int:
+        """Step SimPy's own loop to the end time; returns the number of events processed."""
+        env, end = self.env, self.end
+        step, peek = env.step, env.peek
+        events = 0
+        try:
+            while peek() < end:
+                step()
+                events += 1
+                if progress is not None and not events & 0x3FFF:
+                    progress(env.now, events)
+        except simpy.core.EmptySchedule:  # pragma: no cover - peek() guards it
+            pass
+        for level in self.levels.values():
+            level.close(end)
+        self.watch.close(end)
+        if progress is not None:
+            progress(end, events)
+        return events
+
+
+def _expire(ev: simpy.Event) -> None:
+    """The client's deadline: a request still unanswered times out (a reply at this instant is late)."""
+    req: Request = ev.value
+    if not req.reply.triggered:
+        req.reply.succeed((TIMEOUT, 0.0))

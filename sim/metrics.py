@@ -1,0 +1,144 @@
+"""The summary of MODEL.md section 5 as pure functions over a run's records.
+
+Everything here reads counters, time-weighted levels and tallies; nothing runs the model, so
+both engines share these definitions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import numpy as np
+
+from sim.record import COLUMNS, COUNTS, Counter, Level, ShareWatch, Tallies, Window
+
+__all__ = ["summarize", "timeseries", "quantiles", "ratio", "SUMMARY_FIELDS", "STEADY_FIELDS"]
+
+SUMMARY_FIELDS = (
+    "scenario", "engine", "seed", "scale", "clients", "duration_s", "wallclock_s", "events_processed",
+    "episodes", "logins", "gave_up", "attempts", "amplification", "timeouts", "rejected", "errors",
+    "wasted", "wasted_work_fraction", "peak_offered_rps", "capacity_rps", "login_time_s", "recovery_s",
+    "metastable", "steady",
+)
+STEADY_FIELDS = ("arrival_rate", "throughput", "utilization", "mean_wait_s", "p_wait", "blocking",
+                 "abandonment", "mean_in_system", "mean_orbit", "attempts_per_login")
+STEADY, TAIL = 0, 1  # window numbers in the levels and counters
+
+
+class Records(Protocol):
+    """What an engine hands over: its records and a few facts about the run."""
+
+    s: Any
+    end: float
+    levels: dict[str, Level]
+    counts: dict[str, Counter]
+    steady_refusals: Counter
+    steady_timeouts: Counter
+    tallies: Tallies
+    watch: ShareWatch
+    steady: Window
+    tail: Window
+    last_event_end: float
+    capacity_at_start: float
+
+
+def ratio(num: float, den: float) -> float | None:
+    """num / den, or None (JSON null) where the denominator is 0."""
+    return num / den if den else None
+
+
+def quantiles(values: np.ndarray, qs: tuple[float, ...] = (0.50, 0.95, 0.99)) -> dict[str, float | None]:
+    """`{"p50": ..., "p95": ..., "p99": ...}` of the values (nulls when there are none)."""
+    names = [f"p{round(q * 100)}" for q in qs]
+    if len(values) == 0:
+        return dict.fromkeys(names)
+    return {n: float(v) for n, v in zip(names, np.quantile(values, qs))}
+
+
+def summarize(r: Records, *, events: int, wallclock: float, engine: str = "des") -> dict[str, Any]:
+    """Every field of MODEL.md section 5 (nulls where undefined)."""
+    s, t = r.s, r.tallies
+    attempts = r.counts["attempts"].total
+    width = s.bin_width
+    bins = np.array(r.counts["attempts"].bins, dtype=float)
+    lengths = np.minimum(width, r.end - np.arange(len(bins)) * width)
+    p90, p99 = r.watch.recovery()
+    return {
+        "scenario": s.name,
+        "engine": engine,
+        "seed": s.seed,
+        "scale": s.scale,
+        "clients": s.population.clients,
+        "duration_s": r.end,
+        "wallclock_s": round(wallclock, 3),
+        "events_processed": events,
+        "episodes": t.episodes,
+        "logins": t.logins,
+        "gave_up": t.gave_up,
+        "attempts": attempts,
+        "amplification": ratio(attempts, t.episodes),
+        "timeouts": r.counts["timeouts"].total,
+        "rejected": r.counts["rejected"].total,
+        "errors": r.counts["errors"].total,
+        "wasted": r.counts["wasted"].total,
+        "wasted_work_fraction": ratio(t.wasted_time, t.busy_time),
+        "peak_offered_rps": float((bins / lengths).max()) if len(bins) else 0.0,
+        "capacity_rps": r.capacity_at_start,
+        "login_time_s": quantiles(t.login_times),
+        "recovery_s": {"p90": p90, "p99": p99},
+        "metastable": metastable(r),
+        "steady": steady(r),
+    }
+
+
+def metastable(r: Records) -> bool:
+    """The storm sustains itself: triggers over for >= 10 % of the run, yet the tail stays down and busy."""
+    if r.last_event_end > r.end - 0.1 * r.end:
+        return False
+    busy, workers = r.levels["busy"].mean(TAIL), r.levels["workers"].mean(TAIL)
+    if busy is None or not workers:
+        return False
+    return r.watch.tail_max < 0.99 and busy / workers >= 0.95
+
+
+def steady(r: Records) -> dict[str, float | None]:
+    """Queueing measures over [warmup, end] (MODEL.md 5 `steady`)."""
+    length = r.steady.length
+    if length <= 0:
+        return dict.fromkeys(STEADY_FIELDS)
+    attempts = r.counts["attempts"].sums[STEADY]
+    logins = r.counts["successes"].sums[STEADY]
+    t = r.tallies
+    workers = r.levels["workers"].mean(STEADY)
+    return {
+        "arrival_rate": attempts / length,
+        "throughput": logins / length,
+        "utilization": ratio(r.levels["busy"].mean(STEADY), workers),
+        "mean_wait_s": ratio(t.waits_sum, t.waits_started),
+        "p_wait": ratio(t.waits_positive, t.waits_started),
+        "blocking": ratio(r.steady_refusals.sums[0], attempts),
+        "abandonment": ratio(r.steady_timeouts.sums[0], attempts),
+        "mean_in_system": r.levels["in_system"].mean(STEADY),
+        "mean_orbit": r.levels["orbit"].mean(STEADY),
+        "attempts_per_login": ratio(attempts, logins),
+    }
+
+
+def timeseries(r: Records) -> dict[str, np.ndarray]:
+    """The columns of timeseries.csv: levels as time averages over each bin, the rest counts."""
+    width = r.s.bin_width
+    nbins = len(r.counts["attempts"].bins)
+    starts = np.arange(nbins) * width
+    lengths = np.minimum(width, r.end - starts)
+    out: dict[str, np.ndarray] = {"t": starts}
+    for name in COLUMNS[1:]:
+        if name in COUNTS:
+            out[name] = np.array(r.counts[name].bins, dtype=np.int64)
+        else:
+            out[name] = np.array(r.levels[name].bins) / lengths
+    return out
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None

@@ -1,0 +1,197 @@
+"""What a run records: per-bin counters, time-weighted levels and per-episode tallies.
+
+Pure bookkeeping (no SimPy): the engine calls `count`, `Level.add/set` and `Tallies` as things
+happen; `sim.metrics` turns the records into the summary. Memory is bounded by the number of
+bins and episodes, never by the number of attempts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["COUNTS", "STATES", "LEVELS", "COLUMNS", "Window", "Level", "Counter", "ShareWatch", "Tallies"]
+
+#: per-bin event counts (also kept per steady window)
+COUNTS = ("attempts", "successes", "rejected", "timeouts", "errors", "wasted")
+#: client states; their counts are time-weighted levels
+STATES = ("online", "connecting", "offline", "gave_up")
+#: time-weighted levels of the server and the population
+LEVELS = STATES + ("queue", "busy", "workers", "supernodes", "in_system", "orbit")
+#: the columns of timeseries.csv (MODEL.md section 5)
+COLUMNS = ("t",) + STATES + COUNTS + ("queue", "busy", "workers", "supernodes")
+
+
+class Window:
+    """A time interval [start, end) over which levels are averaged and counts kept."""
+
+    __slots__ = ("start", "end")
+
+    def __init__(self, start: float, end: float):
+        self.start, self.end = start, end
+
+    @property
+    def length(self) -> float:
+        return max(0.0, self.end - self.start)
+
+    def overlap(self, t0: float, t1: float) -> float:
+        return max(0.0, min(t1, self.end) - max(t0, self.start))
+
+
+class Level:
+    """A piecewise-constant quantity integrated over time bins and windows.
+
+        >>> lv = Level(width=10.0, nbins=2, windows=())
+        >>> lv.set(0.0, 3); lv.set(5.0, 1); lv.close(20.0); lv.bins
+        [20.0, 10.0]
+    """
+
+    __slots__ = ("value", "since", "width", "nbins", "bins", "windows", "sums")
+
+    def __init__(self, width: float, nbins: int, windows: tuple[Window, ...], value: float = 0.0):
+        self.value, self.since, self.width, self.nbins = value, 0.0, width, nbins
+        self.bins = [0.0] * nbins
+        self.windows = windows
+        self.sums = [0.0] * len(windows)
+
+    def add(self, t: float, delta: float) -> None:
+        self._integrate(t)
+        self.value += delta
+
+    def set(self, t: float, value: float) -> None:
+        self._integrate(t)
+        self.value = value
+
+    def close(self, t: float) -> None:
+        """Integrate up to the end of the run."""
+        self._integrate(t)
+
+    def _integrate(self, t: float) -> None:
+        t0, v = self.since, self.value
+        self.since = t
+        if v == 0 or t <= t0:
+            return
+        width, bins = self.width, self.bins
+        i, j = int(t0 / width), min(int(t / width), self.nbins - 1)
+        if i == j:
+            bins[i] += v * (t - t0)
+        else:
+            bins[i] += v * ((i + 1) * width - t0)
+            for k in range(i + 1, j):
+                bins[k] += v * width
+            bins[j] += v * (t - j * width)
+        for k, w in enumerate(self.windows):
+            self.sums[k] += v * w.overlap(t0, t)
+
+    def mean(self, window: int) -> float | None:
+        """Time average over window number `window` (None for an empty window)."""
+        length = self.windows[window].length
+        return self.sums[window] / length if length > 0 else None
+
+
+class Counter:
+    """Per-bin counts of events by time, plus counts inside the windows."""
+
+    __slots__ = ("width", "nbins", "bins", "windows", "sums", "total")
+
+    def __init__(self, width: float, nbins: int, windows: tuple[Window, ...]):
+        self.width, self.nbins = width, nbins
+        self.bins = [0] * nbins
+        self.windows = windows
+        self.sums = [0] * len(windows)
+        self.total = 0
+
+    def add(self, t: float, n: int = 1) -> None:
+        self.total += n
+        self.bins[min(int(t / self.width), self.nbins - 1)] += n
+        for k, w in enumerate(self.windows):
+            if w.start <= t < w.end:
+                self.sums[k] += n
+
+
+class ShareWatch:
+    """Follows the online share to find recovery times and the tail's maximum exactly.
+
+    share = online / (online + connecting + gave_up), 1 when the denominator is 0. Recovery
+    for a threshold is measured from `start` to the start of the last stretch during which the
+    share stays at or above it until the end (MODEL.md section 5, `recovery_s`).
+    """
+
+    __slots__ = ("start", "tail_start", "thresholds", "below", "ever", "last_up", "share", "since", "tail_max")
+
+    def __init__(self, start: float, tail_start: float, thresholds: tuple[float, ...] = (0.90, 0.99)):
+        self.start, self.tail_start, self.thresholds = start, tail_start, thresholds
+        self.below = [False] * len(thresholds)
+        self.ever = [False] * len(thresholds)
+        self.last_up = [start] * len(thresholds)
+        self.share, self.since, self.tail_max = 1.0, 0.0, -math.inf
+
+    def update(self, t: float, online: int, connecting: int, gave_up: int) -> None:
+        wanting = online + connecting + gave_up
+        share = online / wanting if wanting else 1.0
+        if t > self.tail_start:
+            self.tail_max = max(self.tail_max, self.share)
+        for k, threshold in enumerate(self.thresholds):
+            if share < threshold:
+                if t >= self.start:
+                    self.ever[k] = True
+                self.below[k] = True
+            elif self.below[k]:
+                self.below[k] = False
+                if t > self.start:
+                    self.ever[k] = True
+                    self.last_up[k] = t
+        self.share, self.since = share, t
+
+    def close(self, t: float) -> None:
+        if t > self.tail_start:
+            self.tail_max = max(self.tail_max, self.share)
+
+    def recovery(self) -> list[float | None]:
+        """Seconds from `start` until the share stayed above each threshold; None if below at the end."""
+        out: list[float | None] = []
+        for k in range(len(self.thresholds)):
+            if self.below[k]:
+                out.append(None)
+            else:
+                out.append(self.last_up[k] - self.start if self.ever[k] else 0.0)
+        return out
+
+
+class Tallies:
+    """Per-episode and per-request tallies that the summary needs (no per-attempt lists)."""
+
+    def __init__(self, steady: Window):
+        self.steady = steady
+        self._login_times = np.empty(1024)
+        self.logins = 0
+        self.episodes = 0
+        self.gave_up = 0
+        self.busy_time = 0.0       # all worker time, reject work included
+        self.wasted_time = 0.0     # worker time of requests that ended at or after their deadline
+        self.waits_started = 0     # requests that started service in the steady window ...
+        self.waits_sum = 0.0       # ... their total queue wait ...
+        self.waits_positive = 0    # ... and how many waited at all
+
+    def login(self, login_time: float) -> None:
+        if self.logins == len(self._login_times):
+            self._login_times = np.concatenate([self._login_times, np.empty(len(self._login_times))])
+        self._login_times[self.logins] = login_time
+        self.logins += 1
+
+    def service_started(self, t: float, wait: float) -> None:
+        if self.steady.start <= t < self.steady.end:
+            self.waits_started += 1
+            self.waits_sum += wait
+            if wait > 0:
+                self.waits_positive += 1
+
+    def work(self, duration: float, wasted: bool) -> None:
+        self.busy_time += duration
+        if wasted:
+            self.wasted_time += duration
+
+    @property
+    def login_times(self) -> np.ndarray:
+        return self._login_times[: self.logins]

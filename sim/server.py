@@ -1,0 +1,277 @@
+"""The login tier of the reference engine: checks, queue, workers, protections (MODEL.md 3, 3.1).
+
+Requests are plain objects moved by SimPy callbacks (no process per request): an arrival goes
+through the checks in the contract's order, then to a free worker or the queue; a worker's
+completion is a Timeout whose callback answers the client and takes the next request.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Callable
+
+import numpy as np
+import simpy
+
+from sim.record import Counter, Level, Tallies
+from sim.scenario import Scenario
+
+__all__ = ["Request", "LoginServer", "OK", "TIMEOUT", "ERROR", "REFUSED"]
+
+# Outcomes a client sees: (kind, Retry-After seconds)
+OK, REFUSED, TIMEOUT, ERROR = "ok", "refused", "timeout", "error"
+_OK = (OK, 0.0)
+_CONN_REFUSED = (REFUSED, 0.0)
+_ERROR = (ERROR, 0.0)
+
+
+class Request:
+    """One attempt at the server."""
+
+    __slots__ = ("cid", "sent", "deadline", "reply", "started", "live", "hang")
+
+    def __init__(self, cid: int, sent: float, deadline: float, reply: simpy.Event):
+        self.cid, self.sent, self.deadline, self.reply = cid, sent, deadline, reply
+        self.started = -1.0   # service start time (-1: not in service)
+        self.live = True      # False once lost to an outage/failover or cancelled
+        self.hang = False
+
+
+class LoginServer:
+    """Workers, a bounded queue and the protections in front of it."""
+
+    def __init__(self, env: simpy.Environment, s: Scenario, rng: np.random.Generator,
+                 tallies: Tallies, counts: dict[str, Counter], levels: dict[str, Level],
+                 steady_refusals: Counter, key: Callable[[int], float]):
+        self.env, self.rng, self.tallies, self.counts, self.levels = env, rng, tallies, counts, levels
+        self.steady_refusals = steady_refusals
+        srv = s.server
+        self.configured = srv.workers
+        self.workers = srv.workers
+        self.service = srv.service_time
+        self.queue_limit = srv.queue_limit
+        self.lifo = srv.discipline == "lifo"
+        self.drop_expired = srv.drop_expired or srv.cancel_on_timeout
+        self.cancel = srv.cancel_on_timeout
+        self.reject_cost = srv.reject_cost
+        self.rtt = s.client.rtt
+        self.busy_503 = (REFUSED, srv.retry_after)
+        self.overload = srv.overload
+        self.rate_limit = srv.rate_limit
+        self.tokens = srv.rate_limit.bucket if srv.rate_limit else 0.0
+        self.tokens_at = 0.0
+        self.key = key                          # a client's fixed uniform, for admit/partition membership
+        self.queue: deque[Request] = deque()
+        self.reject_work: deque[tuple[Request, tuple[str, float]]] = deque()
+        self.busy = 0                           # workers occupied (reject work included)
+        self.serving = 0                        # requests in service (reject work excluded)
+        self.in_service: set[Request] = set()
+        self.outage: str | None = None          # None | "refuse" | "blackhole"
+        self.admit: tuple[float, tuple[str, float]] | None = None
+        self.partitions: list[tuple[float, float, float, float, float]] = []  # offset, fraction, failure, hang, isolate_at
+        self.learned: Callable[[int, float], bool] = lambda cid, now: True   # failover knowledge
+
+    # --- arrival --------------------------------------------------------------------------
+
+    def submit(self, req: Request) -> None:
+        """An attempt reaches the server: the first check that applies decides (MODEL.md 3)."""
+        now, cid = self.env.now, req.cid
+        if not self.learned(cid, now):
+            return self._refuse(req, _CONN_REFUSED)
+        if self.outage is not None:
+            if self.outage == "refuse":
+                self._refuse(req, _CONN_REFUSED)
+            return  # blackhole: no answer, the attempt times out
+        if self.admit is not None and self.key(cid) >= self.admit[0]:
+            return self._refuse(req, self.admit[1], costly=True)
+        if self.rate_limit is not None and not self._take_token(now):
+            return self._refuse(req, (REFUSED, self.rate_limit.retry_after), costly=True)
+        hang = self._partition_hang(cid, now)
+        if hang is None:
+            return self._refuse(req, _CONN_REFUSED)  # fail-fast after isolate_at
+        req.hang = hang
+        if self.busy < self.workers and not self.reject_work:
+            self._start(req)
+        elif len(self.queue) >= self.queue_limit:
+            self._refuse(req, self.busy_503, costly=True)
+        else:
+            self.queue.append(req)
+            self.levels["queue"].add(now, 1)
+            self.levels["in_system"].add(now, 1)
+
+    def _take_token(self, now: float) -> bool:
+        rl = self.rate_limit
+        self.tokens = min(rl.bucket, self.tokens + (now - self.tokens_at) * rl.rate)
+        self.tokens_at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def _partition_hang(self, cid: int, now: float) -> bool | None:
+        """False: no hang; True: this attempt will hang if it is served; None: fail fast."""
+        for offset, fraction, failure, _hang, isolate_at in self.partitions:
+            if (self.key(cid) + offset) % 1.0 < fraction:
+                if now >= isolate_at:
+                    return None if self.rng.random() < failure else False
+                return True
+        return False
+
+    # --- refusals -------------------------------------------------------------------------
+
+    def _refuse(self, req: Request, outcome: tuple[str, float], costly: bool = False) -> None:
+        now = self.env.now
+        self.counts["rejected"].add(now)
+        self.steady_refusals.add(req.sent)
+        if costly and self.reject_cost > 0:
+            self.reject_work.append((req, outcome))
+            self._dispatch()
+        else:
+            self._send_refusal(req, outcome)
+
+    def _send_refusal(self, req: Request, outcome: tuple[str, float]) -> None:
+        if self.rtt > 0:
+            ev = self.env.timeout(self.rtt, (req, outcome))
+            ev.callbacks.append(_deliver_refusal)
+        elif not req.reply.triggered:
+            req.reply.succeed(outcome)
+
+    # --- workers --------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Free workers take reject work first, then queued requests by the discipline."""
+        env, queue = self.env, self.queue
+        while self.busy < self.workers:
+            if self.reject_work:
+                req, outcome = self.reject_work.popleft()
+                self._occupy(1)
+                ev = env.timeout(self.reject_cost, (req, outcome))
+                ev.callbacks.append(self._reject_done)
+                continue
+            if not queue:
+                return
+            req = queue.pop() if self.lifo else queue.popleft()
+            self.levels["queue"].add(env.now, -1)
+            if self.drop_expired and env.now >= req.deadline:
+                self.levels["in_system"].add(env.now, -1)
+                continue  # discarded at the head without using a worker
+            self._start(req, queued=True)
+
+    def _occupy(self, delta: int) -> None:
+        self.busy += delta
+        self.levels["busy"].add(self.env.now, delta)
+
+    def _start(self, req: Request, queued: bool = False) -> None:
+        env = self.env
+        now = env.now
+        if not queued:
+            self.levels["in_system"].add(now, 1)
+        self._occupy(1)
+        self.serving += 1
+        self.tallies.service_started(now, now - req.sent)
+        req.started = now
+        self.in_service.add(req)
+        if req.hang:
+            hang = self._hang_time(req.cid)
+            if hang is not None and self.rng.random() < self._failure(req.cid):
+                work = hang
+            else:
+                req.hang = False
+                work = self._service_time()
+        else:
+            work = self._service_time()
+        if self.cancel and now + work > req.deadline:
+            work = max(0.0, req.deadline - now)  # deadline propagation: stop at the deadline
+        ev = env.timeout(work, req)
+        ev.callbacks.append(self._done)
+
+    def _service_time(self) -> float:
+        t = self.service.sample(self.rng)
+        if self.overload is not None:
+            t *= 1.0 + self.overload.per_request * max(0.0, len(self.queue) + self.serving - self.overload.knee)
+        return t
+
+    def _hang_time(self, cid: int) -> float | None:
+        for offset, fraction, _failure, hang, _isolate in self.partitions:
+            if (self.key(cid) + offset) % 1.0 < fraction:
+                return hang
+        return None
+
+    def _failure(self, cid: int) -> float:
+        for offset, fraction, failure, _hang, _isolate in self.partitions:
+            if (self.key(cid) + offset) % 1.0 < fraction:
+                return failure
+        return 0.0
+
+    def _done(self, ev: simpy.Event) -> None:
+        req: Request = ev.value
+        if not req.live:
+            return  # lost to an outage or failover: already accounted for
+        now = self.env.now
+        self._finish(req, now)
+        if now >= req.deadline:
+            pass  # late: the client has timed out (a response at exactly the deadline is late)
+        elif not req.reply.triggered:
+            req.reply.succeed(_ERROR if req.hang else _OK)
+        self._dispatch()
+
+    def _finish(self, req: Request, now: float) -> None:
+        """A request leaves its worker: account its work (wasted if it ended at/after the deadline)."""
+        wasted = now >= req.deadline
+        self.tallies.work(now - req.started, wasted)
+        if wasted:
+            self.counts["wasted"].add(now)
+        self.in_service.discard(req)
+        self.serving -= 1
+        self._occupy(-1)
+        self.levels["in_system"].add(now, -1)
+
+    def _reject_done(self, ev: simpy.Event) -> None:
+        req, outcome = ev.value
+        self.tallies.work(self.reject_cost, False)
+        self._occupy(-1)
+        self._send_refusal(req, outcome)
+        self._dispatch()
+
+    # --- events ---------------------------------------------------------------------------
+
+    def lose_everything(self, answer: bool) -> None:
+        """Outage or failover: queued and in-service requests are lost (counted as rejected).
+
+        answer=True: their clients learn at once (refused); False (blackhole): they time out.
+        Killed work is wasted worker time.
+        """
+        now = self.env.now
+        lost = list(self.queue) + list(self.in_service)
+        for req in self.in_service:
+            req.live = False
+            self.tallies.work(now - req.started, True)
+            self.counts["wasted"].add(now)
+            self.serving -= 1
+            self._occupy(-1)
+        self.in_service.clear()
+        self.levels["queue"].add(now, -len(self.queue))
+        self.levels["in_system"].add(now, -len(lost))
+        self.queue.clear()
+        for req in lost:
+            self.counts["rejected"].add(now)
+            self.steady_refusals.add(req.sent)
+            if answer and not req.reply.triggered:
+                req.reply.succeed(_CONN_REFUSED)
+
+    def set_workers(self, workers: int) -> None:
+        """Fewer workers never pre-empt requests in service; more start queued work at once."""
+        self.workers = max(0, int(workers))
+        self.levels["workers"].set(self.env.now, self.workers)
+        self._dispatch()
+
+    def capacity_rps(self) -> float:
+        mean = self.service.mean
+        return math.inf if mean == 0 else self.workers / mean
+
+
+def _deliver_refusal(ev: simpy.Event) -> None:
+    req, outcome = ev.value
+    if not req.reply.triggered:
+        req.reply.succeed(outcome)
