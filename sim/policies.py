@@ -34,7 +34,7 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass, field, fields
-from typing import ClassVar, Union
+from typing import ClassVar, Iterable, Union
 
 import numpy as np
 
@@ -274,12 +274,13 @@ class DecorrelatedJitter(Policy):
             return math.inf
 
     def _mean_given(self, previous: float) -> float:
-        """E[min(c, X)], X ~ U(b, h), h = 3·previous: the uniform mean below c, plus c times P(X > c)."""
+        """E[min(c, X)] for X ~ U(b, h), h = 3·previous: c minus the mean shortfall below c."""
         b, c = self.base, self.cap
         h = 3.0 * min(max(previous, b), MAX_DELAY)
         if c >= h:
             return (b + h) / 2
-        return ((c * c - b * b) / 2 + c * (h - c)) / (h - b)
+        # = (integral of x over [b, c] + c·(h - c)) / (h - b), in a form exact at c = b
+        return c - (c - b) ** 2 / (2 * (h - b))
 
 
 @dataclass(frozen=True, repr=False)
@@ -402,13 +403,15 @@ def _growth_limit(base: float, cap: float, multiplier: float) -> float:
     return float(min(k, safe))
 
 
-def _did_you_mean(word: str, choices: object) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)  # type: ignore[call-overload]
-    return f"; did you mean {close[0]!r}?" if close else ""
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """"; did you mean 'x'?" for the nearest choice (ignoring case), or nothing."""
+    by_lower = {choice.lower(): choice for choice in choices}
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1)
+    return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
 
 
 def _seconds(value: float) -> str:
-    return "inf" if math.isinf(value) else f"{value:g}s"
+    return f"{value:g}" if not math.isfinite(value) else f"{value:g}s"
 
 
 def _literal(value: object) -> str:
