@@ -6,16 +6,22 @@ Exit status: 0 on success, 2 on bad input (a scenario, an option), 1 on a bug.
 from __future__ import annotations
 
 import math
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sim import __version__
 from sim.config import ScenarioError, load_scenario, shipped_scenarios
-from sim.describe import policy_rows, scenario_line
+from sim.des import UnsupportedScenario
+from sim.describe import policy_rows, scenario_line, summary_lines
+from sim.runner import finite_json, write_outputs
+from sim.runner import simulate as run_simulation
 from sim.units import format_duration, parse_duration
 
 app = typer.Typer(
@@ -146,14 +152,66 @@ def _short(seconds: float) -> str:
     return format_duration(round(seconds))  # 2m8s
 
 
-@app.command(hidden=False)
+@app.command()
 def simulate(
     scenario: Annotated[Path, typer.Argument(help="Scenario file or shipped name.")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: out/<scenario name>).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    sets: SetOption = None,
+    scale: ScaleOption = 1.0,
+    seed: SeedOption = None,
+    engine: Annotated[str, typer.Option(help="des (the SimPy reference) or auto.")] = "auto",
+    until: Annotated[Optional[str], typer.Option(help="Stop the run early at this simulated time (e.g. 30m).")] = None,
+    replications: Annotated[int, typer.Option(min=1, help="Independent seeds; the summary gives means and 95 % CIs.")] = 1,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no closing lines.")] = False,
 ) -> None:
-    """Run a scenario through the simulator (arrives with the reference engine)."""
-    err.print("loginstorm simulate: the reference engine is not part of this version yet; "
-              "`loginstorm validate` checks a scenario meanwhile.")
-    raise typer.Exit(code=2)
+    """Run a scenario through the simulator; write summary.json and timeseries.csv."""
+    try:
+        s = load_scenario(scenario, sets=sets or (), scale=scale, seed=seed)
+    except ScenarioError as exc:
+        raise _fail(exc) from None
+    stop = _duration(until) if until is not None else None
+    if stop is not None and not (0 < stop):
+        err.print("loginstorm simulate: --until must be > 0")
+        raise typer.Exit(code=2)
+    target = out_dir if out_dir is not None else Path("out") / s.name
+    try:
+        with _progress(s, stop, replications, enabled=not quiet and err.is_terminal) as report:
+            outcome = run_simulation(s, engine=engine, until=stop, replications=replications, progress=report)
+    except (UnsupportedScenario, ValueError) as exc:
+        err.print(f"{s.source}: {exc}", markup=False, highlight=False)
+        raise typer.Exit(code=2) from None
+    paths = write_outputs(outcome, target)
+    if json_out:
+        out.print_json(data=finite_json(outcome.summary))
+    if not quiet:
+        err.print(summary_lines(outcome.summary), highlight=False, markup=False)
+        err.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False, markup=False)
+
+
+@contextmanager
+def _progress(s, stop: float | None, replications: int, enabled: bool):
+    """A progress bar over simulated time (all replications), with events/s; silent when not a TTY."""
+    if not enabled:
+        yield None
+        return
+    end = min(stop, s.duration) if stop is not None else s.duration
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[sim]}"),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(f"simulating {s.name}", total=end * replications, sim="", rate="")
+        started = time.perf_counter()
+        done = [0]
+
+        def report(k: int, t: float, events: int) -> None:
+            elapsed = time.perf_counter() - started
+            done[0] = max(done[0], events)
+            bar.update(task, completed=k * end + t,
+                       sim=f"{format_duration(round(t))} of {format_duration(end)}"
+                           + (f" (run {k + 1}/{replications})" if replications > 1 else ""),
+                       rate=f"{events / max(elapsed, 1e-9):,.0f} events/s" if k == 0 else "")
+
+        yield report
 
 
 if __name__ == "__main__":  # pragma: no cover

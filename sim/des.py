@@ -23,10 +23,12 @@ import numpy as np
 import simpy
 
 from sim.metrics import summarize, timeseries
+from sim.distributions import Exponential, Uniform
 from sim.record import COUNTS, LEVELS, Counter, Level, ShareWatch, Tallies, Window
 from sim.scenario import Scenario
-from sim.server import ERROR, OK, TIMEOUT, LoginServer, Request
-from sim.waves import pick, wave_times
+from sim.server import ERROR, OK, TIMEOUT, TIMEOUT_OUTCOME, LoginServer, Request, expire
+from sim.streams import DelayStream, DrawStream
+from sim.waves import next_arrival, pick, rate_schedule, wave_times
 
 __all__ = ["run", "RunResult", "UnsupportedScenario"]
 
@@ -95,8 +97,10 @@ class Model:
         self.capacity_at_start = self.server.capacity_rps()
         c = s.client
         self.policy = c.build_policy()
-        self.timeout, self.connect_delay, self.relaunch = c.timeout, c.connect_delay, c.relaunch
-        self.session, self.offline = s.population.session, s.population.offline
+        self.delays = DelayStream(self.policy, rng)
+        self.timeout, self.connect_delay, self.relaunch = (DrawStream(d, rng) for d in (c.timeout, c.connect_delay, c.relaunch))
+        self.session, self.offline = (DrawStream(d, rng) for d in (s.population.session, s.population.offline))
+        self.uniform = DrawStream(Uniform(0.0, 1.0), rng)
         self.state = array("b")
         self.keys = array("d")
         self.rebooting = bytearray()
@@ -118,10 +122,12 @@ class Model:
     def _new_client(self, state: int) -> int:
         cid = len(self.state)
         self.state.append(state)
-        self.keys.append(float(self.rng.random()))
+        self.keys.append(self.uniform.next())
         self.rebooting.append(0)
-        self.n_state[state] += 1
+        n = self.n_state
+        n[state] += 1
         self.levels[STATE_NAMES[state]].add(self.env.now, 1)
+        self.watch.update(self.env.now, n[ONLINE], n[CONNECTING], n[GAVE_UP])
         return cid
 
     def _populate(self) -> None:
@@ -134,11 +140,11 @@ class Model:
         self.levels["online"].set(0.0, online)
         self.levels["offline"].set(0.0, pop.clients - online)
         self.watch.update(0.0, online, 0, 0)
-        if not self.session.is_infinite:
-            for cid, t in enumerate(self.session.sample(self.rng, online)):
+        if not pop.session.is_infinite:
+            for cid, t in enumerate(pop.session.sample(self.rng, online)):
                 self.wake(cid, ("online", float(t)))
-        if not self.offline.is_infinite:
-            for cid, t in zip(range(online, pop.clients), self.offline.sample(self.rng, pop.clients - online)):
+        if not pop.offline.is_infinite:
+            for cid, t in zip(range(online, pop.clients), pop.offline.sample(self.rng, pop.clients - online)):
                 self.wake(cid, ("offline", float(t)))
 
     def set_state(self, cid: int, new: int) -> None:
@@ -193,7 +199,7 @@ class Model:
     def online(self, cid: int, session: float | None) -> Generator:
         self.set_state(cid, ONLINE)
         if session is None:
-            session = self.session.sample(self.rng)
+            session = self.session.next()
         if math.isinf(session):
             return None
         yield self.env.timeout(session)
@@ -202,7 +208,7 @@ class Model:
     def wait_offline(self, cid: int, wait: float | None) -> Generator:
         self.set_state(cid, OFFLINE)
         if wait is None:
-            wait = self.offline.sample(self.rng)
+            wait = self.offline.next()
         if math.isinf(wait):
             return None
         yield self.env.timeout(wait)
@@ -220,7 +226,7 @@ class Model:
 
     def gave_up(self, cid: int) -> Generator:
         self.set_state(cid, GAVE_UP)
-        wait = self.relaunch.sample(self.rng)
+        wait = self.relaunch.next()
         if math.isinf(wait):
             return None
         yield self.env.timeout(wait)
@@ -228,11 +234,11 @@ class Model:
 
     def episode(self, cid: int) -> Generator:
         """Attempts until success or give-up: the policy's delay (or Retry-After) between them."""
-        env, rng, policy, client = self.env, self.rng, self.policy, self.s.client
+        env, policy, client = self.env, self.policy, self.s.client
         self.set_state(cid, CONNECTING)
         self.tallies.episodes += 1
         begun = env.now
-        delay = self.connect_delay.sample(rng)
+        delay = self.connect_delay.next()
         if delay > 0:
             yield env.timeout(delay)
         first = env.now
@@ -246,7 +252,7 @@ class Model:
                 return ONLINE_STEP
             if not policy.allows_retry(attempts):
                 break
-            previous = policy.delay(attempts - 1, rng, previous)
+            previous = self.delays.next(attempts - 1, previous)
             wait = max(previous, retry_after) if client.honor_retry_after else previous
             if env.now + wait > first + client.give_up_after:
                 break
@@ -264,12 +270,21 @@ class Model:
         env = self.env
         now = env.now
         self.counts["attempts"].add(now)
-        timeout = self.timeout.sample(self.rng)
+        timeout = self.timeout.next()
         req = Request(cid, now, now + timeout, env.event())
-        self.server.submit(req)
-        if not math.isinf(timeout):
-            env.timeout(timeout, req).callbacks.append(_expire)
-        outcome = yield req.reply
+        refusal = self.server.submit(req)
+        if refusal is None:  # waiting, in service or blackholed: the reply or the deadline decides
+            if timeout < math.inf:
+                env.timeout(timeout, req).callbacks.append(expire)
+            outcome = yield req.reply
+        else:  # refused at once: the answer comes back one round trip later, unless the deadline is first
+            rtt = self.s.client.rtt
+            if rtt >= timeout:
+                refusal = TIMEOUT_OUTCOME
+                rtt = timeout
+            if rtt > 0:
+                yield env.timeout(rtt)
+            outcome = refusal
         if outcome[0] == TIMEOUT:
             self.counts["timeouts"].add(env.now)
             self.steady_timeouts.add(now)
@@ -281,24 +296,17 @@ class Model:
 
     def arrivals(self) -> Generator:
         """Poisson arrivals of new clients at `login_rate`, times any active surge factors."""
-        env, rng = self.env, self.rng
-        base = self.s.population.login_rate
-        surges = [(e.at, e.at + e.duration, e.factor) for e in self.s.events if e.kind == "surge"]
+        env = self.env
+        schedule = rate_schedule(self.s.population.login_rate,
+                                 [(e.at, e.duration, e.factor) for e in self.s.events if e.kind == "surge"])
+        unit = DrawStream(Exponential(1.0), self.rng)
+        t = 0.0
         while True:
-            # invert the integrated piecewise-constant rate: exact for any surge pattern
-            need, t = rng.exponential(1.0), env.now
-            while True:
-                rate = base * math.prod(f for a, b, f in surges if a <= t < b)
-                nxt = min([x for a, b, _ in surges for x in (a, b) if x > t], default=math.inf)
-                if rate > 0 and t + need / rate <= nxt:
-                    t += need / rate
-                    break
-                if math.isinf(nxt):
-                    return
-                need -= rate * (nxt - t)
-                t = nxt
+            t = next_arrival(t, unit.next(), schedule)
+            if t >= self.end:
+                return
             yield env.timeout(t - env.now)
-            self.wake(self._new_client(OFFLINE), EPISODE)
+            self.wake(self._new_client(CONNECTING), EPISODE)
 
     def fire(self, e) -> Generator:
         """One scenario event: wait for its `at`, then act (MODEL.md 3.1)."""
@@ -429,9 +437,3 @@ class Model:
             progress(end, events)
         return events
 
-
-def _expire(ev: simpy.Event) -> None:
-    """The client's deadline: a request still unanswered times out (a reply at this instant is late)."""
-    req: Request = ev.value
-    if not req.reply.triggered:
-        req.reply.succeed((TIMEOUT, 0.0))

@@ -11,7 +11,7 @@ from sim.policies import Policy, make_policy, policy_names
 from sim.scenario import Scenario
 from sim.units import format_duration
 
-__all__ = ["scenario_line", "policy_text", "capacity_rps", "PolicyRow", "policy_rows"]
+__all__ = ["scenario_line", "summary_lines", "policy_text", "capacity_rps", "PolicyRow", "policy_rows"]
 
 
 def capacity_rps(s: Scenario) -> float:
@@ -93,3 +93,30 @@ def _simulated_means(policy: Policy, retries: int, seed: int, draws: int) -> lis
         means.append(float(delays.mean()))
         previous = delays
     return means
+
+
+def _when(seconds: float | None) -> str:
+    return "never (still below at the end)" if seconds is None else format_duration(round(seconds, 1))
+
+
+def summary_lines(summary: dict) -> str:
+    """A few plain-language lines about a run's summary, for the terminal."""
+    rec = summary["recovery_s"]
+    amp = summary["amplification"]
+    reps = summary.get("replications")
+    head = f"{summary['scenario']} ({summary['engine']} engine" + (f", mean of {reps} replications)" if reps else ")")
+    lines = [
+        head,
+        f"  {summary['logins']:,.0f} logins in {summary['episodes']:,.0f} episodes; "
+        f"{summary['attempts']:,.0f} attempts" + (f" ({amp:.2f} per episode)" if amp is not None else ""),
+        f"  rejected {summary['rejected']:,.0f}, timed out {summary['timeouts']:,.0f}, "
+        f"gave up {summary['gave_up']:,.0f}; wasted work "
+        + ("n/a" if summary["wasted_work_fraction"] is None else f"{summary['wasted_work_fraction']:.1%}"),
+        f"  peak offered load {summary['peak_offered_rps']:,.1f}/s against a capacity of "
+        + ("unlimited" if summary["capacity_rps"] is None or math.isinf(summary["capacity_rps"])
+           else f"{summary['capacity_rps']:,.1f}/s"),
+        f"  back to 90 % online: {_when(rec['p90'])} after the first event; 99 %: {_when(rec['p99'])}",
+    ]
+    if summary["metastable"]:
+        lines.append("  the storm sustained itself: METASTABLE (still down and saturated at the end)")
+    return "\n".join(lines)

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sim.record import COLUMNS, COUNTS, Counter, Level, ShareWatch, Tallies, Window
+from sim.record import COLUMNS, COUNTS, DERIVED, Counter, Level, ShareWatch, Tallies, Window
 
 __all__ = ["summarize", "timeseries", "quantiles", "ratio", "SUMMARY_FIELDS", "STEADY_FIELDS"]
 
@@ -92,11 +92,18 @@ def summarize(r: Records, *, events: int, wallclock: float, engine: str = "des")
     }
 
 
+def level_mean(r: Records, name: str, window: int) -> float | None:
+    """Time average of a level, or of a sum of levels (`busy`, `in_system`), over a window."""
+    parts = DERIVED.get(name, (name,))
+    means = [r.levels[p].mean(window) for p in parts]
+    return None if any(m is None for m in means) else sum(means)
+
+
 def metastable(r: Records) -> bool:
     """The storm sustains itself: triggers over for >= 10 % of the run, yet the tail stays down and busy."""
     if r.last_event_end > r.end - 0.1 * r.end:
         return False
-    busy, workers = r.levels["busy"].mean(TAIL), r.levels["workers"].mean(TAIL)
+    busy, workers = level_mean(r, "busy", TAIL), r.levels["workers"].mean(TAIL)
     if busy is None or not workers:
         return False
     return r.watch.tail_max < 0.99 and busy / workers >= 0.95
@@ -114,12 +121,12 @@ def steady(r: Records) -> dict[str, float | None]:
     return {
         "arrival_rate": attempts / length,
         "throughput": logins / length,
-        "utilization": ratio(r.levels["busy"].mean(STEADY), workers),
+        "utilization": ratio(level_mean(r, "busy", STEADY), workers),
         "mean_wait_s": ratio(t.waits_sum, t.waits_started),
         "p_wait": ratio(t.waits_positive, t.waits_started),
         "blocking": ratio(r.steady_refusals.sums[0], attempts),
         "abandonment": ratio(r.steady_timeouts.sums[0], attempts),
-        "mean_in_system": r.levels["in_system"].mean(STEADY),
+        "mean_in_system": level_mean(r, "in_system", STEADY),
         "mean_orbit": r.levels["orbit"].mean(STEADY),
         "attempts_per_login": ratio(attempts, logins),
     }
@@ -136,7 +143,7 @@ def timeseries(r: Records) -> dict[str, np.ndarray]:
         if name in COUNTS:
             out[name] = np.array(r.counts[name].bins, dtype=np.int64)
         else:
-            out[name] = np.array(r.levels[name].bins) / lengths
+            out[name] = sum(np.array(r.levels[p].bins) for p in DERIVED.get(name, (name,))) / lengths
     return out
 
 

@@ -11,20 +11,25 @@ import math
 
 import numpy as np
 
-__all__ = ["COUNTS", "STATES", "LEVELS", "COLUMNS", "Window", "Level", "Counter", "ShareWatch", "Tallies"]
+__all__ = ["COUNTS", "STATES", "LEVELS", "DERIVED", "COLUMNS", "Window", "Level", "Counter", "ShareWatch", "Tallies"]
 
 #: per-bin event counts (also kept per steady window)
 COUNTS = ("attempts", "successes", "rejected", "timeouts", "errors", "wasted")
 #: client states; their counts are time-weighted levels
 STATES = ("online", "connecting", "offline", "gave_up")
 #: time-weighted levels of the server and the population
-LEVELS = STATES + ("queue", "busy", "workers", "supernodes", "in_system", "orbit")
+LEVELS = STATES + ("queue", "serving", "rejecting", "workers", "supernodes", "orbit")
+#: levels that are sums of recorded ones: busy workers and requests in the system
+DERIVED = {"busy": ("serving", "rejecting"), "in_system": ("queue", "serving")}
 #: the columns of timeseries.csv (MODEL.md section 5)
 COLUMNS = ("t",) + STATES + COUNTS + ("queue", "busy", "workers", "supernodes")
 
 
 class Window:
-    """A time interval [start, end) over which levels are averaged and counts kept."""
+    """A time interval [start, end) over which levels are averaged and counts kept.
+
+    Every window of a run ends where the run ends, which keeps the hot paths short.
+    """
 
     __slots__ = ("start", "end")
 
@@ -47,12 +52,13 @@ class Level:
         [20.0, 10.0]
     """
 
-    __slots__ = ("value", "since", "width", "nbins", "bins", "windows", "sums")
+    __slots__ = ("value", "since", "width", "nbins", "bins", "windows", "starts", "sums")
 
     def __init__(self, width: float, nbins: int, windows: tuple[Window, ...], value: float = 0.0):
         self.value, self.since, self.width, self.nbins = value, 0.0, width, nbins
         self.bins = [0.0] * nbins
         self.windows = windows
+        self.starts = tuple(w.start for w in windows)
         self.sums = [0.0] * len(windows)
 
     def add(self, t: float, delta: float) -> None:
@@ -68,21 +74,25 @@ class Level:
         self._integrate(t)
 
     def _integrate(self, t: float) -> None:
+        # hot path: called at every change of every level
         t0, v = self.since, self.value
         self.since = t
-        if v == 0 or t <= t0:
+        if not v or t <= t0:
             return
         width, bins = self.width, self.bins
-        i, j = int(t0 / width), min(int(t / width), self.nbins - 1)
-        if i == j:
-            bins[i] += v * (t - t0)
+        i = int(t0 / width)
+        if t <= (i + 1) * width or i >= self.nbins - 1:
+            bins[i if i < self.nbins else -1] += v * (t - t0)
         else:
+            j = min(int(t / width), self.nbins - 1)
             bins[i] += v * ((i + 1) * width - t0)
             for k in range(i + 1, j):
                 bins[k] += v * width
             bins[j] += v * (t - j * width)
-        for k, w in enumerate(self.windows):
-            self.sums[k] += v * w.overlap(t0, t)
+        sums = self.sums
+        for k, start in enumerate(self.starts):  # every window ends at the end of the run
+            if t > start:
+                sums[k] += v * (t - (t0 if t0 > start else start))
 
     def mean(self, window: int) -> float | None:
         """Time average over window number `window` (None for an empty window)."""
@@ -93,20 +103,22 @@ class Level:
 class Counter:
     """Per-bin counts of events by time, plus counts inside the windows."""
 
-    __slots__ = ("width", "nbins", "bins", "windows", "sums", "total")
+    __slots__ = ("width", "nbins", "bins", "windows", "starts", "sums", "total")
 
     def __init__(self, width: float, nbins: int, windows: tuple[Window, ...]):
         self.width, self.nbins = width, nbins
         self.bins = [0] * nbins
         self.windows = windows
+        self.starts = tuple(w.start for w in windows)
         self.sums = [0] * len(windows)
         self.total = 0
 
     def add(self, t: float, n: int = 1) -> None:
         self.total += n
-        self.bins[min(int(t / self.width), self.nbins - 1)] += n
-        for k, w in enumerate(self.windows):
-            if w.start <= t < w.end:
+        i = int(t / self.width)
+        self.bins[i if i < self.nbins else -1] += n
+        for k, start in enumerate(self.starts):  # every window ends at the end of the run
+            if t >= start:
                 self.sums[k] += n
 
 

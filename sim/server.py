@@ -16,14 +16,16 @@ import simpy
 
 from sim.record import Counter, Level, Tallies
 from sim.scenario import Scenario
+from sim.streams import DrawStream
 
-__all__ = ["Request", "LoginServer", "OK", "TIMEOUT", "ERROR", "REFUSED"]
+__all__ = ["Request", "LoginServer", "OK", "TIMEOUT", "ERROR", "REFUSED", "expire"]
 
 # Outcomes a client sees: (kind, Retry-After seconds)
 OK, REFUSED, TIMEOUT, ERROR = "ok", "refused", "timeout", "error"
 _OK = (OK, 0.0)
 _CONN_REFUSED = (REFUSED, 0.0)
 _ERROR = (ERROR, 0.0)
+TIMEOUT_OUTCOME = _TIMEOUT = (TIMEOUT, 0.0)
 
 
 class Request:
@@ -49,7 +51,8 @@ class LoginServer:
         srv = s.server
         self.configured = srv.workers
         self.workers = srv.workers
-        self.service = srv.service_time
+        self.service = DrawStream(srv.service_time, rng)
+        self.mean_service = srv.service_time.mean
         self.queue_limit = srv.queue_limit
         self.lifo = srv.discipline == "lifo"
         self.drop_expired = srv.drop_expired or srv.cancel_on_timeout
@@ -64,6 +67,8 @@ class LoginServer:
         self.key = key                          # a client's fixed uniform, for admit/partition membership
         self.queue: deque[Request] = deque()
         self.reject_work: deque[tuple[Request, tuple[str, float]]] = deque()
+        # levels "serving" (requests in service) and "rejecting" (reject work) make up the busy
+        # workers; "queue" + "serving" is the number in system
         self.busy = 0                           # workers occupied (reject work included)
         self.serving = 0                        # requests in service (reject work excluded)
         self.in_service: set[Request] = set()
@@ -74,15 +79,19 @@ class LoginServer:
 
     # --- arrival --------------------------------------------------------------------------
 
-    def submit(self, req: Request) -> None:
-        """An attempt reaches the server: the first check that applies decides (MODEL.md 3)."""
+    def submit(self, req: Request) -> tuple[str, float] | None:
+        """An attempt reaches the server: the first check that applies decides (MODEL.md 3).
+
+        Returns the refusal when the server refuses at once (the client takes it one round trip
+        later), else None: the request waits, is served or is blackholed, and `req.reply` fires.
+        """
         now, cid = self.env.now, req.cid
         if not self.learned(cid, now):
             return self._refuse(req, _CONN_REFUSED)
         if self.outage is not None:
             if self.outage == "refuse":
-                self._refuse(req, _CONN_REFUSED)
-            return  # blackhole: no answer, the attempt times out
+                return self._refuse(req, _CONN_REFUSED)
+            return None  # blackhole: no answer, the attempt times out
         if self.admit is not None and self.key(cid) >= self.admit[0]:
             return self._refuse(req, self.admit[1], costly=True)
         if self.rate_limit is not None and not self._take_token(now):
@@ -94,11 +103,11 @@ class LoginServer:
         if self.busy < self.workers and not self.reject_work:
             self._start(req)
         elif len(self.queue) >= self.queue_limit:
-            self._refuse(req, self.busy_503, costly=True)
+            return self._refuse(req, self.busy_503, costly=True)
         else:
             self.queue.append(req)
             self.levels["queue"].add(now, 1)
-            self.levels["in_system"].add(now, 1)
+        return None
 
     def _take_token(self, now: float) -> bool:
         rl = self.rate_limit
@@ -120,18 +129,23 @@ class LoginServer:
 
     # --- refusals -------------------------------------------------------------------------
 
-    def _refuse(self, req: Request, outcome: tuple[str, float], costly: bool = False) -> None:
+    def _refuse(self, req: Request, outcome: tuple[str, float], costly: bool = False) -> tuple[str, float] | None:
         now = self.env.now
         self.counts["rejected"].add(now)
         self.steady_refusals.add(req.sent)
         if costly and self.reject_cost > 0:
             self.reject_work.append((req, outcome))
             self._dispatch()
-        else:
-            self._send_refusal(req, outcome)
+            return None  # waits for a worker: the reply comes later, the client's deadline applies
+        return outcome
 
     def _send_refusal(self, req: Request, outcome: tuple[str, float]) -> None:
-        if self.rtt > 0:
+        """The refusal reaches the client one round trip later, unless its deadline comes first."""
+        now = self.env.now
+        if now + self.rtt >= req.deadline:
+            ev = self.env.timeout(max(0.0, req.deadline - now), req)
+            ev.callbacks.append(expire)
+        elif self.rtt > 0:
             ev = self.env.timeout(self.rtt, (req, outcome))
             ev.callbacks.append(_deliver_refusal)
         elif not req.reply.triggered:
@@ -145,7 +159,8 @@ class LoginServer:
         while self.busy < self.workers:
             if self.reject_work:
                 req, outcome = self.reject_work.popleft()
-                self._occupy(1)
+                self.busy += 1
+                self.levels["rejecting"].add(env.now, 1)
                 ev = env.timeout(self.reject_cost, (req, outcome))
                 ev.callbacks.append(self._reject_done)
                 continue
@@ -154,21 +169,15 @@ class LoginServer:
             req = queue.pop() if self.lifo else queue.popleft()
             self.levels["queue"].add(env.now, -1)
             if self.drop_expired and env.now >= req.deadline:
-                self.levels["in_system"].add(env.now, -1)
                 continue  # discarded at the head without using a worker
-            self._start(req, queued=True)
+            self._start(req)
 
-    def _occupy(self, delta: int) -> None:
-        self.busy += delta
-        self.levels["busy"].add(self.env.now, delta)
-
-    def _start(self, req: Request, queued: bool = False) -> None:
+    def _start(self, req: Request) -> None:
         env = self.env
         now = env.now
-        if not queued:
-            self.levels["in_system"].add(now, 1)
-        self._occupy(1)
+        self.busy += 1
         self.serving += 1
+        self.levels["serving"].add(now, 1)
         self.tallies.service_started(now, now - req.sent)
         req.started = now
         self.in_service.add(req)
@@ -187,7 +196,7 @@ class LoginServer:
         ev.callbacks.append(self._done)
 
     def _service_time(self) -> float:
-        t = self.service.sample(self.rng)
+        t = self.service.next()
         if self.overload is not None:
             t *= 1.0 + self.overload.per_request * max(0.0, len(self.queue) + self.serving - self.overload.knee)
         return t
@@ -224,13 +233,14 @@ class LoginServer:
             self.counts["wasted"].add(now)
         self.in_service.discard(req)
         self.serving -= 1
-        self._occupy(-1)
-        self.levels["in_system"].add(now, -1)
+        self.busy -= 1
+        self.levels["serving"].add(now, -1)
 
     def _reject_done(self, ev: simpy.Event) -> None:
         req, outcome = ev.value
         self.tallies.work(self.reject_cost, False)
-        self._occupy(-1)
+        self.busy -= 1
+        self.levels["rejecting"].add(self.env.now, -1)
         self._send_refusal(req, outcome)
         self._dispatch()
 
@@ -248,11 +258,11 @@ class LoginServer:
             req.live = False
             self.tallies.work(now - req.started, True)
             self.counts["wasted"].add(now)
-            self.serving -= 1
-            self._occupy(-1)
+        self.serving -= len(self.in_service)
+        self.busy -= len(self.in_service)
+        self.levels["serving"].add(now, -len(self.in_service))
         self.in_service.clear()
         self.levels["queue"].add(now, -len(self.queue))
-        self.levels["in_system"].add(now, -len(lost))
         self.queue.clear()
         for req in lost:
             self.counts["rejected"].add(now)
@@ -267,8 +277,15 @@ class LoginServer:
         self._dispatch()
 
     def capacity_rps(self) -> float:
-        mean = self.service.mean
+        mean = self.mean_service
         return math.inf if mean == 0 else self.workers / mean
+
+
+def expire(ev: simpy.Event) -> None:
+    """The client's deadline: a request still unanswered times out (a reply at this instant is late)."""
+    req: Request = ev.value
+    if not req.reply.triggered:
+        req.reply.succeed(_TIMEOUT)
 
 
 def _deliver_refusal(ev: simpy.Event) -> None:

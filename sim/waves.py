@@ -6,11 +6,13 @@ the same story the simulation tells (MODEL.md section 3.1, "Fraction events").
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from sim.distributions import Distribution
 
-__all__ = ["pick", "wave_times"]
+__all__ = ["pick", "wave_times", "rate_schedule", "next_arrival"]
 
 
 def pick(rng: np.random.Generator, eligible: np.ndarray, fraction: float) -> np.ndarray:
@@ -41,3 +43,39 @@ def wave_times(rng: np.random.Generator, at: float, count: int, spread: Distribu
         base = offsets[rng.choice(len(waves), size=count, p=probs / probs.sum())]
     jitter = np.zeros(count) if spread.is_zero else np.asarray(spread.sample(rng, count), dtype=float)
     return at + base + jitter
+
+
+def rate_schedule(base: float, surges: list[tuple[float, float, float]]) -> list[tuple[float, float]]:
+    """Piecewise-constant arrival rate as (from, rate) steps: `base` times every active surge factor.
+
+        >>> rate_schedule(2.0, [(10.0, 5.0, 3.0)])
+        [(0.0, 2.0), (10.0, 6.0), (15.0, 2.0)]
+    """
+    cuts = sorted({0.0} | {a for a, _, _ in surges} | {a + d for a, d, _ in surges})
+    steps = []
+    for t in cuts:
+        rate = base
+        for a, d, factor in surges:
+            if a <= t < a + d:
+                rate *= factor
+        steps.append((t, rate))
+    return steps
+
+
+def next_arrival(t: float, need: float, schedule: list[tuple[float, float]]) -> float:
+    """The time after `t` at which the integrated rate has grown by `need` (an Exp(1) draw): inf if never.
+
+    Inverting the integrated rate makes a Poisson process with any piecewise-constant rate exact.
+    """
+    k = len(schedule) - 1
+    while k > 0 and schedule[k][0] > t:
+        k -= 1
+    while True:
+        rate = schedule[k][1]
+        end = schedule[k + 1][0] if k + 1 < len(schedule) else math.inf
+        if rate > 0 and t + need / rate <= end:
+            return t + need / rate
+        if end == math.inf:
+            return math.inf
+        need -= rate * (end - t)
+        t, k = end, k + 1

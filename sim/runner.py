@@ -1,0 +1,162 @@
+"""Running a scenario as the CLI does: engine choice, replications, and the output folder.
+
+    >>> from sim.config import load_scenario
+    >>> outcome = simulate(load_scenario("quickstart"), replications=2, until=900.0)
+    >>> write_outputs(outcome, Path("out/quickstart"))
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from sim import des
+from sim.record import COLUMNS, COUNTS
+from sim.scenario import Scenario
+
+__all__ = ["Outcome", "simulate", "write_outputs", "combine", "finite_json", "ENGINES"]
+
+ENGINES = ("auto", "des")
+# Student t quantiles t(0.975, df) for df = 1..30; beyond that the normal 1.96 is close enough.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+         2.052, 2.048, 2.045, 2.042)
+
+
+@dataclass
+class Outcome:
+    """A simulation as written out: the (combined) summary, the (mean) time series and the runs."""
+
+    summary: dict[str, Any]
+    timeseries: dict[str, np.ndarray]
+    runs: list[des.RunResult]
+
+
+def simulate(scenario: Scenario, *, engine: str = "auto", until: float | None = None,
+             replications: int = 1, progress: Callable[[int, float, int], None] | None = None) -> Outcome:
+    """Run `replications` independent seeds (SeedSequence(seed).spawn) of one scenario.
+
+    `progress(replication, sim_time, events)` is called as the runs advance.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r} (one of {', '.join(ENGINES)})")
+    if replications < 1:
+        raise ValueError("replications must be >= 1")
+    if replications == 1:
+        rngs = [np.random.default_rng(scenario.seed)]
+    else:
+        rngs = [np.random.default_rng(child) for child in np.random.SeedSequence(scenario.seed).spawn(replications)]
+    runs = []
+    for k, rng in enumerate(rngs):
+        report = None if progress is None else (lambda t, n, k=k: progress(k, t, n))
+        runs.append(des.run(scenario, until=until, progress=report, rng=rng))
+    if replications == 1:
+        return Outcome(runs[0].summary, runs[0].timeseries, runs)
+    return Outcome(combine([r.summary for r in runs]), _mean_series([r.timeseries for r in runs]), runs)
+
+
+def combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean of each numeric field over replications, with a 95 % confidence interval beside it.
+
+    The result keeps the summary's shape (means in place of values), adds `replications`,
+    `ci95` (the same shape, [low, high] per numeric field) and `runs` (every replication's
+    summary). A field that is null in any replication (say, recovery that never came) is null in
+    the mean; `metastable` becomes true when most replications are, and `metastable_share` says
+    how many.
+    """
+    out = _combine_level(summaries)
+    out["ci95"] = _ci_level(summaries)
+    share = sum(bool(s["metastable"]) for s in summaries) / len(summaries)
+    out["metastable"] = share > 0.5
+    out["metastable_share"] = share
+    out["replications"] = len(summaries)
+    out["runs"] = summaries
+    return out
+
+
+def _combine_level(items: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, first in items[0].items():
+        values = [item[key] for item in items]
+        if isinstance(first, dict):
+            out[key] = _combine_level(values)
+        elif isinstance(first, bool) or isinstance(first, str):
+            out[key] = first if all(v == first for v in values) else values
+        elif any(v is None for v in values):
+            out[key] = None
+        elif all(v == first for v in values):
+            out[key] = first  # the same in every run (seed, clients, ...): keep it as it is
+        elif isinstance(first, (int, float)):
+            out[key] = float(np.mean(values))
+        else:
+            out[key] = first
+    return out
+
+
+def _ci_level(items: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, first in items[0].items():
+        values = [item[key] for item in items]
+        if isinstance(first, dict):
+            out[key] = _ci_level(values)
+        elif isinstance(first, (int, float)) and not isinstance(first, bool) and key not in ("seed", "scale"):
+            out[key] = None if any(v is None for v in values) else _ci(values)
+    return out
+
+
+def _ci(values: list[float]) -> list[float]:
+    n = len(values)
+    mean = float(np.mean(values))
+    half = _T975[min(n - 1, 30) - 1] * float(np.std(values, ddof=1)) / math.sqrt(n) if n > 1 else math.inf
+    if n > 31:
+        half = 1.96 * float(np.std(values, ddof=1)) / math.sqrt(n)
+    return [mean - half, mean + half]
+
+
+def _mean_series(series: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.mean([s[k] for s in series], axis=0) for k in series[0]}
+
+
+def write_outputs(outcome: Outcome, out_dir: Path) -> list[Path]:
+    """summary.json and timeseries.csv in `out_dir` (created); returns the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = out_dir / "summary.json"
+    summary_path.write_text(json.dumps(finite_json(outcome.summary), indent=2, default=_json_default) + "\n")
+    series_path = out_dir / "timeseries.csv"
+    ts = outcome.timeseries
+    whole_counts = len(outcome.runs) == 1
+    with series_path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(COLUMNS)
+        for i in range(len(ts["t"])):
+            writer.writerow([_cell(name, ts[name][i], whole_counts) for name in COLUMNS])
+    return [summary_path, series_path]
+
+
+def _cell(name: str, value: float, whole_counts: bool) -> str:
+    if name in COUNTS and whole_counts:
+        return str(int(value))
+    return f"{float(value):.6g}"
+
+
+def finite_json(value: Any) -> Any:
+    """The same structure with inf/nan floats as null: JSON has no infinity."""
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
