@@ -61,22 +61,19 @@ class Level:
         self.starts = tuple(w.start for w in windows)
         self.sums = [0.0] * len(windows)
 
-    def add(self, t: float, delta: float) -> None:
-        self._integrate(t)
-        self.value += delta
-
     def set(self, t: float, value: float) -> None:
-        self._integrate(t)
-        self.value = value
+        self.add(t, value - self.value)
 
     def close(self, t: float) -> None:
         """Integrate up to the end of the run."""
-        self._integrate(t)
+        self.add(t, 0.0)
 
-    def _integrate(self, t: float) -> None:
-        # hot path: called at every change of every level
+    def add(self, t: float, delta: float) -> None:
+        """The level changes by `delta` at time t (>= the time of the last change)."""
+        # hot path: called at every change of every level; integrates the old value first
         t0, v = self.since, self.value
         self.since = t
+        self.value = v + delta
         if not v or t <= t0:
             return
         width, bins = self.width, self.bins
