@@ -22,7 +22,8 @@ test-quick: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/loginstorm validate scenarios/*.toml
-	$(VENV)/bin/loginstorm policies --base 1s --cap 5m
+	$(VENV)/bin/loginstorm simulate scenarios/quickstart.toml --out out/quickstart
+	@echo "The quickstart storm's summary and time series are in out/quickstart/"
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

@@ -179,14 +179,14 @@ def simulate(
         with _progress(s, stop, replications, enabled=not quiet and err.is_terminal) as report:
             outcome = run_simulation(s, engine=engine, until=stop, replications=replications, progress=report)
     except (UnsupportedScenario, ValueError) as exc:
-        err.print(f"{s.source}: {exc}", markup=False, highlight=False)
+        err.print(f"{s.source}: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
     paths = write_outputs(outcome, target)
     if json_out:
         out.print_json(data=finite_json(outcome.summary))
     if not quiet:
-        err.print(summary_lines(outcome.summary), highlight=False, markup=False)
-        err.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False, markup=False)
+        err.print(summary_lines(outcome.summary), highlight=False, markup=False, soft_wrap=True)
+        err.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False, markup=False, soft_wrap=True)
 
 
 @contextmanager

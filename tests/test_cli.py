@@ -126,3 +126,64 @@ def test_console_script_runs_in_a_subprocess():
 def test_every_command_has_help(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0 and "Usage" in result.stdout
+
+
+def test_simulate_writes_summary_and_timeseries(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("simulate", "quickstart", "--out", str(out), "--until", "20m", "--set", "population.clients=2000")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    from sim.metrics import SUMMARY_FIELDS, STEADY_FIELDS
+    assert set(SUMMARY_FIELDS) <= set(summary) and set(STEADY_FIELDS) == set(summary["steady"])
+    assert summary["duration_s"] == 1200 and summary["engine"] == "des" and summary["clients"] == 2000
+    rows = (out / "timeseries.csv").read_text().splitlines()
+    from sim.record import COLUMNS
+    assert rows[0].split(",") == list(COLUMNS)
+    assert len(rows) - 1 == 1200 / 30  # quickstart's resolution is 30 s
+    assert sum(int(r.split(",")[5]) for r in rows[1:]) == summary["attempts"]
+    assert f"wrote {out / 'summary.json'}" in result.stderr and "logins in" in result.stderr
+
+
+def test_simulate_json_matches_file_and_seed_changes_it(tmp_path):
+    args = ("simulate", "quickstart", "--until", "15m", "--set", "population.clients=1000", "--json", "-q")
+    first = invoke(*args, "--out", str(tmp_path / "a"))
+    again = invoke(*args, "--out", str(tmp_path / "b"))
+    other = invoke(*args, "--out", str(tmp_path / "c"), "--seed", "99")
+    assert first.exit_code == again.exit_code == other.exit_code == 0
+    a, b, c = (json.loads(r.stdout) for r in (first, again, other))
+    for d in (a, b, c):
+        d.pop("wallclock_s")
+    assert a == b and a != c
+    assert first.stderr == ""  # --quiet
+    assert (tmp_path / "a" / "timeseries.csv").read_text() == (tmp_path / "b" / "timeseries.csv").read_text()
+
+
+def test_simulate_replications_give_means_and_intervals(tmp_path):
+    result = invoke("simulate", "quickstart", "--until", "15m", "--set", "population.clients=1000",
+                    "--replications", "4", "--json", "-q", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout)
+    assert s["replications"] == 4 and len(s["runs"]) == 4
+    medians = [r["login_time_s"]["p50"] for r in s["runs"]]
+    assert len(set(medians)) == 4, "replications must use different seeds"
+    assert s["login_time_s"]["p50"] == pytest.approx(sum(medians) / 4)
+    lo, hi = s["ci95"]["login_time_s"]["p50"]
+    assert lo <= s["login_time_s"]["p50"] <= hi and hi > lo
+    import statistics
+    half = 3.182 * statistics.stdev(medians) / 2  # t(0.975, 3) * sd / sqrt(4)
+    assert hi - s["login_time_s"]["p50"] == pytest.approx(half)
+    assert s["clients"] == 1000 and s["scenario"] == "quickstart"  # equal in every run: kept as is
+
+
+def test_simulate_p2p_is_not_supported_yet_exit_2(tmp_path):
+    result = invoke("simulate", "every-key", "--out", str(tmp_path))
+    assert result.exit_code == 2 and "not supported by this engine yet" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_simulate_bad_input_exit_2(tmp_path):
+    assert invoke("simulate", "quickstart", "--until", "soon").exit_code == 2
+    result = invoke("simulate", "quickstart", "--engine", "warp", "--out", str(tmp_path))
+    assert result.exit_code == 2 and "unknown engine" in result.stderr
+    result = invoke("simulate", "quickstart", "--set", "server.workers=-3")
+    assert result.exit_code == 2 and "server.workers: must be >= 0" in result.stderr
