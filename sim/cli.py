@@ -200,16 +200,13 @@ def _progress(s, stop: float | None, replications: int, enabled: bool):
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task(f"simulating {s.name}", total=end * replications, sim="", rate="")
-        started = time.perf_counter()
-        done = [0]
+        starts: dict[int, float] = {}
 
         def report(k: int, t: float, events: int) -> None:
-            elapsed = time.perf_counter() - started
-            done[0] = max(done[0], events)
-            bar.update(task, completed=k * end + t,
-                       sim=f"{format_duration(round(t))} of {format_duration(end)}"
-                           + (f" (run {k + 1}/{replications})" if replications > 1 else ""),
-                       rate=f"{events / max(elapsed, 1e-9):,.0f} events/s" if k == 0 else "")
+            elapsed = time.perf_counter() - starts.setdefault(k, time.perf_counter())
+            run = f" (run {k + 1}/{replications})" if replications > 1 else ""
+            bar.update(task, completed=k * end + t, sim=f"{format_duration(round(t))} of {format_duration(end)}{run}",
+                       rate=f"{events / elapsed:,.0f} events/s" if elapsed > 0 else "")
 
         yield report
 
