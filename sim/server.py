@@ -118,14 +118,21 @@ class LoginServer:
             return True
         return False
 
+    def _partition_of(self, cid: int) -> tuple[float, float, float, float, float] | None:
+        """The active partition this client depends on, if any (membership by its fixed key)."""
+        for entry in self.partitions:
+            if (self.key(cid) + entry[0]) % 1.0 < entry[1]:
+                return entry
+        return None
+
     def _partition_hang(self, cid: int, now: float) -> bool | None:
         """False: no hang; True: this attempt will hang if it is served; None: fail fast."""
-        for offset, fraction, failure, _hang, isolate_at in self.partitions:
-            if (self.key(cid) + offset) % 1.0 < fraction:
-                if now >= isolate_at:
-                    return None if self.rng.random() < failure else False
-                return True
-        return False
+        entry = self._partition_of(cid)
+        if entry is None:
+            return False
+        if now >= entry[4]:  # isolated: the attempts that would have hung fail fast instead
+            return None if self.rng.random() < entry[2] else False
+        return True
 
     # --- refusals -------------------------------------------------------------------------
 
@@ -181,14 +188,11 @@ class LoginServer:
         self.tallies.service_started(now, now - req.sent)
         req.started = now
         self.in_service.add(req)
-        if req.hang:
-            hang = self._hang_time(req.cid)
-            if hang is not None and self.rng.random() < self._failure(req.cid):
-                work = hang
-            else:
-                req.hang = False
-                work = self._service_time()
+        entry = self._partition_of(req.cid) if req.hang else None
+        if entry is not None and self.rng.random() < entry[2]:
+            work = entry[3]  # hang or not is decided at service start, with probability `failure`
         else:
+            req.hang = False
             work = self._service_time()
         if self.cancel and now + work > req.deadline:
             work = max(0.0, req.deadline - now)  # deadline propagation: stop at the deadline
@@ -200,18 +204,6 @@ class LoginServer:
         if self.overload is not None:
             t *= 1.0 + self.overload.per_request * max(0.0, len(self.queue) + self.serving - self.overload.knee)
         return t
-
-    def _hang_time(self, cid: int) -> float | None:
-        for offset, fraction, _failure, hang, _isolate in self.partitions:
-            if (self.key(cid) + offset) % 1.0 < fraction:
-                return hang
-        return None
-
-    def _failure(self, cid: int) -> float:
-        for offset, fraction, failure, _hang, _isolate in self.partitions:
-            if (self.key(cid) + offset) % 1.0 < fraction:
-                return failure
-        return 0.0
 
     def _done(self, ev: simpy.Event) -> None:
         req: Request = ev.value
