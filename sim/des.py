@@ -256,12 +256,13 @@ class Model:
             wait = max(previous, retry_after) if client.honor_retry_after else previous
             if env.now + wait > first + client.give_up_after:
                 break
-            orbit = self.levels["orbit"]
-            orbit.add(env.now, 1)
-            try:
-                yield env.timeout(wait)
-            finally:
-                orbit.add(env.now, -1)
+            if wait > 0:  # on a retry timer: the orbit of the retrial queue
+                orbit = self.levels["orbit"]
+                orbit.add(env.now, 1)
+                try:
+                    yield env.timeout(wait)
+                finally:
+                    orbit.add(env.now, -1)
         self.tallies.gave_up += 1
         return GIVE_UP
 
@@ -377,7 +378,7 @@ class Model:
             self.drop_all_sessions()
         yield self.env.timeout(e.duration)
         srv.outage = None
-        srv._dispatch()
+        srv.dispatch()
 
     def capacity(self, e) -> Generator:
         """Workers become factor x configured, linearly over `ramp`; a newer event replaces a ramp."""

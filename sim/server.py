@@ -142,7 +142,7 @@ class LoginServer:
         self.steady_refusals.add(req.sent)
         if costly and self.reject_cost > 0:
             self.reject_work.append((req, outcome))
-            self._dispatch()
+            self.dispatch()
             return None  # waits for a worker: the reply comes later, the client's deadline applies
         return outcome
 
@@ -160,7 +160,7 @@ class LoginServer:
 
     # --- workers --------------------------------------------------------------------------
 
-    def _dispatch(self) -> None:
+    def dispatch(self) -> None:
         """Free workers take reject work first, then queued requests by the discipline."""
         env, queue = self.env, self.queue
         while self.busy < self.workers:
@@ -215,7 +215,7 @@ class LoginServer:
             pass  # late: the client has timed out (a response at exactly the deadline is late)
         elif not req.reply.triggered:
             req.reply.succeed(_ERROR if req.hang else _OK)
-        self._dispatch()
+        self.dispatch()
 
     def _finish(self, req: Request, now: float) -> None:
         """A request leaves its worker: account its work (wasted if it ended at/after the deadline)."""
@@ -234,7 +234,7 @@ class LoginServer:
         self.busy -= 1
         self.levels["rejecting"].add(self.env.now, -1)
         self._send_refusal(req, outcome)
-        self._dispatch()
+        self.dispatch()
 
     # --- events ---------------------------------------------------------------------------
 
@@ -266,7 +266,7 @@ class LoginServer:
         """Fewer workers never pre-empt requests in service; more start queued work at once."""
         self.workers = max(0, int(workers))
         self.levels["workers"].set(self.env.now, self.workers)
-        self._dispatch()
+        self.dispatch()
 
     def capacity_rps(self) -> float:
         mean = self.mean_service
