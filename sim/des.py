@@ -106,10 +106,10 @@ class Model:
         self.rebooting = bytearray()
         self.procs: dict[int, list] = {}
         self.n_state = [0, 0, 0, 0]
-        self._populate()
-        for event in s.events:
+        for event in s.events:  # first, so that an event at t = 0 acts before the clients do
             if event.at < end:
                 env.process(self.fire(event))
+        self._populate()
         if s.population.login_rate > 0:
             env.process(self.arrivals())
 
@@ -372,13 +372,16 @@ class Model:
 
     def outage(self, e) -> Generator:
         srv = self.server
+        srv.outages.append(e.mode)  # overlapping outages: the tier is down until the last ends
         srv.outage = e.mode
         srv.lose_everything(answer=e.mode == "refuse")
         if e.drop_sessions:
             self.drop_all_sessions()
         yield self.env.timeout(e.duration)
-        srv.outage = None
-        srv.dispatch()
+        srv.outages.remove(e.mode)
+        srv.outage = srv.outages[-1] if srv.outages else None
+        if srv.outage is None:
+            srv.dispatch()
 
     def capacity(self, e) -> Generator:
         """Workers become factor x configured, linearly over `ramp`; a newer event replaces a ramp."""

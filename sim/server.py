@@ -73,6 +73,7 @@ class LoginServer:
         self.serving = 0                        # requests in service (reject work excluded)
         self.in_service: set[Request] = set()
         self.outage: str | None = None          # None | "refuse" | "blackhole"
+        self.outages: list[str] = []            # the modes of the outages in progress
         self.admit: tuple[float, tuple[str, float]] | None = None
         self.partitions: list[tuple[float, float, float, float, float]] = []  # offset, fraction, failure, hang, isolate_at
         self.learned: Callable[[int, float], bool] = lambda cid, now: True   # failover knowledge
@@ -246,6 +247,10 @@ class LoginServer:
         """
         now = self.env.now
         lost = list(self.queue) + list(self.in_service)
+        for req, _outcome in self.reject_work:
+            if answer and not req.reply.triggered:
+                req.reply.succeed(_CONN_REFUSED)
+        self.reject_work.clear()
         for req in self.in_service:
             req.live = False
             self.tallies.work(now - req.started, True)
