@@ -24,7 +24,7 @@ import simpy
 
 from sim.metrics import summarize, timeseries
 from sim.distributions import Exponential, Uniform
-from sim.record import COUNTS, LEVELS, Counter, Level, ShareWatch, Tallies, Window
+from sim.record import COUNTS, LEVELS, Counter, Level, ShareWatch, StartCounter, Tallies, Window
 from sim.scenario import Scenario
 from sim.server import ERROR, OK, TIMEOUT, TIMEOUT_OUTCOME, LoginServer, Request, expire
 from sim.streams import DelayStream, DrawStream
@@ -85,8 +85,8 @@ class Model:
         windows = (self.steady, self.tail)
         self.levels = {name: Level(width, nbins, windows) for name in LEVELS}
         self.counts = {name: Counter(width, nbins, windows) for name in COUNTS}
-        self.steady_refusals = Counter(width, nbins, (self.steady,))  # by attempt start time
-        self.steady_timeouts = Counter(width, nbins, (self.steady,))
+        self.steady_refusals = StartCounter(width, nbins, (self.steady,))  # by attempt start time
+        self.steady_timeouts = StartCounter(width, nbins, (self.steady,))
         self.tallies = Tallies(self.steady)
         first_at = min((e.at for e in s.events if e.at < end), default=0.0)
         self.watch = ShareWatch(first_at, self.tail.start)

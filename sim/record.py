@@ -11,7 +11,8 @@ import math
 
 import numpy as np
 
-__all__ = ["COUNTS", "STATES", "LEVELS", "DERIVED", "COLUMNS", "Window", "Level", "Counter", "ShareWatch", "Tallies"]
+__all__ = ["COUNTS", "STATES", "LEVELS", "DERIVED", "COLUMNS", "Window", "Level", "Counter", "StartCounter",
+           "ShareWatch", "Tallies"]
 
 #: per-bin event counts (also kept per steady window)
 COUNTS = ("attempts", "successes", "rejected", "timeouts", "errors", "wasted")
@@ -44,22 +45,44 @@ class Window:
         return max(0.0, min(t1, self.end) - max(t0, self.start))
 
 
-class Level:
-    """A piecewise-constant quantity integrated over time bins and windows.
+class _Snapshots:
+    """Window sums as differences: a running total, snapshotted when time passes a window's start.
 
-        >>> lv = Level(width=10.0, nbins=2, windows=())
-        >>> lv.set(0.0, 3); lv.set(5.0, 1); lv.close(20.0); lv.bins
-        [20.0, 10.0]
+    Every window of a run ends where the run ends, so a window's sum is the final total minus
+    the total at its start; the hot paths pay one comparison for all windows together.
     """
 
-    __slots__ = ("value", "since", "width", "nbins", "bins", "windows", "starts", "sums")
+    __slots__ = ()
+
+    def _init_windows(self, windows: tuple[Window, ...]) -> None:
+        self.windows = windows
+        self.snaps: list[float | None] = [0 if w.start <= 0 else None for w in windows]
+        self.pending = sorted((w.start, k) for k, w in enumerate(windows) if w.start > 0)
+        self.next_start = self.pending[0][0] if self.pending else math.inf
+
+    def _snap(self, t: float, total_at, inclusive: bool = False) -> None:
+        """Snapshot every pending window that starts before t (or at t, inclusive); total_at(start) is the total then."""
+        while self.pending and (self.pending[0][0] <= t if inclusive else self.pending[0][0] < t):
+            start, k = self.pending.pop(0)
+            self.snaps[k] = total_at(start)
+        self.next_start = self.pending[0][0] if self.pending else math.inf
+
+
+class Level(_Snapshots):
+    """A piecewise-constant quantity integrated over time bins and windows.
+
+        >>> lv = Level(width=10.0, nbins=2, windows=(Window(5.0, 20.0),))
+        >>> lv.set(0.0, 3); lv.set(5.0, 1); lv.close(20.0); lv.bins, lv.sums
+        ([20.0, 10.0], [15.0])
+    """
+
+    __slots__ = ("value", "since", "width", "nbins", "bins", "acc", "windows", "snaps", "pending", "next_start")
 
     def __init__(self, width: float, nbins: int, windows: tuple[Window, ...], value: float = 0.0):
         self.value, self.since, self.width, self.nbins = value, 0.0, width, nbins
         self.bins = [0.0] * nbins
-        self.windows = windows
-        self.starts = tuple(w.start for w in windows)
-        self.sums = [0.0] * len(windows)
+        self.acc = 0.0  # integral from 0 to `since`
+        self._init_windows(windows)
 
     def set(self, t: float, value: float) -> None:
         self.add(t, value - self.value)
@@ -74,8 +97,14 @@ class Level:
         t0, v = self.since, self.value
         self.since = t
         self.value = v + delta
-        if not v or t <= t0:
+        if t <= t0:
             return
+        if t > self.next_start:
+            acc = self.acc
+            self._snap(t, lambda start: acc + v * (start - t0))
+        if not v:
+            return
+        self.acc += v * (t - t0)
         width, bins = self.width, self.bins
         i = int(t0 / width)
         if t <= (i + 1) * width or i >= self.nbins - 1:
@@ -86,10 +115,11 @@ class Level:
             for k in range(i + 1, j):
                 bins[k] += v * width
             bins[j] += v * (t - j * width)
-        sums = self.sums
-        for k, start in enumerate(self.starts):  # every window ends at the end of the run
-            if t > start:
-                sums[k] += v * (t - (t0 if t0 > start else start))
+
+    @property
+    def sums(self) -> list[float]:
+        """The integral over each window so far."""
+        return [0.0 if snap is None else self.acc - snap for snap in self.snaps]
 
     def mean(self, window: int) -> float | None:
         """Time average over window number `window` (None for an empty window)."""
@@ -97,15 +127,38 @@ class Level:
         return self.sums[window] / length if length > 0 else None
 
 
-class Counter:
-    """Per-bin counts of events by time, plus counts inside the windows."""
+class Counter(_Snapshots):
+    """Per-bin counts of events, plus counts inside the windows; events come in time order."""
 
-    __slots__ = ("width", "nbins", "bins", "windows", "starts", "sums", "total")
+    __slots__ = ("width", "nbins", "bins", "total", "windows", "snaps", "pending", "next_start")
 
     def __init__(self, width: float, nbins: int, windows: tuple[Window, ...]):
         self.width, self.nbins = width, nbins
         self.bins = [0] * nbins
-        self.windows = windows
+        self.total = 0
+        self._init_windows(windows)
+
+    def add(self, t: float, n: int = 1) -> None:
+        if t >= self.next_start:
+            total = self.total
+            self._snap(t, lambda start: total, inclusive=True)  # an event at a window's start is in it
+        self.total += n
+        i = int(t / self.width)
+        self.bins[i if i < self.nbins else -1] += n
+
+    @property
+    def sums(self) -> list[int]:
+        return [0 if snap is None else self.total - snap for snap in self.snaps]
+
+
+class StartCounter:
+    """Counts by a time that need not come in order (an attempt's start): bins and windows by loop."""
+
+    __slots__ = ("width", "nbins", "bins", "starts", "sums", "total")
+
+    def __init__(self, width: float, nbins: int, windows: tuple[Window, ...]):
+        self.width, self.nbins = width, nbins
+        self.bins = [0] * nbins
         self.starts = tuple(w.start for w in windows)
         self.sums = [0] * len(windows)
         self.total = 0
@@ -114,7 +167,7 @@ class Counter:
         self.total += n
         i = int(t / self.width)
         self.bins[i if i < self.nbins else -1] += n
-        for k, start in enumerate(self.starts):  # every window ends at the end of the run
+        for k, start in enumerate(self.starts):
             if t >= start:
                 self.sums[k] += n
 

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import simpy
 
-from sim.record import Counter, Level, Tallies
+from sim.record import Counter, Level, StartCounter, Tallies
 from sim.scenario import Scenario
 from sim.streams import DrawStream
 
@@ -45,7 +45,7 @@ class LoginServer:
 
     def __init__(self, env: simpy.Environment, s: Scenario, rng: np.random.Generator,
                  tallies: Tallies, counts: dict[str, Counter], levels: dict[str, Level],
-                 steady_refusals: Counter, key: Callable[[int], float]):
+                 steady_refusals: StartCounter, key: Callable[[int], float]):
         self.env, self.rng, self.tallies, self.counts, self.levels = env, rng, tallies, counts, levels
         self.steady_refusals = steady_refusals
         srv = s.server
