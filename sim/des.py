@@ -98,7 +98,8 @@ class Model:
         c = s.client
         self.policy = c.build_policy()
         self.delays = DelayStream(self.policy, rng)
-        self.timeout, self.connect_delay, self.relaunch = (DrawStream(d, rng) for d in (c.timeout, c.connect_delay, c.relaunch))
+        self.timeout, self.connect_delay, self.relaunch = (
+            DrawStream(d, rng) for d in (c.timeout, c.connect_delay, c.relaunch))
         self.session, self.offline = (DrawStream(d, rng) for d in (s.population.session, s.population.offline))
         self.uniform = DrawStream(Uniform(0.0, 1.0), rng)
         self.state = array("b")
@@ -106,6 +107,7 @@ class Model:
         self.rebooting = bytearray()
         self.procs: dict[int, list] = {}
         self.n_state = [0, 0, 0, 0]
+        self.ramp_id = 0  # the capacity event whose ramp is in force
         for event in s.events:  # first, so that an event at t = 0 acts before the clients do
             if event.at < end:
                 env.process(self.fire(event))
@@ -386,7 +388,7 @@ class Model:
     def capacity(self, e) -> Generator:
         """Workers become factor x configured, linearly over `ramp`; a newer event replaces a ramp."""
         srv, env = self.server, self.env
-        self._ramp_id = ramp_id = getattr(self, "_ramp_id", 0) + 1
+        self.ramp_id = ramp_id = self.ramp_id + 1
         start, target = srv.workers, int(round(srv.configured * e.factor))
         if e.ramp <= 0 or start == target:
             srv.set_workers(target)
@@ -396,7 +398,7 @@ class Model:
             at = e.at + e.ramp * (w - start) / (target - start)
             if at > env.now:
                 yield env.timeout(at - env.now)
-            if self._ramp_id != ramp_id:
+            if self.ramp_id != ramp_id:
                 return
             srv.set_workers(w)
 
