@@ -11,7 +11,7 @@ from sim.policies import Policy, make_policy, policy_names
 from sim.scenario import Scenario
 from sim.units import format_duration
 
-__all__ = ["scenario_line", "summary_lines", "policy_text", "capacity_rps", "PolicyRow", "policy_rows"]
+__all__ = ["scenario_line", "summary_lines", "plain_lines", "dist_text", "policy_text", "capacity_rps", "PolicyRow", "policy_rows"]
 
 
 def capacity_rps(s: Scenario) -> float:
@@ -120,3 +120,61 @@ def summary_lines(summary: dict) -> str:
     if summary["metastable"]:
         lines.append("  the storm sustained itself: METASTABLE (still down and saturated at the end)")
     return "\n".join(lines)
+
+
+def _human(seconds: float) -> str:
+    """`3 h 12 min`, `5 min 22 s`, `40 s`: a duration as a person says it."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    h, rest = divmod(seconds, 3600)
+    m, sec = divmod(rest, 60)
+    if h:
+        return f"{h} h {m} min" if m else f"{h} h"
+    return f"{m} min {sec} s" if sec else f"{m} min"
+
+
+def plain_lines(summary: dict, s: Scenario) -> list[str]:
+    """The summary in sentences a person reads first (the report's verdict box)."""
+    first = min(s.events, key=lambda e: e.at, default=None)
+    origin = f"the first {first.kind} (at {format_duration(first.at)})" if first else "the start"
+    reps = summary.get("replications")
+    lines = [f"Means over {reps} replications." if reps else f"One run, seed {summary['seed']}."]
+    for level, key in (("90 %", "p90"), ("99 %", "p99")):
+        value = summary["recovery_s"][key]
+        if value is None:
+            lines.append(f"{level} of the clients that want to be online were NOT back online by the end of the run.")
+        elif value == 0:
+            lines.append(f"The online share never fell below {level}.")
+        else:
+            lines.append(f"{level} of clients were back online {_human(value)} after {origin}.")
+    if summary["metastable"]:
+        lines.append("The storm sustained itself: metastable. Long after the trigger ended, the tier was still "
+                     "saturated and clients were still out.")
+    if summary["amplification"] is not None:
+        lines.append(f"{summary['logins']:,.0f} logins took {summary['attempts']:,.0f} attempts: "
+                     f"{summary['amplification']:.1f} attempts per episode.")
+    cap = summary["capacity_rps"]
+    if cap and math.isfinite(cap) and summary["peak_offered_rps"]:
+        lines.append(f"Peak offered load was {summary['peak_offered_rps']:,.0f} attempts/s, "
+                     f"{summary['peak_offered_rps'] / cap:.1f} x the capacity of {cap:,.1f} logins/s.")
+    if summary["wasted_work_fraction"]:
+        lines.append(f"{summary['wasted_work_fraction']:.0%} of the workers' time went to requests whose "
+                     "clients had already timed out (wasted work).")
+    return lines
+
+
+def dist_text(d) -> str:
+    """`lognormal, median 40ms, p99 300ms` or `5s`: a distribution as its scenario table reads."""
+    table = d.to_toml()
+    if not isinstance(table, dict):
+        return table if isinstance(table, str) else format_duration(table)
+    parts = []
+    for key, value in table.items():
+        if key == "dist":
+            continue
+        if isinstance(value, (list, tuple)):
+            parts.append(f"{key} " + ", ".join(format_duration(float(v)) for v in value))
+        else:
+            parts.append(f"{key} {format_duration(float(value))}")
+    return f"{table['dist']}, " + ", ".join(parts)

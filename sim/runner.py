@@ -123,8 +123,9 @@ def _mean_series(series: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.mean([s[k] for s in series], axis=0) for k in series[0]}
 
 
-def write_outputs(outcome: Outcome, out_dir: Path) -> list[Path]:
-    """summary.json and timeseries.csv in `out_dir` (created); returns the paths written."""
+def write_outputs(outcome: Outcome, out_dir: Path, report: bool = True) -> list[Path]:
+    """summary.json, timeseries.csv and (unless report=False) report.html with its figure in
+    `out_dir` (created); returns the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_path = out_dir / "summary.json"
     summary_path.write_text(json.dumps(finite_json(outcome.summary), indent=2, default=_json_default) + "\n")
@@ -136,7 +137,11 @@ def write_outputs(outcome: Outcome, out_dir: Path) -> list[Path]:
         writer.writerow(COLUMNS)
         for i in range(len(ts["t"])):
             writer.writerow([_cell(name, ts[name][i], whole_counts) for name in COLUMNS])
-    return [summary_path, series_path]
+    written = [summary_path, series_path]
+    if report:
+        from sim.report import write_run_report  # matplotlib only when a report is wanted
+        written += write_run_report(outcome.summary, ts, outcome.runs[0].scenario, out_dir, written)
+    return written
 
 
 def _cell(name: str, value: float, whole_counts: bool) -> str:

@@ -37,7 +37,7 @@ def test_validate_all_shipped_scenarios():
 
 def test_validate_by_shipped_name():
     result = invoke("validate", "quickstart")
-    assert result.exit_code == 0 and "quickstart: 20,000 clients" in result.stdout
+    assert result.exit_code == 0 and "quickstart: 5,000 clients" in result.stdout
 
 
 def test_typo_gives_one_line_with_suggestion_and_exit_2(tmp_path):
@@ -71,10 +71,10 @@ def test_set_and_scale_change_the_resolved_scenario():
                     "client.policy.name=full-jitter", "--scale", "0.5", "--show")
     assert result.exit_code == 0, result.output
     summary, _, dumped = result.stdout.partition("\n")
-    assert "10,000 clients" in summary and "40 workers" in summary and "full-jitter" in summary
+    assert "2,500 clients" in summary and "40 workers" in summary and "full-jitter" in summary
     resolved = json.loads(dumped)
     assert resolved["server"]["workers"] == 40
-    assert resolved["population"]["clients"] == 10_000
+    assert resolved["population"]["clients"] == 2_500
     assert resolved["client"]["policy"]["name"] == "full-jitter"
 
 

@@ -1,0 +1,138 @@
+"""Self-contained HTML reports: figures embedded as PNG, inline CSS, no JavaScript, no network.
+
+    >>> write_run_report(outcome, scenario, Path("out/quickstart"), files)
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from sim import __version__
+from sim.describe import capacity_rps, dist_text, plain_lines, policy_text
+from sim.plots import run_figure, save_figure
+from sim.scenario import Scenario
+from sim.units import format_duration
+
+__all__ = ["html_page", "figure_html", "table_html", "write_html", "write_run_report", "summary_rows"]
+
+_CSS = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1180px;
+       padding: 0 1em; color: #1d2d35; }
+h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+.lead { color: #44535c; margin-top: 0; } .verdict { font-size: 1.05em; background: #f3f6f8; padding: .6em 1em;
+       border-left: 4px solid #2a9d8f; } .verdict.bad { border-left-color: #d62828; }
+table { border-collapse: collapse; margin: .5em 0; font-size: .92em; } th, td { padding: .25em .7em; text-align: left;
+       border-bottom: 1px solid #e4e8eb; } th { background: #f3f6f8; } td.num { text-align: right;
+       font-variant-numeric: tabular-nums; }
+figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #e4e8eb; }
+figcaption { color: #44535c; font-size: .9em; } footer { margin-top: 3em; color: #7a8a93; font-size: .85em; }
+"""
+
+
+def html_page(title: str, body_html: str) -> str:
+    """A complete page around `body_html` (already escaped where needed)."""
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n{body_html}\n"
+            f"<footer>Written by loginstorm {__version__}.</footer>\n</body></html>\n")
+
+
+def figure_html(fig: Figure, caption: str) -> str:
+    """A <figure> with the figure embedded as a base64 PNG (the figure is left open)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return (f"<figure><img alt=\"{html.escape(caption)}\" src=\"data:image/png;base64,{data}\">"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def table_html(headers: list[str], rows: list[list[str]]) -> str:
+    """An escaped table; cells that look like numbers are right-aligned."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell(text: str) -> str:
+    stripped = text.replace(",", "").replace("%", "").replace(".", "").replace("-", "").replace("±", "").strip()
+    numeric = stripped[:1].isdigit()
+    return f"<td class=\"num\">{html.escape(text)}</td>" if numeric else f"<td>{html.escape(text)}</td>"
+
+
+def write_html(path: Path, page: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1e6 else f"{value:,.0f}"
+    return str(value)
+
+
+def summary_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """Every field of the summary, nested blocks flattened to `block.field`."""
+    rows = []
+    for key, value in summary.items():
+        if key in ("runs", "ci95"):
+            continue
+        if isinstance(value, dict):
+            rows += [[f"{key}.{k}", _fmt(v)] for k, v in value.items()]
+        else:
+            rows.append([key, _fmt(value)])
+    return rows
+
+
+def _parameters(s: Scenario) -> list[list[str]]:
+    srv, cl, pop = s.server, s.client, s.population
+    rows = [
+        ["clients", f"{pop.clients:,}" + (f" (scale {s.scale:g})" if s.scale != 1 else "")],
+        ["online at start", f"{pop.online_at_start:.0%}"],
+        ["workers", f"{srv.workers:,} (~{capacity_rps(s):,.1f} logins/s)"],
+        ["service time", dist_text(srv.service_time)],
+        ["queue limit", _fmt(srv.queue_limit if srv.queue_limit != float("inf") else "unlimited")],
+        ["discipline", srv.discipline + (", drop expired" if srv.drop_expired else "")
+         + (", cancel on timeout" if srv.cancel_on_timeout else "")],
+        ["client timeout", dist_text(cl.timeout)],
+        ["retry policy", policy_text(cl.build_policy())],
+        ["duration", format_duration(s.duration)],
+        ["seed", str(s.seed)],
+    ]
+    if srv.rate_limit is not None:
+        rows.append(["rate limit", f"{srv.rate_limit.rate:g}/s, burst {srv.rate_limit.bucket:g}"])
+    for i, e in enumerate(s.events):
+        rows.append([f"event {i}", f"{e.kind} at {format_duration(e.at)}"])
+    return rows
+
+
+def write_run_report(summary: dict[str, Any], timeseries: dict, s: Scenario, out_dir: Path,
+                     files: list[Path]) -> list[Path]:
+    """report.html (and the figure as storm.png / storm.svg) in `out_dir`; returns the paths written."""
+    fig = run_figure(timeseries, s)
+    figure = figure_html(fig, "Clients, offered load against capacity, goodput against wasted work, "
+                              "and the queue over time; dashed lines mark the scenario's events.")
+    written = save_figure(fig, out_dir / "storm")
+    lines = plain_lines(summary, s)
+    bad = summary.get("metastable") or summary["recovery_s"]["p99"] is None
+    links = " · ".join(f"<a href=\"{html.escape(p.name)}\">{html.escape(p.name)}</a>" for p in files + written)
+    body = (f"<h1>{html.escape(s.name)}</h1><p class=\"lead\">{html.escape(s.description)}</p>"
+            f"<div class=\"verdict{' bad' if bad else ''}\">" + "<br>".join(html.escape(x) for x in lines) + "</div>"
+            f"<h2>What happened</h2>{figure}"
+            f"<h2>Key parameters</h2>{table_html(['parameter', 'value'], _parameters(s))}"
+            f"<h2>Summary</h2>{table_html(['field', 'value'], summary_rows(summary))}"
+            f"<h2>Data</h2><p>{links}</p>")
+    page = write_html(out_dir / "report.html", html_page(f"loginstorm: {s.name}", body))
+    return [page, *written]
