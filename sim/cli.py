@@ -17,6 +17,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sim import __version__
+from sim.compare import build_variants, closing_line, table_rows
+from sim.compare import compare as run_comparison
+from sim.compare import to_json as comparison_json
+from sim.compare import write_outputs as write_comparison
 from sim.config import ScenarioError, load_scenario, shipped_scenarios
 from sim.des import UnsupportedScenario
 from sim.describe import policy_rows, scenario_line, summary_lines
@@ -207,6 +211,101 @@ def _progress(s, stop: float | None, replications: int, enabled: bool):
             run = f" (run {k + 1}/{replications})" if replications > 1 else ""
             bar.update(task, completed=k * end + t, sim=f"{format_duration(round(t))} of {format_duration(end)}{run}",
                        rate=f"{events / elapsed:,.0f} events/s" if elapsed > 0 else "")
+
+        yield report
+
+
+@app.command()
+def compare(
+    scenario: Annotated[Path, typer.Argument(help="Scenario file or shipped name.")],
+    policy: Annotated[Optional[list[str]], typer.Option(
+        "--policy", metavar="NAME", help="A policy to compare (repeatable), e.g. --policy full-jitter.")] = None,
+    policies: Annotated[Optional[str], typer.Option(
+        metavar="all|A,B", help="Several policies at once: all, or a comma-separated list.")] = None,
+    base: Annotated[Optional[str], typer.Option(help="Base delay b set on every variant's policy (e.g. 1s).")] = None,
+    cap: Annotated[Optional[str], typer.Option(help="Cap c set on every variant's policy (e.g. 5m).")] = None,
+    variant: Annotated[Optional[list[str]], typer.Option(
+        "--variant", metavar="NAME=KEY=VALUE[,KEY=VALUE...]",
+        help="A variant made of overrides, e.g. lifo=server.discipline=lifo (repeatable; NAME= is the "
+             "scenario as written). With policies too, every policy runs under every variant.")] = None,
+    replications: Annotated[int, typer.Option(min=1, help="Seeds per variant (the same for every variant); "
+                                                           "means and 95 % CIs.")] = 3,
+    sets: SetOption = None,
+    scale: ScaleOption = 1.0,
+    seed: SeedOption = None,
+    until: Annotated[Optional[str], typer.Option(help="Stop every run early at this simulated time (e.g. 30m).")
+                     ] = None,
+    jobs: Annotated[Optional[int], typer.Option(min=1, help="Runs in parallel (default: one per core; 1 = "
+                                                             "in this process).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out", help="Output folder (default: out/<scenario name>-compare).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print compare.json on stdout (the table goes to "
+                                                          "stderr).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no 'wrote' lines.")] = False,
+) -> None:
+    """Run a scenario once per variant (policies, overrides) and rank them side by side.
+
+    Writes compare.json, compare.csv, compare.png/.svg and compare.html.
+    """
+    for value in (base, cap):
+        if value is not None:
+            _duration(value)
+    stop = _duration(until) if until is not None else None
+    if stop is not None and not (0 < stop):
+        err.print("loginstorm compare: --until must be > 0")
+        raise typer.Exit(code=2)
+    try:
+        variants = build_variants([*(policy or ()), *([policies] if policies else [])], variant or (), base, cap)
+    except ValueError as exc:
+        err.print(f"loginstorm compare: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    try:
+        with _runs_progress(f"comparing {len(variants)} variants", len(variants) * replications,
+                            enabled=not quiet and err.is_terminal) as report:
+            comparison = run_comparison(scenario, variants, sets=sets or (), scale=scale, seed=seed, until=stop,
+                                        replications=replications, jobs=jobs, progress=report)
+    except ScenarioError as exc:
+        raise _fail(exc) from None
+    except (UnsupportedScenario, ValueError) as exc:
+        err.print(f"{scenario}: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    target = out_dir if out_dir is not None else Path("out") / f"{comparison.scenario.name}-compare"
+    paths = write_comparison(comparison, target)
+    console = err if json_out else (out if out.is_terminal else Console(width=200))
+    console.print(_ranking_table(comparison))
+    console.print(closing_line(comparison.results), markup=False, highlight=False, soft_wrap=True)
+    if json_out:
+        out.print_json(data=comparison_json(comparison))
+    if not quiet:
+        err.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _ranking_table(comparison) -> Table:
+    headers, rows = table_rows(comparison.results)
+    reps = comparison.replications
+    table = Table(title=f"{comparison.scenario.name}: {len(rows)} variants, {reps} replication"
+                        f"{'s' if reps > 1 else ''} each (mean ± 95 % CI half-width), best first")
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("variant", "tied with") else "right",
+                         style="bold" if header == "variant" else None)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+@contextmanager
+def _runs_progress(description: str, total: int, enabled: bool):
+    """A progress bar over finished runs (variants x replications); silent when not a TTY."""
+    if not enabled:
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+
+        def report(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
 
         yield report
 

@@ -1,0 +1,498 @@
+"""One scenario under several variants (policies or any overrides), ranked with 95 % CIs.
+
+    >>> variants = build_variants(["exponential", "full-jitter"], [], base="1s", cap="2m")
+    >>> comparison = compare("quickstart", variants, replications=3, until=1800.0)
+    >>> print(closing_line(comparison.results))
+    >>> write_outputs(comparison, Path("out/quickstart-compare"))
+
+Every variant runs the same replication seeds (common random numbers: replication k of each
+variant draws from child k of SeedSequence(seed).spawn(R)), so the differences come from the
+variants, not from luck, and the numbers do not depend on how the runs are spread over cores.
+
+Ranking: recovery to 99 % online (`recovery_s.p99`, mean over replications) first, then
+amplification (attempts per episode). A variant that did not recover in every replication ranks
+after all that did, by the share of replications that recovered, then amplification. Two
+variants are tied when the 95 % CIs of the key that orders them overlap: recovery, or
+amplification between two variants that did not both recover in every run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from sim import des
+from sim.config import ScenarioError, load_scenario
+from sim.policies import make_policy, policy_names
+from sim.runner import combine, finite_json
+from sim.scenario import Scenario
+from sim.units import format_duration
+
+__all__ = ["Variant", "VariantResult", "Comparison", "build_variants", "parse_variant", "compare",
+           "rank", "tied", "closing_line", "table_rows", "to_json", "write_outputs", "CSV_FIELDS"]
+
+#: how the ranking reads, written into compare.json
+RANKING = ("recovery_s.p99 (mean over replications; a variant that did not recover in every replication "
+           "ranks last, by the share that did), then amplification; tied = the 95 % CIs of that key overlap")
+CSV_FIELDS = (
+    "rank", "variant", "tied_with", "replications", "recovered_runs",
+    "recovery_p90_s", "recovery_p99_s", "recovery_p99_low", "recovery_p99_high",
+    "amplification", "amplification_low", "amplification_high", "attempts", "peak_offered_rps",
+    "wasted_work_fraction", "metastable_share", "logins", "gave_up", "login_time_p50_s", "login_time_p99_s",
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A name and the `--set` overrides that make the variant out of the scenario."""
+
+    name: str
+    sets: tuple[str, ...]
+
+
+# --- variants -----------------------------------------------------------------------------
+
+def build_variants(policies: Sequence[str], variant_specs: Sequence[str], base: str | None = None,
+                   cap: str | None = None) -> list[Variant]:
+    """The variants to run: policies, override variants, or each policy crossed with each variant.
+
+    `policies` holds names, comma-separated lists or "all" (every policy); `variant_specs` holds
+    "NAME=KEY=VALUE[,KEY=VALUE...]" (see `parse_variant`). With both, every policy runs under
+    every override variant ("full-jitter+lifo"). `base` and `cap` (e.g. "1s", "5m") are set on
+    every variant's policy. A ValueError says what is wrong with the request.
+
+        >>> build_variants(["none,full-jitter"], ["lifo=server.discipline=lifo"])[1]
+        Variant(name='full-jitter+lifo', sets=('client.policy.name=full-jitter', 'server.discipline=lifo'))
+    """
+    names = _policy_list(policies)
+    overrides = [parse_variant(spec) for spec in variant_specs]
+    if not names and not overrides:
+        raise ValueError("nothing to compare: name policies (--policy, --policies) and/or --variant NAME=KEY=VALUE")
+    shared = tuple(f"client.policy.{key}={value}" for key, value in (("base", base), ("cap", cap)) if value)
+    by_policy = [Variant(p, (f"client.policy.name={p}",)) for p in names]
+    if by_policy and overrides:
+        crossed = [Variant(f"{p.name}+{v.name}", p.sets + v.sets) for p in by_policy for v in overrides]
+    else:
+        crossed = by_policy or overrides
+    variants = [Variant(v.name, v.sets + shared) for v in crossed]
+    seen = [v.name for v in variants]
+    doubled = sorted({n for n in seen if seen.count(n) > 1})
+    if doubled:
+        raise ValueError(f"variant names must differ; given twice: {', '.join(doubled)}")
+    return variants
+
+
+def _policy_list(policies: Sequence[str]) -> list[str]:
+    known = policy_names()
+    names: list[str] = []
+    for item in policies:
+        for name in (n.strip() for n in item.split(",")):
+            if not name:
+                continue
+            if name == "all":
+                names.extend(known)
+            else:
+                make_policy(name)  # an unknown name is a ValueError with a did-you-mean
+                names.append(name)
+    return list(dict.fromkeys(names))  # each once, in the order given
+
+
+def parse_variant(spec: str) -> Variant:
+    """`"NAME=KEY=VALUE[,KEY=VALUE...]"`: the name up to the first `=`, then overrides split on
+    commas outside quotes and brackets; `"as-is="` is the scenario unchanged.
+
+        >>> parse_variant('slow=server.workers=2,client.connect_delay={dist="uniform",low=0,high=5}')
+        Variant(name='slow', sets=('server.workers=2', 'client.connect_delay={dist="uniform",low=0,high=5}'))
+    """
+    name, sep, rest = spec.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise ValueError(f"--variant: expected NAME=KEY=VALUE[,KEY=VALUE...] such as lifo=server.discipline=lifo, "
+                         f"got {spec!r}")
+    sets = tuple(s.strip() for s in _split_outside_brackets(rest) if s.strip())
+    for item in sets:
+        key, eq, _ = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--variant {name}: expected KEY=VALUE such as server.workers=8, got {item!r}")
+    return Variant(name, sets)
+
+
+def _split_outside_brackets(text: str) -> list[str]:
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
+
+
+# --- running ------------------------------------------------------------------------------
+
+@dataclass
+class VariantResult:
+    """One variant's combined summary (means, `ci95`, `runs`) and mean time series, with its place."""
+
+    variant: Variant
+    summary: dict[str, Any]
+    timeseries: dict[str, np.ndarray]
+    rank: int = 0
+    tied_with: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.variant.name
+
+    @property
+    def replications(self) -> int:
+        return self.summary["replications"]
+
+    def recovered_runs(self, level: str = "p99") -> int:
+        """Replications that got back to 90 % (`p90`) or 99 % (`p99`) online by the end."""
+        return sum(run["recovery_s"][level] is not None for run in self.summary["runs"])
+
+    @property
+    def recovered(self) -> bool:
+        return self.recovered_runs() == self.replications
+
+
+@dataclass
+class Comparison:
+    """The variants of one scenario, ranked (best first)."""
+
+    scenario: Scenario  # as given, with the shared overrides: names the comparison
+    results: list[VariantResult]
+    replications: int
+    until: float | None
+
+
+def compare(path: str | Path, variants: Sequence[Variant], *, sets: Sequence[str] = (), scale: float = 1.0,
+            seed: int | None = None, until: float | None = None, replications: int = 1, jobs: int | None = None,
+            progress: Callable[[int, int], None] | None = None) -> Comparison:
+    """Run every variant `replications` times (in `jobs` processes; 1 = here) and rank them.
+
+    Each variant's scenario is loaded first, so a bad override fails before anything runs: a
+    ScenarioError whose source names the variant. `progress(done, total)` counts finished runs.
+    """
+    if replications < 1:
+        raise ValueError("replications must be >= 1")
+    if not variants:
+        raise ValueError("nothing to compare: no variants")
+    base = load_scenario(path, sets=sets, scale=scale, seed=seed)
+    scenarios = [_load_variant(path, v, sets, scale, seed) for v in variants]
+    tasks = [(i, k, s, until, child) for i, s in enumerate(scenarios)
+             for k, child in enumerate(_seeds(s, replications))]
+    runs = _run_all(tasks, jobs, progress)
+    results = []
+    for i, variant in enumerate(variants):
+        mine = [runs[(i, k)] for k in range(replications)]
+        summary = combine([summary for summary, _ in mine])
+        series = {key: np.mean([ts[key] for _, ts in mine], axis=0) for key in mine[0][1]}
+        results.append(VariantResult(variant, summary, series))
+    return Comparison(base, rank(results), replications, until)
+
+
+def _load_variant(path: str | Path, variant: Variant, sets: Sequence[str], scale: float,
+                  seed: int | None) -> Scenario:
+    try:
+        return load_scenario(path, sets=[*sets, *variant.sets], scale=scale, seed=seed)
+    except ScenarioError as exc:
+        raise ScenarioError(f"{exc.source} (variant {variant.name})", exc.problems) from None
+
+
+def _seeds(s: Scenario, replications: int) -> list[Any]:
+    """As `simulate` seeds its runs; the same for every variant unless a variant sets `seed`."""
+    return [s.seed] if replications == 1 else np.random.SeedSequence(s.seed).spawn(replications)
+
+
+def _run_task(task: tuple) -> tuple[int, int, dict[str, Any], dict[str, np.ndarray]]:
+    """One replication of one variant; module-level so that a worker process can unpickle it."""
+    i, k, scenario, until, seed = task
+    result = des.run(scenario, until=until, rng=np.random.default_rng(seed))
+    return i, k, result.summary, result.timeseries
+
+
+def _run_all(tasks: list[tuple], jobs: int | None, progress: Callable[[int, int], None] | None) -> dict:
+    jobs = min(len(tasks), jobs or _cores())
+    done: dict[tuple[int, int], tuple[dict, dict]] = {}
+
+    def record(result: tuple) -> None:
+        i, k, summary, series = result
+        done[(i, k)] = (summary, series)
+        if progress is not None:
+            progress(len(done), len(tasks))
+
+    if progress is not None:
+        progress(0, len(tasks))
+    if jobs <= 1:
+        for task in tasks:
+            record(_run_task(task))
+        return done
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=_context()) as pool:
+        futures = [pool.submit(_run_task, task) for task in tasks]
+        try:
+            for future in as_completed(futures):
+                record(future.result())
+        except BaseException:  # a failed run or Ctrl-C: drop the runs not started yet
+            pool.shutdown(cancel_futures=True)
+            raise
+    return done
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """forkserver: workers fork from a clean server process, not from this one and its threads
+    (a progress bar refreshes from one); the server imports this module once, so later pools start
+    at once. Spawn where there is no forkserver (Windows). Either way a script that calls
+    `compare` with jobs > 1 needs the `if __name__ == "__main__":` guard."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# --- ranking ------------------------------------------------------------------------------
+
+def rank(results: list[VariantResult]) -> list[VariantResult]:
+    """The results sorted best first, with `rank` (1, 2, ...) and `tied_with` filled in."""
+    ordered = sorted(results, key=_sort_key)
+    for place, result in enumerate(ordered, start=1):
+        result.rank = place
+        result.tied_with = [other.name for other in ordered if other is not result and tied(result, other)]
+    return ordered
+
+
+def _sort_key(r: VariantResult) -> tuple:
+    amplification = _or_inf(r.summary["amplification"])
+    if r.recovered:
+        return (0, r.summary["recovery_s"]["p99"], amplification)
+    return (1, -r.recovered_runs(), amplification)
+
+
+def tied(a: VariantResult, b: VariantResult) -> bool:
+    """The 95 % CIs of the key that orders a and b overlap: no winner between them."""
+    if a.recovered != b.recovered:
+        return False
+    key = ("recovery_s", "p99") if a.recovered else ("amplification",)
+    unknown = (-math.inf, math.inf)
+    return _overlap(_ci(a, *key) or unknown, _ci(b, *key) or unknown)
+
+
+def _ci(r: VariantResult, *key: str) -> tuple[float, float] | None:
+    """The 95 % CI of a summary field; None where the field is null in some replication."""
+    node: Any = r.summary["ci95"]
+    for part in key:
+        node = node.get(part) if isinstance(node, dict) else None
+    return None if node is None else (node[0], node[1])
+
+
+def _overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def _or_inf(value: float | None) -> float:
+    return math.inf if value is None else value
+
+
+# --- saying it ----------------------------------------------------------------------------
+
+def closing_line(results: list[VariantResult]) -> str:
+    """One sentence: the best variant and by how much, or which variants are tied (no winner)."""
+    top = results[0]
+    if len(results) == 1:
+        return f"only one variant ({top.name}): nothing to compare"
+    group = [top] + [r for r in results[1:] if r.name in top.tied_with]
+    if len(group) == 1:
+        return f"best: {top.name} — {_outcome(top)}; {_gap(top, results[1])}"
+    why = _why_tied(top)
+    if len(group) == len(results):
+        single = ("; one replication per variant has no confidence interval: run 3 or more"
+                  if top.replications == 1 else "")
+        every = "both variants" if len(results) == 2 else f"all {len(results)} variants"
+        return f"no winner: {every} are tied ({why}){single}"
+    said = f"no single winner: {_names(group)} are tied ({why})"
+    # Overlap is not transitive: name the first variant that is clearly behind every one of them.
+    behind = next((r for r in results if r not in group and not any(tied(r, g) for g in group)), None)
+    if behind is None:
+        return said
+    return f"{said}; {'both' if len(group) == 2 else 'all'} clearly ahead of {behind.name} ({_outcome(behind)})"
+
+
+def _why_tied(r: VariantResult) -> str:
+    if r.recovered:
+        return "95 % CIs of the time back to 99 % online overlap"
+    return "none of them recovered in every run; 95 % CIs of attempts per episode overlap"
+
+
+def _outcome(r: VariantResult) -> str:
+    if not r.recovered:
+        return f"not back to 99 % online in {r.replications - r.recovered_runs()} of {r.replications} runs"
+    p99 = r.summary["recovery_s"]["p99"]
+    if p99 == 0:
+        return "never fell below 99 % online"
+    return f"back to 99 % online {_duration(p99)} after the first event"
+
+
+def _gap(top: VariantResult, nxt: VariantResult) -> str:
+    """How far ahead of the next variant: recovery first, then attempts per episode."""
+    if top.recovered and nxt.recovered:
+        a, b = top.summary["recovery_s"]["p99"], nxt.summary["recovery_s"]["p99"]
+        gap = f"{_times(b / a)} faster than {nxt.name} (next)" if a > 0 else f"{nxt.name} (next) took {_duration(b)}"
+    else:
+        gap = f"{nxt.name} (next) was {_outcome(nxt)}"
+    amp_top, amp_next = top.summary["amplification"], nxt.summary["amplification"]
+    if amp_top is not None and amp_next is not None:
+        gap += f"; {amp_top:.3g} vs {amp_next:.3g} attempts per episode"
+    return gap
+
+
+def _names(results: list[VariantResult]) -> str:
+    names = [r.name for r in results]
+    return " and ".join(names) if len(names) == 2 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _duration(seconds: float) -> str:
+    return format_duration(round(seconds)) if seconds >= 60 else f"{seconds:.3g}s"
+
+
+def _times(ratio: float) -> str:
+    return f"{ratio:.2g}x" if ratio < 100 else f"{ratio:.0f}x"
+
+
+def table_rows(results: list[VariantResult]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the ranked table as text, for the terminal and the HTML page."""
+    headers = ["rank", "variant", "recovery 99 %", "recovery 90 %", "attempts / episode",
+               "peak offered /s", "wasted work", "metastable", "tied with"]
+    rows = []
+    for r in results:
+        s = r.summary
+        wasted = s["wasted_work_fraction"]
+        rows.append([
+            str(r.rank), r.name, _recovery_cell(r, "p99"), _recovery_cell(r, "p90"),
+            _with_ci(s["amplification"], _ci(r, "amplification"), "{:.3g}"),
+            f"{s['peak_offered_rps']:,.0f}", "n/a" if wasted is None else f"{wasted:.0%}",
+            f"{s['metastable_share']:.0%}", ", ".join(r.tied_with) or "-",
+        ])
+    return headers, rows
+
+
+def _recovery_cell(r: VariantResult, level: str) -> str:
+    missing = r.replications - r.recovered_runs(level)
+    if missing:
+        return f"never in {missing}/{r.replications} runs"
+    return _with_ci(r.summary["recovery_s"][level], _ci(r, "recovery_s", level), None)
+
+
+def _with_ci(value: float | None, ci: tuple[float, float] | None, fmt: str | None) -> str:
+    """`1m51s ± 0.3s`: the mean and the half-width of its 95 % CI (none with one replication)."""
+    if value is None:
+        return "n/a"
+    show = _duration if fmt is None else fmt.format
+    if ci is None or not all(math.isfinite(x) for x in ci):
+        return show(value)
+    return f"{show(value)} ± {show((ci[1] - ci[0]) / 2)}"
+
+
+# --- writing ------------------------------------------------------------------------------
+
+def write_outputs(comparison: Comparison, out_dir: Path) -> list[Path]:
+    """compare.json, compare.csv, the overlay figure (PNG, SVG) and compare.html in `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [_write_json(comparison, out_dir / "compare.json"), _write_csv(comparison, out_dir / "compare.csv")]
+    return paths + _write_report(comparison, out_dir, paths)
+
+
+def to_json(comparison: Comparison) -> dict[str, Any]:
+    """What compare.json holds: the ranking, the closing line and each variant's combined summary."""
+    s = comparison.scenario
+    return finite_json({
+        "scenario": s.name, "description": s.description, "source": s.source,
+        "replications": comparison.replications, "until_s": comparison.until, "ranking": RANKING,
+        "closing": closing_line(comparison.results),
+        "variants": [{"name": r.name, "sets": list(r.variant.sets), "rank": r.rank, "tied_with": r.tied_with,
+                      "recovered_runs": r.recovered_runs(), "summary": r.summary} for r in comparison.results],
+    })
+
+
+def _write_json(comparison: Comparison, path: Path) -> Path:
+    path.write_text(json.dumps(to_json(comparison), indent=2) + "\n")
+    return path
+
+
+def _write_csv(comparison: Comparison, path: Path) -> Path:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CSV_FIELDS)
+        for r in comparison.results:
+            writer.writerow([_csv_cell(v) for v in _csv_row(r)])
+    return path
+
+
+def _csv_row(r: VariantResult) -> list[Any]:
+    s = r.summary
+    p99_ci = _ci(r, "recovery_s", "p99") or (None, None)
+    amp_ci = _ci(r, "amplification") or (None, None)
+    return [r.rank, r.name, " ".join(r.tied_with), r.replications, r.recovered_runs(),
+            s["recovery_s"]["p90"], s["recovery_s"]["p99"], *p99_ci, s["amplification"], *amp_ci,
+            s["attempts"], s["peak_offered_rps"], s["wasted_work_fraction"], s["metastable_share"],
+            s["logins"], s["gave_up"], s["login_time_s"]["p50"], s["login_time_s"]["p99"]]
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _write_report(comparison: Comparison, out_dir: Path, data: list[Path]) -> list[Path]:
+    # Imported here: the worker processes import this module and need no matplotlib.
+    from sim.plots import compare_figure, save_figure
+    from sim.report import figure_html, html_page, table_html, write_html
+
+    s = comparison.scenario
+    fig = compare_figure({r.name: r.timeseries for r in comparison.results}, s)
+    figure = figure_html(fig, "Online share and offered load of every variant (means over "
+                              f"{comparison.replications} replication{'s' if comparison.replications > 1 else ''})")
+    figures = save_figure(fig, out_dir / "compare")
+    headers, rows = table_rows(comparison.results)
+    links = " · ".join(f'<a href="{escape(p.name)}">{escape(p.name)}</a>' for p in data + figures)
+    overrides = [[r.name, " ".join(r.variant.sets) or "(as written)"] for r in comparison.results]
+    body = "\n".join([
+        f"<h1>{escape(s.name)}: {len(comparison.results)} variants compared</h1>",
+        f'<p class="lead">{escape(s.description)}</p>',
+        f'<div class="verdict">{escape(closing_line(comparison.results))}</div>',
+        "<h2>Ranking</h2>",
+        f"<p>By {escape(RANKING)}. Values are means ± the half-width of their 95 % CI.</p>",
+        table_html(headers, rows),
+        "<h2>Side by side</h2>", figure,
+        "<h2>Variants</h2>", table_html(["variant", "overrides"], overrides),
+        f"<h2>Data</h2><p>{links}</p>",
+    ])
+    page = write_html(out_dir / "compare.html", html_page(f"{s.name}: compare", body))
+    return figures + [page]
