@@ -155,6 +155,7 @@ class VariantResult:
     timeseries: dict[str, np.ndarray]
     rank: int = 0
     tied_with: list[str] = field(default_factory=list)
+    scenario: Scenario | None = None  # the variant's own scenario, overrides applied
 
     @property
     def name(self) -> str:
@@ -205,7 +206,7 @@ def compare(path: str | Path, variants: Sequence[Variant], *, sets: Sequence[str
         mine = [runs[(i, k)] for k in range(replications)]
         summary = combine([summary for summary, _ in mine])
         series = {key: np.mean([ts[key] for _, ts in mine], axis=0) for key in mine[0][1]}
-        results.append(VariantResult(variant, summary, series))
+        results.append(VariantResult(variant, summary, series, scenario=scenarios[i]))
     return Comparison(base, rank(results), replications, until)
 
 
@@ -470,15 +471,26 @@ def _csv_cell(value: Any) -> str:
     return str(value)
 
 
+def _run_line(comparison: Comparison) -> str:
+    s, r = comparison.scenario, comparison.replications
+    seeds = "the same seeds for every variant (common random numbers)" if r > 1 else f"seed {s.seed}"
+    until = f", each stopped at {format_duration(comparison.until)}" if comparison.until is not None else ""
+    return (f"{s.population.clients:,} clients, {s.server.workers:,} workers, {format_duration(s.duration)} "
+            f"simulated{until}; {r} replication{'s' if r > 1 else ''} per variant with {seeds}.")
+
+
 def _write_report(comparison: Comparison, out_dir: Path, data: list[Path]) -> list[Path]:
     # Imported here: the worker processes import this module and need no matplotlib.
     from sim.plots import compare_figure, save_figure
     from sim.report import figure_html, html_page, table_html, write_html
 
     s = comparison.scenario
-    fig = compare_figure({r.name: r.timeseries for r in comparison.results}, s)
-    figure = figure_html(fig, "Online share and offered load of every variant (means over "
-                              f"{comparison.replications} replication{'s' if comparison.replications > 1 else ''})")
+    fig = compare_figure({r.name: r.timeseries for r in comparison.results}, s,
+                         scenarios={r.name: r.scenario for r in comparison.results if r.scenario is not None})
+    r = comparison.replications
+    figure = figure_html(fig, "Online share and offered load of every variant"
+                              + (f", each the mean over its {r} replications" if r > 1 else "")
+                              + ". Lines that coincide hide each other; the table has every variant's numbers.")
     figures = save_figure(fig, out_dir / "compare")
     headers, rows = table_rows(comparison.results)
     links = " · ".join(f'<a href="{escape(p.name)}">{escape(p.name)}</a>' for p in data + figures)
@@ -488,8 +500,19 @@ def _write_report(comparison: Comparison, out_dir: Path, data: list[Path]) -> li
         f'<p class="lead">{escape(s.description)}</p>',
         f'<div class="verdict">{escape(closing_line(comparison.results))}</div>',
         "<h2>Ranking</h2>",
-        f"<p>By {escape(RANKING)}. Values are means ± the half-width of their 95 % CI.</p>",
+        f"<p>{escape(_run_line(comparison))}</p>",
+        f"<p>Best first, by the time until 99 % of the clients that want to be online are back online "
+        "(mean over the replications); a variant that never got there in some replication ranks after "
+        "all that always did. Equal times are ordered by attempts per episode. Variants whose 95 % "
+        "confidence intervals overlap are marked as tied: the runs cannot tell them apart.</p>",
         table_html(headers, rows),
+        '<p class="note">Columns: <b>recovery 99 % / 90 %</b>: time from the first event until that share '
+        "of clients is online again; <b>attempts / episode</b>: login attempts per client that had to log in "
+        "(1 = no retries); <b>peak offered /s</b>: the busiest bin's attempts per second; <b>wasted work</b>: "
+        "share of the workers' busy time spent on requests that finished after their client's timeout; "
+        "<b>metastable</b>: share of "
+        "replications where the storm sustained itself after its trigger ended. "
+        "Values are means ± the half-width of their 95 % CI.</p>",
         "<h2>Side by side</h2>", figure,
         "<h2>Variants</h2>", table_html(["variant", "overrides"], overrides),
         f"<h2>Data</h2><p>{links}</p>",

@@ -31,7 +31,7 @@ table { border-collapse: collapse; margin: .5em 0; font-size: .92em; } th, td { 
        border-bottom: 1px solid #e4e8eb; } th { background: #f3f6f8; } td.num { text-align: right;
        font-variant-numeric: tabular-nums; }
 figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #e4e8eb; }
-figcaption { color: #44535c; font-size: .9em; } footer { margin-top: 3em; color: #7a8a93; font-size: .85em; }
+figcaption, .note { color: #44535c; font-size: .9em; } footer { margin-top: 3em; color: #7a8a93; font-size: .85em; }
 """
 
 

@@ -105,3 +105,17 @@ def test_report_is_self_contained_and_holds_the_summary(result, tmp_path):
     sentence = "99 % of the clients that want to be online were NOT back" if p99 is None else "99 % of clients were back online"
     assert sentence in page
     assert (tmp_path / "storm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_figure_draws_one_capacity_line_per_distinct_capacity(result):
+    ts = result.timeseries
+    doubled = result.scenario.model_copy(update={"server": result.scenario.server.model_copy(update={"workers": 4})})
+    twice = dict(ts, workers=ts["workers"] * 2)
+    fig = compare_figure({"a": ts, "b": twice, "c": ts}, result.scenario,
+                         scenarios={"a": result.scenario, "b": doubled, "c": result.scenario})
+    load = fig.axes[1]
+    capacity_lines = [line for line in load.get_lines() if (line.get_gid() or "").startswith("capacity")]
+    assert sorted(line.get_gid() for line in capacity_lines) == ["capacity:a", "capacity:b"]
+    np.testing.assert_allclose(_line(load, "capacity:a").get_ydata(), capacity_series(ts, result.scenario))
+    np.testing.assert_allclose(_line(load, "capacity:b").get_ydata(), 2 * capacity_series(ts, result.scenario))
+    assert "a, c" in _line(load, "capacity:a").get_label()
