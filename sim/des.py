@@ -22,8 +22,9 @@ from typing import Callable, Generator
 import numpy as np
 import simpy
 
-from sim.metrics import summarize, timeseries
 from sim.distributions import Exponential, Uniform
+from sim.metrics import summarize, timeseries
+from sim.p2p import Supernodes, stochastic_round
 from sim.record import COUNTS, LEVELS, Counter, Level, ShareWatch, StartCounter, Tallies, Window
 from sim.scenario import Scenario
 from sim.server import ERROR, OK, TIMEOUT, TIMEOUT_OUTCOME, LoginServer, Request, expire
@@ -59,8 +60,6 @@ Progress = Callable[[float, int], None]
 def run(scenario: Scenario, *, until: float | None = None, progress: Progress | None = None,
         rng: np.random.Generator | None = None) -> RunResult:
     """Simulate one scenario to its `duration` (or `until`) and return its records."""
-    if scenario.server.p2p is not None:
-        raise UnsupportedScenario("[server.p2p] (supernodes) is not supported by this engine yet")
     end = scenario.duration if until is None else min(until, scenario.duration)
     if end <= 0:
         raise UnsupportedScenario(f"--until must be > 0, got {until}")
@@ -94,7 +93,6 @@ class Model:
         self.server = LoginServer(env, s, rng, self.tallies, self.counts, self.levels,
                                   self.steady_refusals, self.key)
         self.levels["workers"].set(0.0, s.server.workers)
-        self.capacity_at_start = self.server.capacity_rps()
         c = s.client
         self.policy = c.build_policy()
         self.delays = DelayStream(self.policy, rng)
@@ -112,6 +110,10 @@ class Model:
             if event.at < end:
                 env.process(self.fire(event))
         self._populate()
+        self.p2p: Supernodes | None = None
+        if s.server.p2p is not None:
+            self._start_p2p()
+        self.capacity_at_start = self.server.capacity_rps()
         if s.population.login_rate > 0:
             env.process(self.arrivals())
 
@@ -126,6 +128,9 @@ class Model:
         self.state.append(state)
         self.keys.append(self.uniform.next())
         self.rebooting.append(0)
+        if self.p2p is not None:
+            self.supernode.append(0)
+            self.online_since.append(-math.inf)
         n = self.n_state
         n[state] += 1
         self.levels[STATE_NAMES[state]].add(self.env.now, 1)
@@ -161,6 +166,12 @@ class Model:
         self.levels[STATE_NAMES[old]].add(now, -1)
         self.levels[STATE_NAMES[new]].add(now, 1)
         self.watch.update(now, n[ONLINE], n[CONNECTING], n[GAVE_UP])
+        if self.p2p is not None:
+            if new == ONLINE:
+                self.online_since[cid] = now
+                self.p2p.place(cid)  # a login with no supernode room stays online unhomed
+            elif old == ONLINE:
+                self._leave_online(cid)
 
     def wake(self, cid: int, step: tuple) -> None:
         """Send a client to `step` now: interrupt its process, or start one if it has none."""
@@ -295,6 +306,87 @@ class Model:
             self.counts["errors"].add(env.now)
         return outcome
 
+    # --- supernodes (MODEL.md 3.2) ----------------------------------------------------------
+
+    def _start_p2p(self) -> None:
+        """The wanted supernodes among the clients online at t = 0; every other one homed."""
+        cfg, n = self.s.server.p2p, len(self.state)
+        self.p2p = Supernodes(cfg.children, self.uniform.next)
+        self.supernode = bytearray(n)
+        # Online at t = 0 means online long before: eligible for promotion at once.
+        self.online_since = array("d")
+        self.online_since.frombytes(np.full(n, -np.inf).tobytes())
+        online = np.flatnonzero(np.frombuffer(self.state, dtype=np.int8) == ONLINE)
+        chosen = self.rng.choice(online, size=min(len(online), round(cfg.supernode_ratio * len(online))),
+                                 replace=False) if len(online) else online
+        for cid in chosen:
+            self._promote(int(cid))
+        others = np.setdiff1d(online, chosen, assume_unique=True)
+        self.p2p.place_all(int(cid) for cid in self.rng.permutation(others))
+        self.server.home_full = lambda: self.n_state[ONLINE] >= self.p2p.homes
+        self._supernodes_changed()
+        self.env.process(self.p2p_ticks())
+
+    def _supernodes_changed(self) -> None:
+        self.levels["supernodes"].set(self.env.now, len(self.p2p))
+        self.server.set_extra(self.s.server.p2p.slots * len(self.p2p))
+
+    def _promote(self, cid: int) -> None:
+        self.p2p.promote(cid)
+        self.supernode[cid] = 1
+
+    def _demote(self, cid: int) -> list[int]:
+        """`cid` stops being a supernode; returns its orphans (the caller drops their sessions)."""
+        self.supernode[cid] = 0
+        return self.p2p.leave(cid)
+
+    def _leave_online(self, cid: int) -> None:
+        """An ONLINE client leaves (reboot, dropped or ended session): a supernode takes its
+        children with it; an ordinary client frees its place in its home."""
+        if self.supernode[cid]:
+            orphans = self._demote(cid)
+            self._supernodes_changed()
+            for child in orphans:
+                if self.state[child] == ONLINE:
+                    self.drop(child)
+        else:
+            self.p2p.unhome(cid)
+
+    def p2p_ticks(self) -> Generator:
+        """Every minute: promote towards the wanted count, then shut down under overload."""
+        env, cfg, rng = self.env, self.s.server.p2p, self.rng
+        while True:
+            yield env.timeout(60.0)
+            now = env.now
+            wanted = cfg.supernode_ratio * self.n_state[ONLINE]
+            have = len(self.p2p)
+            if have < wanted:
+                k = min(stochastic_round(cfg.promotion_rate * wanted, rng.random()), math.ceil(wanted - have))
+                if k > 0:
+                    eligible = np.flatnonzero(
+                        (np.frombuffer(self.state, dtype=np.int8) == ONLINE)
+                        & (np.frombuffer(self.supernode, dtype=np.uint8) == 0)
+                        & (np.frombuffer(self.online_since, dtype=float) <= now - cfg.promotion_delay))
+                    for cid in rng.choice(eligible, size=min(k, len(eligible)), replace=False):
+                        self._promote(int(cid))
+                    self._supernodes_changed()
+            have = len(self.p2p)
+            if have and cfg.slots and len(self.server.queue) / (cfg.slots * have) > cfg.overload_shutdown:
+                k = stochastic_round(cfg.shutdown_rate * have, rng.random())
+                if k > 0:
+                    leaving = rng.choice(np.fromiter(self.p2p.children, dtype=np.int64, count=have),
+                                         size=min(k, have), replace=False)
+                    orphans = []
+                    for cid in leaving:
+                        orphans += self._demote(int(cid))
+                    self._supernodes_changed()
+                    for cid in leaving:  # an ordinary online client now: its clock restarts
+                        self.online_since[int(cid)] = now
+                        self.p2p.place(int(cid))
+                    for child in orphans:
+                        if self.state[child] == ONLINE:
+                            self.drop(child)
+
     # --- arrivals and events --------------------------------------------------------------
 
     def arrivals(self) -> Generator:
@@ -339,6 +431,7 @@ class Model:
             eligible = np.flatnonzero((state == OFFLINE) & (np.frombuffer(self.rebooting, dtype=np.uint8) == 0))
         else:
             eligible = np.flatnonzero(state == ONLINE)
+        del state  # a view must not outlive this instant: new clients grow the array
         ids = pick(self.rng, eligible, e.fraction)
         times = wave_times(self.rng, e.at, len(ids), e.spread, e.wave_table())
         downtimes = e.downtime.sample(self.rng, len(ids)) if e.kind == "reboot" else np.zeros(len(ids))
@@ -370,7 +463,8 @@ class Model:
 
     def drop_all_sessions(self) -> None:
         for cid in np.flatnonzero(np.frombuffer(self.state, dtype=np.int8) == ONLINE):
-            self.drop(int(cid))
+            if self.state[cid] == ONLINE:  # a supernode that left before took its children along
+                self.drop(int(cid))
 
     def outage(self, e) -> Generator:
         srv = self.server
@@ -389,7 +483,7 @@ class Model:
         """Workers become factor x configured, linearly over `ramp`; a newer event replaces a ramp."""
         srv, env = self.server, self.env
         self.ramp_id = ramp_id = self.ramp_id + 1
-        start, target = srv.workers, int(round(srv.configured * e.factor))
+        start, target = srv.dedicated, int(round(srv.configured * e.factor))
         if e.ramp <= 0 or start == target:
             srv.set_workers(target)
             return
@@ -419,7 +513,7 @@ class Model:
         srv.learned = knows
         srv.lose_everything(answer=True)
         self.drop_all_sessions()
-        srv.set_workers(int(round(srv.workers * e.factor)))
+        srv.set_workers(int(round(srv.dedicated * e.factor)))
 
     # --- the loop -------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ __all__ = ["run_figure", "compare_figure", "save_figure", "time_unit", "capacity
 
 COLORS = {"online": "#2a9d8f", "connecting": "#e9c46a", "gave_up": "#e76f51", "offline": "#8d99ae",
           "attempts": "#264653", "capacity": "#d62828", "successes": "#2a9d8f", "wasted": "#e76f51",
-          "queue": "#6a4c93", "busy": "#f4a261", "workers": "#d62828"}
+          "queue": "#6a4c93", "busy": "#f4a261", "workers": "#d62828", "supernodes": "#457b9d"}
 SPANS = {"outage": "#d62828", "partition": "#f4a261", "surge": "#6a4c93", "failover": "#d62828"}
 
 
@@ -74,9 +74,14 @@ def event_marks(s: Scenario) -> list[tuple[float, float, str, str]]:
     return marks
 
 
-def _mark_events(axes, s: Scenario, unit: float, label_top: bool = True) -> None:
+def _mark_events(axes, s: Scenario, unit: float, shown_until: float, label_top: bool = True) -> None:
+    """Markers for the events that start within the plotted time (a run cut short by --until
+    plots less than the scenario's duration)."""
     for k, ax in enumerate(axes):
         for start, end, kind, label in event_marks(s):
+            if start >= shown_until:
+                continue
+            end = min(end, shown_until)
             color = SPANS.get(kind, "#555555")
             if end > start and kind in SPANS:
                 ax.axvspan(start / unit, end / unit, color=color, alpha=0.12, lw=0)
@@ -101,7 +106,10 @@ def run_figure(ts: dict[str, np.ndarray], s: Scenario, title: str | None = None)
     x = ts["t"] / unit
     width = s.bin_width
     fig, axes = plt.subplots(4, 1, figsize=(11, 11), sharex=True, layout="constrained")
-    fig.suptitle(title or f"{s.name}: {s.population.clients:,} clients, {s.server.workers:,} workers", fontsize=13)
+    tier = f"{s.server.workers:,} workers"
+    if s.server.p2p is not None:
+        tier = f"{s.server.workers:,} dedicated workers + {s.server.p2p.slots} per supernode"
+    fig.suptitle(title or f"{s.name}: {s.population.clients:,} clients, {tier}", fontsize=13)
 
     ax = axes[0]
     for name, label in (("online", "online"), ("connecting", "connecting (logging in or waiting to retry)"),
@@ -133,9 +141,15 @@ def run_figure(ts: dict[str, np.ndarray], s: Scenario, title: str | None = None)
     ax.step(x, ts["queue"], where="post", color=COLORS["queue"], label="queue (waiting requests)", gid="queue")
     ax.step(x, ts["busy"], where="post", color=COLORS["busy"], label="busy workers", gid="busy")
     ax.step(x, ts["workers"], where="post", color=COLORS["workers"], ls=":", label="workers", gid="workers")
-    _maybe_log(ax, ts["queue"], ts["busy"], ts["workers"])
+    shown = [ts["queue"], ts["busy"], ts["workers"]]
+    if s.server.p2p is not None:
+        ax.step(x, ts["supernodes"], where="post", color=COLORS["supernodes"], ls="--", label="supernodes",
+                gid="supernodes")
+        shown.append(ts["supernodes"])
+    _maybe_log(ax, *shown)
     ax.set_ylabel("requests / workers")
-    ax.set_title("Queue and workers (time averages per bin)", loc="left", fontsize=10)
+    ax.set_title(("Queue, workers and supernodes" if s.server.p2p is not None else "Queue and workers")
+                 + " (time averages per bin)", loc="left", fontsize=10)
     ax.set_xlabel(f"time since start ({unit_name}; bins of {format_duration(width)})")
 
     for ax in axes:
@@ -143,7 +157,7 @@ def run_figure(ts: dict[str, np.ndarray], s: Scenario, title: str | None = None)
         ax.legend(loc="upper right", fontsize=8, framealpha=0.85)
         ax.set_ylim(bottom=0)
         ax.set_xlim(0, x[-1] + width / unit)
-    _mark_events(axes, s, unit)
+    _mark_events(axes, s, unit, float(ts["t"][-1] + width))
     return fig
 
 
@@ -202,7 +216,7 @@ def compare_figure(series: dict[str, dict[str, np.ndarray]], s: Scenario, title:
     handles = axes[0].get_legend_handles_labels()[0] + axes[1].get_legend_handles_labels()[0]
     fig.legend(handles=handles, loc="outside right upper", fontsize=9, title="variant (best first)",
                title_fontsize=9, frameon=False)
-    _mark_events(axes, s, unit)
+    _mark_events(axes, s, unit, float(first["t"][-1] + width))
     return fig
 
 

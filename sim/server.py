@@ -50,7 +50,9 @@ class LoginServer:
         self.steady_refusals = steady_refusals
         srv = s.server
         self.configured = srv.workers
-        self.workers = srv.workers
+        self.dedicated = srv.workers            # what capacity and failover events scale
+        self.extra = 0                          # supernode slots (p2p): not scaled by events
+        self.workers = srv.workers              # dedicated + extra: the workers that take requests
         self.service = DrawStream(srv.service_time, rng)
         self.mean_service = srv.service_time.mean
         self.queue_limit = srv.queue_limit
@@ -77,6 +79,7 @@ class LoginServer:
         self.admit: tuple[float, tuple[str, float]] | None = None
         self.partitions: list[tuple[float, float, float, float, float]] = []  # offset, fraction, failure, hang, isolate_at
         self.learned: Callable[[int, float], bool] = lambda cid, now: True   # failover knowledge
+        self.home_full: Callable[[], bool] | None = None   # p2p: no supernode can home another client
 
     # --- arrival --------------------------------------------------------------------------
 
@@ -100,6 +103,8 @@ class LoginServer:
         hang = self._partition_hang(cid, now)
         if hang is None:
             return self._refuse(req, _CONN_REFUSED)  # fail-fast after isolate_at
+        if self.home_full is not None and self.home_full():
+            return self._refuse(req, self.busy_503, costly=True)
         req.hang = hang
         if self.busy < self.workers and not self.reject_work:
             self._start(req)
@@ -267,9 +272,19 @@ class LoginServer:
             if answer and not req.reply.triggered:
                 req.reply.succeed(_CONN_REFUSED)
 
-    def set_workers(self, workers: int) -> None:
-        """Fewer workers never pre-empt requests in service; more start queued work at once."""
-        self.workers = max(0, int(workers))
+    def set_workers(self, dedicated: int) -> None:
+        """The dedicated workers (capacity, failover). Fewer never pre-empt requests in service;
+        more start queued work at once."""
+        self.dedicated = max(0, int(dedicated))
+        self._apply_workers()
+
+    def set_extra(self, extra: int) -> None:
+        """The workers that supernode slots add (p2p)."""
+        self.extra = max(0, int(extra))
+        self._apply_workers()
+
+    def _apply_workers(self) -> None:
+        self.workers = self.dedicated + self.extra
         self.levels["workers"].set(self.env.now, self.workers)
         self.dispatch()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -175,10 +176,15 @@ def test_simulate_replications_give_means_and_intervals(tmp_path):
     assert s["clients"] == 1000 and s["scenario"] == "quickstart"  # equal in every run: kept as is
 
 
-def test_simulate_p2p_is_not_supported_yet_exit_2(tmp_path):
-    result = invoke("simulate", "every-key", "--out", str(tmp_path))
-    assert result.exit_code == 2 and "not supported by this engine yet" in result.stderr
-    assert "Traceback" not in result.output
+def test_simulate_every_key_with_supernodes(tmp_path):
+    result = invoke("simulate", "every-key", "--until", "20m", "--out", str(tmp_path), "--json", "-q")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["duration_s"] == 1200.0
+    with (tmp_path / "timeseries.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    # the supernode slots are part of the workers: workers - supernodes * slots is the dedicated tier
+    assert float(rows[0]["supernodes"]) > 0
 
 
 def test_simulate_bad_input_exit_2(tmp_path):

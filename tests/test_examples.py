@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sim.config import load_scenario, shipped_scenarios
-from sim.des import UnsupportedScenario, run
+from sim.des import run
 
 
 @pytest.mark.parametrize("path", shipped_scenarios(), ids=lambda p: p.stem)
@@ -14,10 +14,6 @@ def test_every_shipped_scenario_runs_shortened(path):
     scale = min(1.0, 5_000 / max(1, full.population.clients))
     s = load_scenario(path, scale=scale)
     until = min(s.duration, 1800.0)
-    if s.server.p2p is not None:  # the supernode model arrives with the incident scenarios
-        with pytest.raises(UnsupportedScenario, match="not supported by this engine yet"):
-            run(s, until=until)
-        return
     r = run(s, until=until)
     summary, ts = r.summary, r.timeseries
     assert summary["duration_s"] == until
