@@ -323,7 +323,11 @@ class Model:
             self._promote(int(cid))
         others = np.setdiff1d(online, chosen, assume_unique=True)
         self.p2p.place_all(int(cid) for cid in self.rng.permutation(others))
-        self.server.home_full = lambda: self.n_state[ONLINE] >= self.p2p.homes
+        srv = self.server
+        # Dedicated workers home clients too, as `workers / slots` always-on supernodes would
+        # (Skype's own servers, the 2010 "mega-supernodes"): a capacity event adds homes.
+        per_worker = cfg.children / cfg.slots if cfg.slots else 0.0
+        self.server.home_full = lambda: self.n_state[ONLINE] >= self.p2p.homes + srv.dedicated * per_worker
         self._supernodes_changed()
         self.env.process(self.p2p_ticks())
 
@@ -371,7 +375,7 @@ class Model:
                         self._promote(int(cid))
                     self._supernodes_changed()
             have = len(self.p2p)
-            if have and cfg.slots and len(self.server.queue) / (cfg.slots * have) > cfg.overload_shutdown:
+            if have and cfg.slots and self.server.waiting(now) / (cfg.slots * have) > cfg.overload_shutdown:
                 k = stochastic_round(cfg.shutdown_rate * have, rng.random())
                 if k > 0:
                     leaving = rng.choice(np.fromiter(self.p2p.children, dtype=np.int64, count=have),
@@ -429,10 +433,15 @@ class Model:
         state = np.frombuffer(self.state, dtype=np.int8)
         if e.kind == "login":
             eligible = np.flatnonzero((state == OFFLINE) & (np.frombuffer(self.rebooting, dtype=np.uint8) == 0))
+            ids = pick(self.rng, eligible, e.fraction)
+        elif self.p2p is not None and e.supernode_fraction is not None:
+            role = np.frombuffer(self.supernode, dtype=np.uint8)
+            ids = np.concatenate([pick(self.rng, np.flatnonzero((state == ONLINE) & (role == 0)), e.fraction),
+                                  pick(self.rng, np.flatnonzero((state == ONLINE) & (role == 1)), e.supernode_fraction)])
+            del role
         else:
-            eligible = np.flatnonzero(state == ONLINE)
+            ids = pick(self.rng, np.flatnonzero(state == ONLINE), e.fraction)
         del state  # a view must not outlive this instant: new clients grow the array
-        ids = pick(self.rng, eligible, e.fraction)
         times = wave_times(self.rng, e.at, len(ids), e.spread, e.wave_table())
         downtimes = e.downtime.sample(self.rng, len(ids)) if e.kind == "reboot" else np.zeros(len(ids))
         if len(ids):

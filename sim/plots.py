@@ -108,7 +108,7 @@ def run_figure(ts: dict[str, np.ndarray], s: Scenario, title: str | None = None)
     fig, axes = plt.subplots(4, 1, figsize=(11, 11), sharex=True, layout="constrained")
     tier = f"{s.server.workers:,} workers"
     if s.server.p2p is not None:
-        tier = f"{s.server.workers:,} dedicated workers + {s.server.p2p.slots} per supernode"
+        tier = f"{s.server.workers:,} dedicated worker{'' if s.server.workers == 1 else 's'} + {s.server.p2p.slots} per supernode"
     fig.suptitle(title or f"{s.name}: {s.population.clients:,} clients, {tier}", fontsize=13)
 
     ax = axes[0]

@@ -195,14 +195,21 @@ class _ClientWave(_Event):
         return tuple((w.offset, w.weight / total) for w in self.waves)
 
 
-class Reboot(_ClientWave):
+class _OnlineWave(_ClientWave):
+    # With [server.p2p]: the share of supernodes hit, `fraction` then being that of the other
+    # online clients (Patch Tuesday hit the always-on supernode PCs harder). None: supernodes
+    # are picked like everyone else.
+    supernode_fraction: Fraction | None = None
+
+
+class Reboot(_OnlineWave):
     """`fraction` of ONLINE clients go offline at at + spread, boot for `downtime`, then log in."""
 
     kind: Literal["reboot"]
     downtime: Dist = ZERO
 
 
-class Disconnect(_ClientWave):
+class Disconnect(_OnlineWave):
     """`fraction` of ONLINE clients lose their session and start an episode."""
 
     kind: Literal["disconnect"]

@@ -288,6 +288,10 @@ class LoginServer:
         self.levels["workers"].set(self.env.now, self.workers)
         self.dispatch()
 
+    def waiting(self, now: float) -> int:
+        """Queued requests whose client still waits for them (its deadline has not passed)."""
+        return sum(req.deadline > now for req in self.queue)
+
     def capacity_rps(self) -> float:
         mean = self.mean_service
         return math.inf if mean == 0 else self.workers / mean

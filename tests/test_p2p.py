@@ -169,3 +169,23 @@ def test_overload_shutdown_halves_the_supernodes_each_minute():
     np.testing.assert_array_equal(ts["workers"], [8, 4, 2, 1])
     assert len(demoted_at_60) == 4 and all(v == (ONLINE, 60.0) for v in demoted_at_60.values())
     assert ts["queue"][1] > 800  # the orphans of the demoted joined the queue
+
+
+def test_a_reboot_can_hit_supernodes_harder_than_other_clients():
+    """supernode_fraction 0.75 of 40 supernodes = 30; fraction 0.1 of the 3 960 others = 396."""
+    m = model(duration=120, resolution=60, population={"clients": 4000},
+              server={"workers": 1000, "service_time": 0.001},
+              p2p={"supernode_ratio": 0.01, "children": 1000, "slots": 1, "promotion_rate": 0.0},
+              events=[{"at": 10, "kind": "reboot", "fraction": 0.1, "supernode_fraction": 0.75, "downtime": 1000}])
+    first = set(m.p2p.children)
+    ts = finished(m)
+    assert len(first - set(m.p2p.children)) == 30 and ts["supernodes"][1] == 10
+    rebooted = sum(m.rebooting[cid] for cid in range(4000))
+    assert rebooted == 30 + 396
+
+
+def test_supernode_fraction_needs_a_p2p_block():
+    from sim.config import ScenarioError
+    with pytest.raises(ScenarioError, match=r"events.0.supernode_fraction: needs a \[server.p2p\] block"):
+        parse_scenario(scenario_text(duration=60, population={"clients": 10},
+                                     events=[{"at": 1, "kind": "reboot", "supernode_fraction": 0.5}]))
