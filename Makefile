@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-quick install clean
+.PHONY: demo test test-quick gallery install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ demo: $(STAMP)
 	$(VENV)/bin/loginstorm validate scenarios/*.toml
 	$(VENV)/bin/loginstorm simulate scenarios/quickstart.toml --out out/quickstart
 	@echo "The quickstart storm's summary and time series are in out/quickstart/"
+
+gallery: $(STAMP)
+	$(PY) -m sim.gallery --out docs/gallery
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

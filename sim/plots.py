@@ -23,7 +23,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from sim.scenario import Scenario  # noqa: E402
 from sim.units import format_duration  # noqa: E402
 
-__all__ = ["run_figure", "compare_figure", "save_figure", "time_unit", "capacity_series", "event_marks"]
+__all__ = ["run_figure", "compare_figure", "gallery_figure", "save_figure", "time_unit", "capacity_series", "event_marks"]
 
 COLORS = {"online": "#2a9d8f", "connecting": "#e9c46a", "gave_up": "#e76f51", "offline": "#8d99ae",
           "attempts": "#264653", "capacity": "#d62828", "successes": "#2a9d8f", "wasted": "#e76f51",
@@ -97,7 +97,7 @@ def _maybe_log(ax, *series: np.ndarray) -> None:
     values = np.concatenate([np.asarray(x, dtype=float) for x in series])
     positive = values[np.isfinite(values) & (values > 0)]
     if len(positive) and positive.max() / max(positive.min(), 1e-12) > 300:
-        ax.set_yscale("symlog", linthresh=max(1.0, float(np.percentile(positive, 5))))
+        ax.set_yscale("symlog", linthresh=max(1e-3, float(np.percentile(positive, 5))))
 
 
 def run_figure(ts: dict[str, np.ndarray], s: Scenario, title: str | None = None) -> Figure:
@@ -217,6 +217,14 @@ def compare_figure(series: dict[str, dict[str, np.ndarray]], s: Scenario, title:
     fig.legend(handles=handles, loc="outside right upper", fontsize=9, title="variant (best first)",
                title_fontsize=9, frameon=False)
     _mark_events(axes, s, unit, float(first["t"][-1] + width))
+    return fig
+
+
+def gallery_figure(ts: dict[str, np.ndarray], s: Scenario) -> Figure:
+    """The README's view of one run: online share and offered load against capacity."""
+    scale = f" at --scale {s.scale:g}" if s.scale != 1 else ""
+    fig = compare_figure({"this run": ts}, s, title=f"{s.name}{scale}: {s.population.clients:,} clients")
+    fig.legends[0].set_title(None)
     return fig
 
 

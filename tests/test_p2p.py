@@ -189,3 +189,17 @@ def test_supernode_fraction_needs_a_p2p_block():
     with pytest.raises(ScenarioError, match=r"events.0.supernode_fraction: needs a \[server.p2p\] block"):
         parse_scenario(scenario_text(duration=60, population={"clients": 10},
                                      events=[{"at": 1, "kind": "reboot", "supernode_fraction": 0.5}]))
+
+
+def test_overload_counts_only_logins_whose_client_still_waits():
+    """Same as the halving above, but the clients give up waiting after 5 s: at the first tick
+    every queued request is past its deadline, nobody waits for it, and no supernode leaves."""
+    m = model(duration=180, resolution=60, population={"clients": 1600, "online_at_start": 0.5},
+              client={"timeout": 5, "policy": {"name": "constant", "base": 1000}},
+              server={"workers": 0, "service_time": 3600},
+              p2p={"supernode_ratio": 0.01, "children": 200, "slots": 1, "promotion_rate": 0.0,
+                   "overload_shutdown": 3.0, "shutdown_rate": 0.5},
+              events=[{"at": 1, "kind": "login", "fraction": 1.0}])
+    ts = finished(m)
+    assert ts["queue"][1] > 700  # the requests are still queued ...
+    np.testing.assert_array_equal(ts["supernodes"], [8, 8, 8])  # ... but nobody waits for them

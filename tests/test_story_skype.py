@@ -45,3 +45,41 @@ def test_skype_2007_fixed_variant_recovers_within_hours_of_the_last_wave():
     assert online.min() > 1 - 0.4 - 0.05  # at worst the clients of one wave's rebooted supernodes
     p99 = r.summary["recovery_s"]["p99"]
     assert p99 is not None and s.events[0].at + p99 < last_wave + 6 * 3600.0
+
+
+# --- Skype 2010: the supernode crash cascade -------------------------------------------------
+
+SCALE_2010 = 0.0005
+
+
+def at_hour(r, hour: float) -> float:
+    """The online share in the bin that starts at `hour`."""
+    i = int(np.searchsorted(r.timeseries["t"], hour * 3600.0))
+    return float(share(r.timeseries)[i])
+
+
+def test_skype_2010_node_suicide_collapses_where_rejection_only_dips():
+    """Crashes take out 27.5 % of the supernodes; the overloaded rest shut down and orphan their
+    children: within three hours the share is below 10 %. With rejection instead of shutdown the
+    home check refuses the excess, no supernode leaves, and the crash costs only the crashed."""
+    s = load_scenario("scenarios/skype-2010.toml", scale=SCALE_2010)
+    collapsed = run(s, until=3 * 3600.0)
+    assert share(collapsed.timeseries).min() < 0.10
+    assert collapsed.timeseries["supernodes"][-1] < 0.2 * collapsed.timeseries["supernodes"][0]
+    s = load_scenario("scenarios/skype-2010.toml", scale=SCALE_2010, sets=["server.p2p.overload_shutdown=inf"])
+    shed = run(s, until=3 * 3600.0)
+    crashed = s.events[0].fraction + (1 - s.events[0].fraction) * s.events[0].supernode_fraction
+    assert share(shed.timeseries).min() > 1 - crashed - 0.1  # the crashed and their orphans, no more
+    assert shed.summary["recovery_s"]["p99"] is not None and shed.summary["recovery_s"]["p99"] < 3 * 3600.0
+
+
+@pytest.mark.slow
+def test_skype_2010_mega_supernodes_restore_the_network_in_steps():
+    """Before the capacity events the share sits at the floor the dedicated servers can home; each
+    step of mega-supernodes lifts it (the record: ~30 %, ~60 %, ~80 % on day 2)."""
+    s = load_scenario("scenarios/skype-2010.toml", scale=SCALE_2010)
+    r = run(s)
+    floor = s.server.workers * s.server.p2p.children / s.population.clients
+    assert at_hour(r, 16) < floor + 0.03
+    assert at_hour(r, 22) > 3 * at_hour(r, 16)
+    assert at_hour(r, 34) > 0.5 and at_hour(r, 34) > at_hour(r, 22)
