@@ -22,3 +22,22 @@ def test_every_shipped_scenario_runs_shortened(path):
     if s.population.login_rate == 0:
         total = ts["online"] + ts["connecting"] + ts["offline"] + ts["gave_up"]
         assert abs(total - s.population.clients).max() < 1e-6
+
+
+@pytest.mark.parametrize("path", [p for p in shipped_scenarios() if p.stem not in ("quickstart", "every-key")],
+                         ids=lambda p: p.stem)
+def test_every_incident_scenario_states_its_scale_and_its_sources(path):
+    from sim.gallery import stated_scale
+    s = load_scenario(path)
+    assert s.name == path.stem
+    assert "--scale" in s.description and 0 < stated_scale(s.description) <= 1
+    text = path.read_text()
+    assert "[S]" in text and "[E" in text and "https://" in text  # facts cited, estimates marked
+    assert "loginstorm compare" in text  # the protection side by side
+
+
+def test_stated_scale_reads_the_description():
+    from sim.gallery import stated_scale
+    assert stated_scale("... Runs in under a minute at --scale 0.002.") == 0.002
+    assert stated_scale("... at --scale 1e-4") == 1e-4
+    assert stated_scale("no scale here") == 1.0
