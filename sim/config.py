@@ -329,8 +329,9 @@ def scale_scenario(s: Scenario, factor: float) -> Scenario:
     """`--scale S`: population and capacity S times the size; shares, times and per-client figures stay.
 
     clients, login_rate, workers, queue_limit, rate_limit rate and burst are multiplied by S
-    (counts rounded to the nearest whole number, a positive count kept >= 1); p2p follows,
-    being per client.
+    (counts rounded to the nearest whole number, a positive count kept >= 1); the overload knee
+    by S and its per_request by 1/S, so that the slowdown at the same load per worker is the
+    same; p2p follows, being per client.
     """
     if factor == 1.0:
         return s
@@ -346,6 +347,9 @@ def scale_scenario(s: Scenario, factor: float) -> Scenario:
         rl = s.server.rate_limit
         server_update["rate_limit"] = rl.model_copy(update={
             "rate": rl.rate * factor, "burst": max(1.0, rl.bucket * factor)})
+    if s.server.overload is not None:  # the knee counts requests in the system: a count like the queue's
+        ov = s.server.overload
+        server_update["overload"] = ov.model_copy(update={"knee": ov.knee * factor, "per_request": ov.per_request / factor})
     scaled = s.model_copy(update={"population": pop, "server": s.server.model_copy(update=server_update)})
     scaled._scale = s.scale * factor
     scaled._source = s.source

@@ -224,3 +224,13 @@ def test_every_key_scenario_uses_every_key():
     assert missing == []
     s = load_scenario(next(p for p in shipped_scenarios() if p.stem == "every-key"))
     assert isinstance(s.server.service_time, Lognormal)
+
+
+def test_scale_keeps_the_overload_slowdown_at_the_same_load_per_worker():
+    text = BASE.replace("workers = 4", "workers = 400\noverload = { knee = 2000, per_request = 0.0005 }")
+    small = parse_scenario(text, scale=0.01)
+    assert small.server.overload.knee == pytest.approx(20) and small.server.overload.per_request == pytest.approx(0.05)
+    # 3 000 in the system at full size is 30 at 1 %: the same service-time factor, 1.5
+    full = parse_scenario(text).server.overload
+    assert 1 + full.per_request * (3000 - full.knee) == pytest.approx(
+        1 + small.server.overload.per_request * (30 - small.server.overload.knee))
