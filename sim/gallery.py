@@ -41,7 +41,7 @@ def _one(path: Path, out: Path) -> dict:
     started = time.perf_counter()
     result = des.run(s)
     seconds = time.perf_counter() - started
-    save_figure(gallery_figure(result.timeseries, s), out / s.name)
+    save_figure(gallery_figure(result.timeseries, s), out / s.name, svg=False)
     summary = result.summary
     return {"scenario": s.name, "scale": scale, "clients": s.population.clients, "wallclock_s": round(seconds, 1),
             "recovery_s": summary["recovery_s"], "metastable": summary["metastable"],

@@ -232,11 +232,12 @@ def _wrap(text: str, width: int = 28) -> str:
     return "\n".join(textwrap.wrap(text, width)) or text
 
 
-def save_figure(fig: Figure, stem: Path) -> list[Path]:
+def save_figure(fig: Figure, stem: Path, svg: bool = True) -> list[Path]:
     """Write `stem`.png (readable on a laptop screen) and `stem`.svg; closes the figure."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    paths = [stem.with_suffix(".png")] + ([stem.with_suffix(".svg")] if svg else [])
     fig.savefig(paths[0], dpi=110)
-    fig.savefig(paths[1])
+    if svg:
+        fig.savefig(paths[1])
     plt.close(fig)
     return paths
