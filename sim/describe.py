@@ -117,6 +117,9 @@ def summary_lines(summary: dict) -> str:
            else f"{summary['capacity_rps']:,.1f}/s"),
         f"  back to 90 % online: {_when(rec['p90'])} after the first event; 99 %: {_when(rec['p99'])}",
     ]
+    lowest = summary.get("lowest_online_share")
+    if lowest is not None and lowest < 0.99:
+        lines.append(f"  lowest online share: {_share(lowest)}, {_human(summary['lowest_online_at_s'])} after the start")
     if summary["metastable"]:
         lines.append("  the storm sustained itself: METASTABLE (still down and saturated at the end)")
     return "\n".join(lines)
@@ -148,6 +151,10 @@ def plain_lines(summary: dict, s: Scenario) -> list[str]:
             lines.append(f"The online share never fell below {level}.")
         else:
             lines.append(f"{level} of clients were back online {_human(value)} after {origin}.")
+    lowest = summary.get("lowest_online_share")
+    if lowest is not None and lowest < 0.99:
+        lines.append(f"At its lowest, {_share(lowest)} of the clients that want to be online were online, "
+                     f"{_human(summary['lowest_online_at_s'])} after the start of the run.")
     if summary["metastable"]:
         lines.append("The storm sustained itself: metastable. Long after the trigger ended, the tier was still "
                      "saturated and clients were still out.")
@@ -162,6 +169,12 @@ def plain_lines(summary: dict, s: Scenario) -> list[str]:
         lines.append(f"{summary['wasted_work_fraction']:.0%} of the workers' time went to requests whose "
                      "clients had already timed out (wasted work).")
     return lines
+
+
+def _share(x: float) -> str:
+    """94 %, 2.9 %, 0.04 %: enough digits to tell a collapse from zero."""
+    pct = 100 * x
+    return f"{pct:.0f} %" if pct >= 10 else f"{pct:.2g} %"
 
 
 def dist_text(d) -> str:

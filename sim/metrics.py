@@ -19,7 +19,7 @@ SUMMARY_FIELDS = (
     "scenario", "engine", "seed", "scale", "clients", "duration_s", "wallclock_s", "events_processed",
     "episodes", "logins", "gave_up", "attempts", "amplification", "timeouts", "rejected", "errors",
     "wasted", "wasted_work_fraction", "peak_offered_rps", "capacity_rps", "login_time_s", "recovery_s",
-    "metastable", "steady",
+    "metastable", "steady", "lowest_online_share", "lowest_online_at_s",
 )
 STEADY_FIELDS = ("arrival_rate", "throughput", "utilization", "mean_wait_s", "p_wait", "blocking",
                  "abandonment", "mean_in_system", "mean_orbit", "attempts_per_login")
@@ -89,6 +89,9 @@ def summarize(r: Records, *, events: int, wallclock: float, engine: str = "des")
         "recovery_s": {"p90": p90, "p99": p99},
         "metastable": metastable(r),
         "steady": steady(r),
+        # beyond MODEL.md: the deepest point of the storm, exact (not a bin average)
+        "lowest_online_share": r.watch.lowest,
+        "lowest_online_at_s": r.watch.lowest_at,
     }
 
 

@@ -180,7 +180,8 @@ class ShareWatch:
     share stays at or above it until the end (MODEL.md section 5, `recovery_s`).
     """
 
-    __slots__ = ("start", "tail_start", "thresholds", "below", "ever", "last_up", "share", "since", "tail_max")
+    __slots__ = ("start", "tail_start", "thresholds", "below", "ever", "last_up", "share", "since", "tail_max",
+                 "lowest", "lowest_at")
 
     def __init__(self, start: float, tail_start: float, thresholds: tuple[float, ...] = (0.90, 0.99)):
         self.start, self.tail_start, self.thresholds = start, tail_start, thresholds
@@ -188,6 +189,7 @@ class ShareWatch:
         self.ever = [False] * len(thresholds)
         self.last_up = [start] * len(thresholds)
         self.share, self.since, self.tail_max = 1.0, 0.0, -math.inf
+        self.lowest, self.lowest_at = 1.0, 0.0  # the lowest share reached, and when first
 
     def update(self, t: float, online: int, connecting: int, gave_up: int) -> None:
         wanting = online + connecting + gave_up
@@ -204,6 +206,8 @@ class ShareWatch:
                 if t > self.start:
                     self.ever[k] = True
                     self.last_up[k] = t
+        if share < self.lowest:
+            self.lowest, self.lowest_at = share, t
         self.share, self.since = share, t
 
     def close(self, t: float) -> None:

@@ -869,3 +869,12 @@ def test_new_clients_may_arrive_while_an_event_spreads_over_the_clients():
                  events=[{"at": 1, "kind": "reboot", "fraction": 1.0,
                           "spread": {"dist": "uniform", "low": "0s", "high": "60s"}, "downtime": 5}])
     assert r.summary["clients"] == 100 and r.summary["episodes"] >= 100 + 120 * 2.0 - Z * (120 * 2.0) ** 0.5
+
+
+def test_lowest_online_share_is_exact_and_dated():
+    """Half of 100 online clients lose their session at t = 10 and wait 100 s before their first
+    attempt: the share is exactly 50/100 from t = 10 until they log in again at t = 110."""
+    r = simulate(duration=300, resolution=60, population={"clients": 100}, client={"connect_delay": 100},
+                 events=[{"at": 10, "kind": "disconnect", "fraction": 0.5}])
+    assert r.summary["lowest_online_share"] == 0.5 and r.summary["lowest_online_at_s"] == 10.0
+    assert r.summary["lowest_online_share"] <= (col(r, "online") / 100).min()  # bins average it up
