@@ -9,6 +9,7 @@ matplotlib Figures; `save_figure` writes them as PNG and SVG.
 
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 
@@ -77,8 +78,12 @@ def event_marks(s: Scenario) -> list[tuple[float, float, str, str]]:
 def _mark_events(axes, s: Scenario, unit: float, shown_until: float, label_top: bool = True) -> None:
     """Markers for the events that start within the plotted time (a run cut short by --until
     plots less than the scenario's duration)."""
+    # Labels closer than 2.5 % of the axis to the previous label would print over it: the
+    # line is drawn, the label is left out (the scenario's event table has them all).
+    min_gap = 0.025 * shown_until
     for k, ax in enumerate(axes):
-        for start, end, kind, label in event_marks(s):
+        labelled = -math.inf
+        for start, end, kind, label in sorted(event_marks(s)):
             if start >= shown_until:
                 continue
             end = min(end, shown_until)
@@ -86,7 +91,8 @@ def _mark_events(axes, s: Scenario, unit: float, shown_until: float, label_top: 
             if end > start and kind in SPANS:
                 ax.axvspan(start / unit, end / unit, color=color, alpha=0.12, lw=0)
             ax.axvline(start / unit, color=color, ls="--", lw=1, alpha=0.8, gid=f"event:{kind}")
-            if k == 0 and label_top:
+            if k == 0 and label_top and start - labelled >= min_gap:
+                labelled = start
                 ax.annotate(label, (start / unit, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3),
                             textcoords="offset points", va="top", fontsize=8, color=color, rotation=90,
                             bbox=dict(facecolor="white", alpha=0.75, lw=0, pad=0.5))
