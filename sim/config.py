@@ -300,6 +300,8 @@ def _check_consistency(s: Scenario) -> list[Problem]:
         if event.at >= s.duration:
             problems.append(Problem(f"events.{i}.at", f"must be before the end of the run ({dur}), "
                                                       f"got {format_duration(event.at)}"))
+        if event.kind == "p2p-rules" and s.server.p2p is None:
+            problems.append(Problem(f"events.{i}.kind", "a p2p-rules event needs a [server.p2p] block (supernodes)"))
         if getattr(event, "supernode_fraction", None) is not None and s.server.p2p is None:
             problems.append(Problem(f"events.{i}.supernode_fraction", "needs a [server.p2p] block (supernodes)"))
     if s.target is not None:

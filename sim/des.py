@@ -311,6 +311,7 @@ class Model:
     def _start_p2p(self) -> None:
         """The wanted supernodes among the clients online at t = 0; every other one homed."""
         cfg, n = self.s.server.p2p, len(self.state)
+        self.p2p_rules = cfg  # a `p2p` event replaces it
         self.p2p = Supernodes(cfg.children, self.uniform.next)
         self.supernode = bytearray(n)
         # Online at t = 0 means online long before: eligible for promotion at once.
@@ -358,10 +359,10 @@ class Model:
 
     def p2p_ticks(self) -> Generator:
         """Every minute: promote towards the wanted count, then shut down under overload."""
-        env, cfg, rng = self.env, self.s.server.p2p, self.rng
+        env, rng = self.env, self.rng
         while True:
             yield env.timeout(60.0)
-            now = env.now
+            now, cfg = env.now, self.p2p_rules
             wanted = cfg.supernode_ratio * self.n_state[ONLINE]
             have = len(self.p2p)
             if have < wanted:
@@ -427,6 +428,8 @@ class Model:
             self.server.partitions.remove(entry)
         elif e.kind == "failover":
             self.failover(e)
+        elif e.kind == "p2p-rules":
+            self.p2p_rules = self.p2p_rules.model_copy(update=e.changes())
         # surge: read by `arrivals`
 
     def hit_clients(self, e) -> Generator:

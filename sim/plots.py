@@ -70,6 +70,8 @@ def event_marks(s: Scenario) -> list[tuple[float, float, str, str]]:
             marks.append((e.at, e.at, e.kind, f"admit {e.fraction:.0%}"))
         elif e.kind == "capacity":
             marks.append((e.at, e.at + e.ramp, e.kind, f"capacity x{e.factor:g}"))
+        elif e.kind == "p2p-rules":
+            marks.append((e.at, e.at, e.kind, "p2p: " + ", ".join(f"{k}={v:g}" for k, v in e.changes().items())))
         else:
             marks.append((e.at, e.at, e.kind, f"failover x{e.factor:g}"))
     return marks

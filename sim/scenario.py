@@ -23,7 +23,7 @@ from sim.units import parse_duration
 
 __all__ = [
     "Scenario", "Population", "Client", "PolicySpec", "Server", "RateLimit", "Overload", "P2P",
-    "Wave", "Event", "EVENT_KINDS", "Target",
+    "Wave", "Event", "EVENT_KINDS", "Target", "P2PChange",
 ]
 
 INF = math.inf
@@ -273,13 +273,30 @@ class Failover(_Event):
     factor: NonNegative
 
 
+class P2PChange(_Event):
+    """From `at`, the [server.p2p] rules change: a fix deployed, parameters tuned (beyond MODEL.md).
+
+    Each key given replaces the block's value; a key left out stays as it was.
+    """
+
+    kind: Literal["p2p-rules"]
+    promotion_delay: Duration | None = None
+    promotion_rate: Fraction | None = None
+    overload_shutdown: NonNegative | None = None
+    shutdown_rate: Fraction | None = None
+
+    def changes(self) -> dict[str, float]:
+        return {k: v for k in ("promotion_delay", "promotion_rate", "overload_shutdown", "shutdown_rate")
+                if (v := getattr(self, k)) is not None}
+
+
 Event = Annotated[
-    Union[Reboot, Disconnect, Login, Outage, Capacity, Admit, Partition, Surge, Failover],
+    Union[Reboot, Disconnect, Login, Outage, Capacity, Admit, Partition, Surge, Failover, P2PChange],
     Field(discriminator="kind"),
 ]
 EVENT_KINDS: dict[str, type[_Event]] = {
     cls.model_fields["kind"].annotation.__args__[0]: cls
-    for cls in (Reboot, Disconnect, Login, Outage, Capacity, Admit, Partition, Surge, Failover)
+    for cls in (Reboot, Disconnect, Login, Outage, Capacity, Admit, Partition, Surge, Failover, P2PChange)
 }
 
 _ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")

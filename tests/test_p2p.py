@@ -203,3 +203,28 @@ def test_overload_counts_only_logins_whose_client_still_waits():
     ts = finished(m)
     assert ts["queue"][1] > 700  # the requests are still queued ...
     np.testing.assert_array_equal(ts["supernodes"], [8, 8, 8])  # ... but nobody waits for them
+
+
+def test_a_p2p_event_changes_the_rules_from_its_time():
+    """As the promotion-rate case, but at t = 330 a fix raises the rate to 0.1: the ticks up to
+    300 promote 5 each, those from 360 on 10 each (wanted = 100)."""
+    m = model(duration=900, resolution=60,
+              population={"clients": 10_000, "online_at_start": 0.1},
+              server={"workers": 50, "service_time": 0.001},
+              p2p={"supernode_ratio": 0.01, "children": 1000, "slots": 1, "promotion_rate": 0.05},
+              events=[{"at": 1, "kind": "login", "fraction": 1.0, "spread": {"dist": "uniform", "low": "0s", "high": "20s"}},
+                      {"at": 330, "kind": "p2p-rules", "promotion_rate": 0.1}])
+    ts = finished(m)
+    expected, count = [], 10
+    for minute in range(15):
+        expected.append(count)
+        count = min(100, count + (10 if minute + 1 >= 6 else 5))
+    np.testing.assert_array_equal(ts["supernodes"], expected)
+    assert m.p2p_rules.promotion_rate == 0.1 and m.p2p_rules.overload_shutdown == m.s.server.p2p.overload_shutdown
+
+
+def test_a_p2p_event_needs_a_p2p_block():
+    from sim.config import ScenarioError
+    with pytest.raises(ScenarioError, match=r"events.0.kind: a p2p-rules event needs a \[server.p2p\] block"):
+        parse_scenario(scenario_text(duration=60, population={"clients": 10},
+                                     events=[{"at": 1, "kind": "p2p-rules", "promotion_rate": 0.5}]))
