@@ -15,9 +15,19 @@ __all__ = ["scenario_line", "summary_lines", "plain_lines", "dist_text", "policy
 
 
 def capacity_rps(s: Scenario) -> float:
-    """Logins per second the dedicated workers complete at the mean service time (t = 0)."""
+    """Logins per second the workers complete at the mean service time at t = 0: the dedicated
+    ones plus, with [server.p2p], the slots of the supernodes in place at the start."""
     mean = s.server.service_time.mean
-    return math.inf if mean == 0 else s.server.workers / mean
+    return math.inf if mean == 0 else (s.server.workers + supernode_slots(s)) / mean
+
+
+def supernode_slots(s: Scenario) -> int:
+    """The workers the supernodes add at t = 0 (MODEL.md 3.2: the wanted number is in place)."""
+    p2p = s.server.p2p
+    if p2p is None:
+        return 0
+    online = round(s.population.online_at_start * s.population.clients)
+    return p2p.slots * min(online, round(p2p.supernode_ratio * online))
 
 
 def policy_text(policy: Policy) -> str:
@@ -39,7 +49,8 @@ def scenario_line(s: Scenario) -> str:
     policy = s.client.build_policy()
     parts = [
         f"{s.population.clients:,} clients",
-        f"{s.server.workers:,} workers (~{capacity_rps(s):,.0f} logins/s)",
+        f"{s.server.workers:,} workers" + (f" + {supernode_slots(s):,} supernode slots" if s.server.p2p else "")
+        + f" (~{capacity_rps(s):,.0f} logins/s)",
         f"{len(s.events)} event{'s' if len(s.events) != 1 else ''} ({events})",
         f"{format_duration(s.duration)} simulated",
         f"policy {policy_text(policy)}",

@@ -41,3 +41,12 @@ def test_stated_scale_reads_the_description():
     assert stated_scale("... Runs in under a minute at --scale 0.002.") == 0.002
     assert stated_scale("... at --scale 1e-4") == 1e-4
     assert stated_scale("no scale here") == 1.0
+
+
+@pytest.mark.parametrize("path", shipped_scenarios(), ids=lambda p: p.stem)
+def test_the_stated_capacity_is_the_engines(path):
+    """What `validate` and the report say the tier can do at t = 0 is what the engine reports."""
+    from sim.describe import capacity_rps
+    full = load_scenario(path)
+    s = load_scenario(path, scale=min(1.0, 5_000 / max(1, full.population.clients)))
+    assert capacity_rps(s) == pytest.approx(run(s, until=1.0).summary["capacity_rps"])
