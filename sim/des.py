@@ -311,7 +311,7 @@ class Model:
     def _start_p2p(self) -> None:
         """The wanted supernodes among the clients online at t = 0; every other one homed."""
         cfg, n = self.s.server.p2p, len(self.state)
-        self.p2p_rules = cfg  # a `p2p` event replaces it
+        self.p2p_rules = cfg  # a `p2p-rules` event replaces it
         self.p2p = Supernodes(cfg.children, self.uniform.next)
         self.supernode = bytearray(n)
         # Online at t = 0 means online long before: eligible for promotion at once.
@@ -328,7 +328,7 @@ class Model:
         # Dedicated workers home clients too, as `workers / slots` always-on supernodes would
         # (Skype's own servers, the 2010 "mega-supernodes"): a capacity event adds homes.
         per_worker = cfg.children / cfg.slots if cfg.slots else 0.0
-        self.server.home_full = lambda: self.n_state[ONLINE] >= self.p2p.homes + srv.dedicated * per_worker
+        srv.home_full = lambda: self.n_state[ONLINE] >= self.p2p.homes + srv.dedicated * per_worker
         self._supernodes_changed()
         self.env.process(self.p2p_ticks())
 
@@ -352,8 +352,7 @@ class Model:
             orphans = self._demote(cid)
             self._supernodes_changed()
             for child in orphans:
-                if self.state[child] == ONLINE:
-                    self.drop(child)
+                self.drop(child)
         else:
             self.p2p.unhome(cid)
 
@@ -389,8 +388,7 @@ class Model:
                         self.online_since[int(cid)] = now
                         self.p2p.place(int(cid))
                     for child in orphans:
-                        if self.state[child] == ONLINE:
-                            self.drop(child)
+                        self.drop(child)
 
     # --- arrivals and events --------------------------------------------------------------
 
@@ -469,14 +467,16 @@ class Model:
                 self.wake(cid, EPISODE)
 
     def drop(self, cid: int) -> None:
-        """An ONLINE client loses its session and starts an episode."""
+        """An ONLINE client loses its session and starts an episode (no-op for any other client:
+        a supernode that left before may have taken it along already)."""
+        if self.state[cid] != ONLINE:
+            return
         self.set_state(cid, CONNECTING)
         self.wake(cid, EPISODE)
 
     def drop_all_sessions(self) -> None:
         for cid in np.flatnonzero(np.frombuffer(self.state, dtype=np.int8) == ONLINE):
-            if self.state[cid] == ONLINE:  # a supernode that left before took its children along
-                self.drop(int(cid))
+            self.drop(int(cid))
 
     def outage(self, e) -> Generator:
         srv = self.server
