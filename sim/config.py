@@ -20,11 +20,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from sim.scenario import EVENT_KINDS, Scenario
+from sim.scenario import EVENT_KINDS, Scenario, Target
 from sim.units import format_duration
 
 __all__ = [
-    "Problem", "ScenarioError", "load_scenario", "parse_scenario", "apply_sets", "scale_scenario",
+    "Problem", "ScenarioError", "load_scenario", "parse_scenario", "parse_target", "apply_sets", "scale_scenario",
     "shipped_scenarios", "resolve_scenario_path", "SECRET_KEYS",
 ]
 
@@ -119,6 +119,21 @@ def parse_scenario(text: str, source: str = "<scenario>", sets: typing.Sequence[
     scenario = scale_scenario(scenario, scale)
     scenario._source = source
     return scenario
+
+
+def parse_target(text: str, source: str = "<target>") -> Target:
+    """A separate target file (a `[target]` table of MODEL.md section 7), with the scenario's messages."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(source, [Problem("", f"not valid TOML: {exc}")]) from None
+    if not isinstance(raw.get("target"), dict):
+        raise ScenarioError(source, [Problem("target", "missing required table [target]")])
+    try:
+        return Target.model_validate(raw["target"])
+    except ValidationError as exc:
+        raise ScenarioError(source, [_problem({**err, "loc": ("target", *err["loc"])}, set())
+                                     for err in exc.errors()]) from None
 
 
 def apply_sets(raw: dict[str, Any], sets: typing.Sequence[str]) -> list[Problem]:

@@ -341,6 +341,9 @@ class Target(_Table):
     path: Annotated[str, Field(pattern=r"^/")] = "/"
     client_id: str | None = None
     client_secret: Annotated[str, BeforeValidator(_env_reference)] | None = None
+    # one account for every device when there is no credentials file (beyond MODEL.md section 7)
+    username: str | None = None
+    password: Annotated[str, BeforeValidator(_env_reference)] | None = None
     client_auth: Literal["basic", "body"] = "basic"
     credentials: str | None = None
     fields: Fields = Fields()

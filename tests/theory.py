@@ -193,3 +193,31 @@ def t_quantile(p: float, df: int) -> float:
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if _t_cdf(mid, df) < p else (lo, mid)
     return (lo + hi) / 2
+
+
+def _kolmogorov_p(d: float, n_eff: float) -> float:
+    """Asymptotic P(D >= d) with Stephens' small-sample correction (Numerical Recipes, section 14.3)."""
+    root = math.sqrt(n_eff)
+    lam = (root + 0.12 + 0.11 / root) * d
+    if lam < 0.2:
+        return 1.0
+    total = sum((-1) ** (k - 1) * math.exp(-2.0 * k * k * lam * lam) for k in range(1, 101))
+    return min(1.0, max(0.0, 2.0 * total))
+
+
+def ks_1samp(x: Sequence[float], cdf: Callable[[np.ndarray], np.ndarray]) -> tuple[float, float]:
+    """Kolmogorov-Smirnov statistic and p-value of a sample against a continuous CDF."""
+    x = np.sort(np.asarray(x, dtype=float))
+    n = len(x)
+    f = cdf(x)
+    d = max(np.max(np.arange(1, n + 1) / n - f), np.max(f - np.arange(n) / n))
+    return float(d), _kolmogorov_p(float(d), n)
+
+
+def ks_2samp(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Two-sample Kolmogorov-Smirnov statistic and asymptotic p-value."""
+    x, y = np.sort(np.asarray(x, dtype=float)), np.sort(np.asarray(y, dtype=float))
+    grid = np.concatenate([x, y])
+    d = float(np.max(np.abs(np.searchsorted(x, grid, side="right") / len(x)
+                            - np.searchsorted(y, grid, side="right") / len(y))))
+    return d, _kolmogorov_p(d, len(x) * len(y) / (len(x) + len(y)))

@@ -1,0 +1,278 @@
+"""One Locust user = one device of the scenario (MODEL.md section 7).
+
+A device sleeps until its planned actions (reboot, dropped session, login), logs in with the
+target's flow, and on failure waits the delay of the SAME policy object the simulator uses
+(honouring Retry-After, `max_attempts`, `give_up_after`, `relaunch`). It enforces
+`client.timeout` itself around each attempt: `FastHttpUser` ignores a per-request timeout and
+its built-in retries would hide attempts (../shared/research/loadtest-anchors.md, items 4-5).
+
+What Locust shows: each attempt is a `LOGIN login attempt` request, each finished episode a
+`LOGIN login episode` request (time from the first attempt to success; a give-up is its
+failure), and the optional heartbeat a `GET heartbeat` request. The user never raises out of
+`on_start` or its task: an unexpected error is reported and the device carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import gevent
+import numpy as np
+from locust import User, task
+from locust.contrib.fasthttp import FastHttpSession
+
+from loadtests.flows import ERROR, OK, TIMEOUT, Outcome, Reply, Step
+from loadtests.plan import DROP, LOGIN, REBOOT
+from sim.policies import with_retry_after
+
+__all__ = ["DeviceUser", "LoginFailure", "OFFLINE", "CONNECTING", "ONLINE", "GAVE_UP"]
+
+log = logging.getLogger("loginstorm")
+OFFLINE, CONNECTING, ONLINE, GAVE_UP = "offline", "connecting", "online", "gave_up"
+ATTEMPT, EPISODE, HEARTBEAT = "login attempt", "login episode", "heartbeat"
+#: the HTTP client's own timeouts stay out of the way: the device's timer decides
+TRANSPORT_TIMEOUT_S = 24 * 3600.0
+
+
+class LoginFailure(Exception):
+    """A failed attempt or episode, with a fixed message (grouped by Locust, never holding a secret)."""
+
+
+class _Silent:
+    """The session's own per-request events are not reported: an attempt is the unit."""
+
+    @staticmethod
+    def fire(**_) -> None:
+        pass
+
+
+class DeviceUser(User):
+    """A device playing one row of the storm's plan (see loadtests/locustfile.py for the options)."""
+
+    abstract = True      # the locustfile's concrete subclass is the one Locust runs
+
+    def __init__(self, environment) -> None:
+        super().__init__(environment)
+        self.context = environment.loginstorm
+        self.storm = self.context.storm
+        self.state = OFFLINE
+        self.logged_in = False
+        self.episodes = 0
+        self.row: int | None = None
+        self.activity: gevent.Greenlet | None = None
+        self.in_attempt = False
+        self.token: str | None = None
+        self.session = self._new_session()
+
+    # -- Locust entry points ------------------------------------------------------------------
+
+    @task
+    def live(self) -> None:
+        """The device's whole life; returns only when the test stops it."""
+        try:
+            self._live()
+        except Exception as exc:  # the device stops, the load test goes on; no message text (secrets)
+            log.error("device %s stopped by an unexpected %s", self.row, type(exc).__name__)
+            self._report(ATTEMPT, 0.0, 0, LoginFailure(f"device error: {type(exc).__name__}"), time.time())
+        gevent.sleep(TRANSPORT_TIMEOUT_S)
+
+    def on_stop(self) -> None:
+        if self.activity is not None:
+            self.activity.kill(block=False)
+        self.session.client.close()
+
+    # -- the plan -------------------------------------------------------------------------------
+
+    def _live(self) -> None:
+        storm = self.storm
+        self.row = self.context.rows.claim()
+        plan = storm.plan
+        if self.row >= plan.devices:
+            return                          # more users than devices: this one has no part
+        self.rng = np.random.default_rng([storm.scenario.seed, 1, self.row])
+        self.flow = storm.flow(self.row)
+        self.policy = storm.policy
+        self.client = storm.scenario.client
+        start = self.context.rows.start
+        if self.row < plan.population:
+            self._begin(self._online_loop if plan.online_at_start[self.row] else self._offline_loop)
+        else:
+            self.state = OFFLINE                # a newcomer: nothing until its arrival
+        for when, kind, arg in plan.actions(self.row):
+            gevent.sleep(max(0.0, start + when - time.time()))
+            self._act(kind, arg)
+
+    def _act(self, kind: str, arg: float) -> None:
+        if kind == REBOOT and self.state != OFFLINE:
+            self._begin(lambda: self._reboot(arg))   # downtime, then an episode
+        elif kind == DROP and self.state == ONLINE:
+            self._begin(self._episode_loop)
+        elif kind == LOGIN and self.state == OFFLINE and not self.rebooting:
+            self._begin(self._episode_loop)
+
+    def _begin(self, activity) -> None:
+        """Abandon what the device was doing (an attempt in flight is cut off) and start `activity`."""
+        if self.activity is not None and not self.activity.dead:
+            self.activity.kill(block=True)
+            if self.in_attempt:
+                self._reset_session()
+        self.in_attempt = False
+        self.rebooting = False
+        self.activity = gevent.spawn(self._run, activity)
+
+    rebooting = False
+
+    # -- activities: each runs in self.activity and returns the next one (None: wait for the plan) ----
+
+    def _run(self, activity) -> None:
+        while activity is not None:
+            activity = activity()
+
+    def _reboot(self, downtime: float):
+        self.state, self.rebooting, self.logged_in = OFFLINE, True, False
+        self._reset_session()
+        gevent.sleep(downtime)
+        self.rebooting = False
+        return self._episode_loop
+
+    def _offline_loop(self):
+        self.state = OFFLINE
+        return self._episode_loop if self._sleep_draw(self.storm.scenario.population.offline, scaled=True) else None
+
+    def _online_loop(self):
+        """Hold the session (heartbeats if configured) until it ends or the server forgets it."""
+        self.state = ONLINE
+        end = time.time() + float(self.storm.scenario.population.session.sample(self.rng)) / self.storm.plan.speed
+        beat = self.storm.target.heartbeat
+        while beat is not None and self.logged_in and time.time() + beat.every < end:
+            gevent.sleep(beat.every)
+            if not self._heartbeat(beat.path):
+                return self._episode_loop   # the server no longer knows the session: log in again
+        if math.isinf(end):
+            return None
+        gevent.sleep(max(0.0, end - time.time()))
+        self.logged_in = False
+        return self._offline_loop
+
+    def _episode_loop(self):
+        while not self._episode():
+            self.state = GAVE_UP
+            if not self._sleep_draw(self.client.relaunch):
+                return None
+        return self._online_loop
+
+    def _sleep_draw(self, dist, scaled: bool = False) -> bool:
+        """Sleep a draw (divided by --speed for the story's own times); False if it is forever."""
+        wait = float(dist.sample(self.rng)) / (self.storm.plan.speed if scaled else 1.0)
+        if math.isinf(wait):
+            return False
+        gevent.sleep(wait)
+        return True
+
+    # -- an episode: attempts and the policy's delays (MODEL.md section 3.1) -------------------------
+
+    def _episode(self) -> bool:
+        """One episode; True at success, False at give-up."""
+        self.state, self.logged_in, self.token = CONNECTING, False, None
+        gevent.sleep(float(self.client.connect_delay.sample(self.rng)))
+        first = time.time()
+        self.episodes += 1
+        previous, attempts = None, 0
+        while True:
+            outcome, start, elapsed = self._attempt()
+            attempts += 1
+            wait = None
+            if outcome.ok:
+                self.token, self.logged_in = outcome.token, True
+            elif self.policy.allows_retry(attempts):
+                previous = self.policy.delay(attempts - 1, self.rng, previous)
+                wait = float(with_retry_after(previous, outcome.retry_after, self.client.honor_retry_after))
+                if start + elapsed + wait - first > self.client.give_up_after:
+                    wait = None
+            self.context.log_attempt(self.row, self.episodes, attempts, start, elapsed, outcome, wait)
+            if outcome.ok:
+                self._report(EPISODE, time.time() - first, 0, None, first)
+                return True
+            if wait is None:
+                self._report(EPISODE, time.time() - first, 0, LoginFailure("gave up"), first)
+                return False
+            gevent.sleep(wait)
+
+    def _attempt(self) -> tuple[Outcome, float, float]:
+        """One login attempt through the flow's steps, cut off at the client timeout."""
+        timeout = float(self.client.timeout.sample(self.rng))
+        steps = self.flow()
+        start, t0, length = time.time(), time.perf_counter(), 0
+        timer = gevent.Timeout(None if math.isinf(timeout) else timeout)
+        self.in_attempt = True
+        timer.start()
+        try:
+            step = next(steps)
+            while True:
+                reply = self._send(step, timer)
+                if reply is None:
+                    outcome = Outcome(TIMEOUT, "timeout")
+                    break
+                length += len(reply.text)
+                step = steps.send(reply)
+        except StopIteration as done:
+            outcome = done.value
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            outcome = Outcome(TIMEOUT, "timeout")
+        finally:
+            timer.close()
+            self.in_attempt = False
+        elapsed = time.perf_counter() - t0
+        if outcome.kind in (TIMEOUT, ERROR) and outcome.status == 0:
+            self._reset_session()            # hang up, as a real client does: the server can see it
+        self._report(ATTEMPT, elapsed, length, None if outcome.ok else LoginFailure(outcome.message), start)
+        return outcome, start, elapsed
+
+    def _send(self, step: Step, timer: gevent.Timeout) -> Reply | None:
+        """Send one step; None if the device's timer went off inside the HTTP client."""
+        response = self.session.request(step.method, step.path, data=step.body, headers=dict(step.headers),
+                                        allow_redirects=False)
+        error = getattr(response, "error", None)
+        if error is timer:
+            return None
+        status = response.status_code or 0
+        if status == 0:
+            return Reply(0, {}, "")
+        return Reply(status, response.headers or {}, response.text or "")
+
+    def _heartbeat(self, path: str) -> bool:
+        """GET the heartbeat path with the session's token or cookie; False if the session is gone."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}   # else: the cookie
+        start, t0 = time.time(), time.perf_counter()
+        with gevent.Timeout(None if math.isinf(t := float(self.client.timeout.sample(self.rng))) else t, False):
+            response = self.session.request("GET", path, headers=headers)
+            status = response.status_code or 0
+            failure = None if status == 200 else LoginFailure(f"HTTP {status}" if status else "connection error")
+            self._report(HEARTBEAT, time.perf_counter() - t0, 0, failure, start, request_type="GET")
+            return status not in (401, 403)
+        self._report(HEARTBEAT, time.perf_counter() - t0, 0, LoginFailure("timeout"), start, request_type="GET")
+        self._reset_session()
+        return True
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _new_session(self) -> FastHttpSession:
+        target = self.storm.target
+        return FastHttpSession(self.environment.host, request_event=_Silent, user=None,
+                               insecure=not target.verify_tls, concurrency=1,
+                               network_timeout=TRANSPORT_TIMEOUT_S, connection_timeout=TRANSPORT_TIMEOUT_S)
+
+    def _reset_session(self) -> None:
+        """Close the connection (the server sees the hang-up) and start afresh, cookies too."""
+        self.session.client.close()
+        self.session = self._new_session()
+
+    def _report(self, name: str, seconds: float, length: int, exception: Exception | None, start: float,
+                request_type: str = "LOGIN") -> None:
+        self.environment.events.request.fire(
+            request_type=request_type, name=name, response_time=seconds * 1000.0, response_length=length,
+            response=None, context={}, exception=exception, start_time=start, url=None)

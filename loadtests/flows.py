@@ -1,0 +1,225 @@
+"""The login flows of MODEL.md section 7 as step generators, free of gevent and of Locust.
+
+A flow yields the `Step`s (HTTP requests) of one login attempt and receives each `Reply`; it
+returns the attempt's `Outcome`. The device user runs the steps over its HTTP session and
+enforces the client timeout around the whole attempt, so a flow never sees a timeout::
+
+    flow = build_flow(target, account)          # target: sim.scenario.Target
+    steps = flow()
+    step = next(steps)
+    ...                                         # send it, then steps.send(reply)
+
+Failure messages are fixed strings ("HTTP 401", "no access_token in the body"): Locust groups
+errors by message, and no message can carry a secret or a token.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlencode
+
+from loadtests.credentials import Account, Secret
+
+__all__ = ["Step", "Reply", "Outcome", "Flow", "build_flow", "judge", "parse_retry_after", "FLOWS",
+           "OK", "REJECTED", "FAILED", "ERROR", "TIMEOUT"]
+
+# The kinds of outcome, in the simulator's vocabulary (timeseries columns of MODEL.md section 5).
+OK, REJECTED, FAILED, ERROR, TIMEOUT = "ok", "rejected", "failed", "error", "timeout"
+#: answers that say "not now" (counted as `rejected`, like the simulator's refusals)
+REJECT_STATUS = frozenset({429, 503})
+
+
+@dataclass(frozen=True)
+class Step:
+    method: str
+    path: str
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)   # may hold credentials
+    body: str | None = field(default=None, repr=False)                     # may hold credentials
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What came back: status 0 means no HTTP answer (connection refused, reset, ...)."""
+
+    status: int
+    headers: Mapping[str, str]
+    text: str
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers.items():
+            if key.lower() == name.lower():
+                return value
+        return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str                        # OK | REJECTED | FAILED | ERROR | TIMEOUT
+    message: str = ""                # fixed text, safe to log
+    status: int = 0
+    retry_after: float | None = None
+    token: str | None = field(default=None, repr=False)   # bearer token for the heartbeat
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == OK
+
+
+Flow = Callable[[], Generator[Step, Reply, Outcome]]
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds (RFC 9110 section 10.2.3), a
+    decimal (nonstandard, sent by the lab server below 1 s) or an HTTP-date; None if absent or
+    unreadable.
+
+        >>> parse_retry_after("2"), parse_retry_after("0.5"), parse_retry_after("soon")
+        (2.0, 0.5, None)
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def judge(reply: Reply, status: tuple[int, ...] | list[int], json_field: str | None) -> Outcome:
+    """Success = an expected status and, if asked, the JSON field present and non-empty."""
+    retry_after = parse_retry_after(reply.header("Retry-After"))
+    if reply.status == 0:
+        return Outcome(ERROR, "connection error")
+    if reply.status not in status:
+        kind = REJECTED if reply.status in REJECT_STATUS else (ERROR if reply.status >= 500 else FAILED)
+        return Outcome(kind, f"HTTP {reply.status}", reply.status, retry_after)
+    token = None
+    if json_field is not None:
+        try:
+            body = json.loads(reply.text)
+        except ValueError:
+            return Outcome(FAILED, "the body is not JSON", reply.status)
+        value = body.get(json_field) if isinstance(body, dict) else None
+        if not value:
+            return Outcome(FAILED, f"no {json_field} in the body", reply.status)
+        token = str(value)
+    return Outcome(OK, "", reply.status, retry_after, token)
+
+
+def _basic(user: str, password: str) -> str:
+    """HTTP Basic credentials; OAuth2 clients form-urlencode id and secret first (RFC 6749 2.3.1)."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+_FORM = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
+
+
+def _oauth2(target, account: Account | None, client: tuple[str, Secret] | None, grant: str) -> Flow:
+    fields = {"grant_type": grant}
+    headers = dict(_FORM)
+    if grant == "password":
+        fields.update(username=account.username, password=account.password.reveal())
+    if client is not None:
+        client_id, secret = client
+        if target.client_auth == "basic":
+            headers["Authorization"] = _basic(quote(client_id, safe=""), quote(secret.reveal(), safe=""))
+        else:
+            fields.update(client_id=client_id, client_secret=secret.reveal())
+    step = Step("POST", target.path, headers, urlencode(fields))
+
+    def flow():
+        reply = yield step
+        return judge(reply, target.success.status, target.success.json_field)
+    return flow
+
+
+_INPUT = re.compile(r"<input\b[^>]*>", re.IGNORECASE)
+_ATTR = re.compile(r"""(\w[\w-]*)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""")
+
+
+def find_input(html: str, name: str) -> str | None:
+    """The value of the form field `name` (a hidden CSRF input) in an HTML page, or None.
+
+        >>> find_input('<input type="hidden" name="csrf" value="abc">', "csrf")
+        'abc'
+    """
+    for tag in _INPUT.findall(html):
+        attrs = {m.group(1).lower(): next(g for g in m.groups()[1:] if g is not None) for m in _ATTR.finditer(tag)}
+        if attrs.get("name") == name:
+            return attrs.get("value", "")
+    return None
+
+
+def _form(target, account: Account) -> Flow:
+    names = target.fields
+
+    def flow():
+        page = yield Step("GET", target.path, {"Accept": "text/html"})
+        if page.status != 200:
+            return judge(page, (200,), None)
+        fields = {names.username: account.username, names.password: account.password.reveal()}
+        if names.csrf:
+            token = find_input(page.text, names.csrf)
+            if token is None:
+                return Outcome(FAILED, "no CSRF field in the login form", page.status)
+            fields[names.csrf] = token
+        reply = yield Step("POST", target.path, _FORM, urlencode(fields))
+        return judge(reply, target.success.status, target.success.json_field)
+    return flow
+
+
+def _json(target, account: Account) -> Flow:
+    body = json.dumps({target.fields.username: account.username, target.fields.password: account.password.reveal()})
+    step = Step("POST", target.path, {"Content-Type": "application/json", "Accept": "application/json"}, body)
+
+    def flow():
+        reply = yield step
+        return judge(reply, target.success.status, target.success.json_field)
+    return flow
+
+
+def _basic_flow(target, account: Account) -> Flow:
+    step = Step("GET", target.path, {"Authorization": _basic(account.username, account.password.reveal())})
+
+    def flow():
+        reply = yield step
+        return judge(reply, target.success.status, target.success.json_field)
+    return flow
+
+
+FLOWS = ("oauth2-client-credentials", "oauth2-password", "form", "json", "basic")
+
+
+def build_flow(target, account: Account | None, client: tuple[str, Secret] | None = None) -> Flow:
+    """The flow `target.flow` for one device. `client` is the OAuth2 client (id, secret): for
+    client_credentials without one, the device's own account is its client."""
+    name = target.flow
+    if name == "oauth2-client-credentials":
+        if client is None:
+            client = (account.username, account.password)
+        return _oauth2(target, None, client, "client_credentials")
+    if name == "oauth2-password":
+        return _oauth2(target, account, client, "password")
+    if name == "form":
+        return _form(target, account)
+    if name == "json":
+        return _json(target, account)
+    if name == "basic":
+        return _basic_flow(target, account)
+    raise ValueError(f"unknown flow {name!r}; expected one of {', '.join(FLOWS)}")
