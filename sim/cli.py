@@ -310,5 +310,79 @@ def _runs_progress(description: str, total: int, enabled: bool):
         yield report
 
 
+@app.command()
+def lab(
+    scenario: Annotated[Optional[Path], typer.Argument(
+        help="Scenario file or shipped name whose \\[server] table is served (default: quickstart).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on. Loopback by default; any other address "
+                                           "makes the lab reachable from the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 = any free port (the first line of "
+                                                            "output names it).")] = 8080,
+    sets: SetOption = None,
+    scale: ScaleOption = 1.0,
+    mode: Annotated[str, typer.Option(metavar="sleep|cpu", help="sleep: a login sleeps a service_time draw; "
+                                      "cpu: a login is the PBKDF2 hash itself, on `workers` threads.")] = "sleep",
+    hash_iterations: Annotated[int, typer.Option(min=1, help="PBKDF2 iterations of one login in cpu mode.")
+                               ] = 100_000,
+    credentials: Annotated[Optional[Path], typer.Option(help="Serve the users of this CSV (header "
+                                                             "username,password).")] = None,
+    write_credentials: Annotated[Optional[Path], typer.Option(
+        help="Write --users random users to this CSV (mode 0600) and exit (or go on with --serve).")] = None,
+    users: Annotated[int, typer.Option(min=1, help="Users to generate: in memory (passwords never shown) or "
+                                                   "for --write-credentials.")] = 100,
+    serve: Annotated[bool, typer.Option("--serve", help="With --write-credentials: then serve those users.")
+                     ] = False,
+    seed: SeedOption = None,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request line (off by default).")
+                          ] = False,
+) -> None:
+    r"""Run the lab auth server: a real login endpoint to aim load tests at.
+
+    Logins: POST /oauth/token (client_credentials, password), GET+POST /login
+    (form, CSRF), POST /api/login (JSON), GET /basic. Also GET /me (heartbeat),
+    /healthz, /metrics, /metrics.json. OAuth clients: LOGINSTORM_CLIENT_ID and
+    LOGINSTORM_CLIENT_SECRET if both are set, else any user's own credentials.
+
+    The lab serves the scenario's \[server] table only: workers, service_time,
+    queue_limit, discipline, retry_after, rate_limit, cancel_on_timeout.
+    Not modelled: reject_cost, overload, drop_expired, \[server.p2p], events.
+    """
+    from loadtests.lab import (LabError, LabOptions, UsersFileError, generate_users, read_credentials,
+                               run_lab)
+    from loadtests.lab import write_credentials as write_users
+
+    try:
+        s = load_scenario(scenario if scenario is not None else "quickstart", sets=sets or (), scale=scale,
+                          seed=seed)
+    except ScenarioError as exc:
+        raise _fail(exc) from None
+    problem = ("--mode must be sleep or cpu" if mode not in ("sleep", "cpu") else
+               "--credentials and --write-credentials exclude each other" if credentials and write_credentials
+               else "--serve goes with --write-credentials" if serve and not write_credentials else None)
+    if problem:
+        err.print(f"loginstorm lab: {problem}", markup=False, highlight=False)
+        raise typer.Exit(code=2)
+    try:
+        if write_credentials is not None:
+            accounts = generate_users(users)
+            written = write_users(write_credentials, accounts)
+            (err if serve else out).print(f"wrote {written} users to {write_credentials}", markup=False,
+                                          highlight=False, soft_wrap=True)
+            if not serve:
+                return
+        else:
+            accounts = read_credentials(credentials) if credentials is not None else generate_users(users)
+        options = LabOptions(host=host, port=port, mode=mode, hash_iterations=hash_iterations, seed=s.seed,
+                             access_log=access_log)
+        run_lab(s.server, accounts, options, announce=lambda line: print(line, flush=True),
+                note=lambda line: err.print(line, markup=False, highlight=False, soft_wrap=True))
+    except (LabError, UsersFileError) as exc:
+        err.print(f"loginstorm lab: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    except OSError as exc:  # writing the credentials file
+        err.print(f"loginstorm lab: {exc.filename}: {exc.strerror}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,0 +1,133 @@
+"""Start the lab: bind the socket, hash the users, announce the address, serve with uvicorn.
+
+    run_lab(scenario.server, users, LabOptions(port=0), announce=print, note=print_to_stderr)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import math
+import os
+import socket
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import uvicorn
+
+from loadtests.lab.admission import Admission
+from loadtests.lab.app import LabApp, build_app
+from loadtests.lab.metrics import LabMetrics
+from loadtests.lab.users import UserStore
+from sim.scenario import Server
+from sim.streams import DrawStream
+
+__all__ = ["LabOptions", "LabError", "run_lab", "ignored", "listen", "SLEEP_MODE_ITERATIONS"]
+
+#: PBKDF2 iterations in sleep mode, where the service time is the sleep and the hash is cheap
+SLEEP_MODE_ITERATIONS = 1000
+CLIENT_ENV = ("LOGINSTORM_CLIENT_ID", "LOGINSTORM_CLIENT_SECRET")
+
+
+class LabError(ValueError):
+    """The lab cannot start (address in use, no workers); the message is one line."""
+
+
+@dataclass(frozen=True)
+class LabOptions:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    mode: Literal["sleep", "cpu"] = "sleep"
+    hash_iterations: int = 100_000     # cpu mode: the PBKDF2 work of one login
+    seed: int = 0
+    access_log: bool = False
+
+    @property
+    def iterations(self) -> int:
+        return self.hash_iterations if self.mode == "cpu" else SLEEP_MODE_ITERATIONS
+
+
+def ignored(server: Server) -> list[str]:
+    """The keys of a `[server]` table that the lab does not model but this scenario sets."""
+    keys = []
+    if server.p2p is not None:
+        keys.append("[server.p2p]")
+    if server.overload is not None:
+        keys.append("overload")
+    if server.reject_cost > 0:
+        keys.append("reject_cost")
+    if server.drop_expired:
+        keys.append("drop_expired")
+    return keys
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: any free port)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise LabError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise LabError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def run_lab(server: Server, users: list[tuple[str, str]], options: LabOptions,
+            announce: Callable[[str], None], note: Callable[[str], None],
+            environ: Mapping[str, str] = os.environ) -> None:
+    """Serve the `[server]` table until interrupted; `announce` gets the address line first."""
+    if server.workers < 1:
+        raise LabError("server.workers: the lab needs at least 1 worker (it has no [server.p2p] supernodes)")
+    sock = listen(options.host, options.port)
+    try:
+        bound = sock.getsockname()
+        if not ipaddress.ip_address(bound[0]).is_loopback:
+            note(f"warning: {options.host} is not a loopback address: the lab is reachable from the network")
+        if ignored(server):
+            note(f"note: the lab serves the [server] table only; ignored: {', '.join(ignored(server))}")
+        if options.mode == "cpu" and len(users) * options.iterations > 20_000_000:
+            note(f"hashing {len(users)} passwords at {options.iterations} PBKDF2 iterations ...")
+        app = _build(server, users, options, environ)
+        announce(f"loginstorm lab listening on http://{_url_host(options.host)}:{bound[1]} "
+                 f"(workers={server.workers}, queue_limit={_count(server.queue_limit)}, "
+                 f"discipline={server.discipline}, mode={options.mode})")
+        config = uvicorn.Config(app, log_level="info" if options.access_log else "warning",
+                                access_log=options.access_log, lifespan="off", server_header=False,
+                                timeout_graceful_shutdown=2)
+        try:
+            asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
+        except KeyboardInterrupt:  # Ctrl-C: uvicorn shut down gracefully, then re-raised it
+            pass
+    finally:
+        sock.close()
+
+
+def _build(server: Server, users: list[tuple[str, str]], options: LabOptions, environ: Mapping[str, str]):
+    store = UserStore.from_pairs(users, options.iterations)
+    client_id, secret = (environ.get(name) for name in CLIENT_ENV)
+    clients = UserStore.from_pairs([(client_id, secret)], options.iterations) if client_id and secret else None
+    if options.mode == "cpu":  # the hash is the service: one thread per worker
+        pool, draw = ThreadPoolExecutor(server.workers, "lab-worker"), None
+    else:
+        pool = ThreadPoolExecutor(os.cpu_count() or 1, "lab-check")
+        draw = DrawStream(server.service_time, np.random.default_rng(options.seed)).next
+    admission = Admission(server, LabMetrics(), draw, pool)
+    return build_app(LabApp(admission, store, clients))
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _count(value: float) -> str:
+    return "inf" if math.isinf(value) else str(int(value))
