@@ -2,8 +2,8 @@
 
 Every process builds the same plan; what must be shared is who plays which row and the start
 time. A local run counts rows itself. In a distributed run (`--processes N`, or `--master` with
-`--worker`s) each worker asks the master for blocks of rows with a custom message, and the
-master answers with the rows and its start time (workers on other machines need synchronised
+`--worker`s) each worker asks the master, with a custom message, for as many rows as it has
+been told to run users (so no row is left with a worker that has no user for it), and the master answers with the rows and its start time (workers on other machines need synchronised
 clocks, as NTP gives).
 """
 
@@ -18,7 +18,6 @@ from locust.runners import MasterRunner, WorkerRunner
 __all__ = ["Rows", "install"]
 
 CLAIM, GRANT = "loginstorm:claim", "loginstorm:rows"
-BLOCK = 64
 WAIT_S = 30.0
 
 
@@ -30,6 +29,7 @@ class Rows:
         self.start: float | None = None
         self._local = itertools.count()
         self._free: list[int] = []
+        self._asked = 0           # worker: rows asked for in this test
         self._granted: gevent.event.Event | None = None
         self._next = 0            # master: the next row to grant
 
@@ -42,6 +42,7 @@ class Rows:
         self.start = None if self.distributed_worker else time.time()
         self._local = itertools.count()
         self._free = []
+        self._asked = 0
         self._next = 0
 
     def claim(self) -> int:
@@ -53,7 +54,9 @@ class Rows:
         while not self._free:
             if self._granted is None:
                 self._granted = gevent.event.Event()
-                self.runner.send_message(CLAIM, {"count": BLOCK})
+                count = max(1, sum(self.runner.target_user_classes_count.values()) - self._asked)
+                self._asked += count
+                self.runner.send_message(CLAIM, {"count": count})
             if not self._granted.wait(WAIT_S):
                 raise RuntimeError("the master did not grant device rows within 30 s")
         return self._free.pop(0)

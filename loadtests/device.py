@@ -237,7 +237,7 @@ class DeviceUser(User):
         response = self.session.request(step.method, step.path, data=step.body, headers=dict(step.headers),
                                         allow_redirects=False)
         error = getattr(response, "error", None)
-        if error is timer:
+        if error is timer or getattr(error, "original", None) is timer:   # geventhttpclient wraps it
             return None
         status = response.status_code or 0
         if status == 0:
@@ -247,23 +247,34 @@ class DeviceUser(User):
     def _heartbeat(self, path: str) -> bool:
         """GET the heartbeat path with the session's token or cookie; False if the session is gone."""
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}   # else: the cookie
+        timeout = float(self.client.timeout.sample(self.rng))
         start, t0 = time.time(), time.perf_counter()
-        with gevent.Timeout(None if math.isinf(t := float(self.client.timeout.sample(self.rng))) else t, False):
-            response = self.session.request("GET", path, headers=headers)
-            status = response.status_code or 0
-            failure = None if status == 200 else LoginFailure(f"HTTP {status}" if status else "connection error")
-            self._report(HEARTBEAT, time.perf_counter() - t0, 0, failure, start, request_type="GET")
-            return status not in (401, 403)
-        self._report(HEARTBEAT, time.perf_counter() - t0, 0, LoginFailure("timeout"), start, request_type="GET")
-        self._reset_session()
-        return True
+        timer = gevent.Timeout(None if math.isinf(timeout) else timeout)
+        timer.start()
+        try:
+            reply = self._send(Step("GET", path, headers=headers), timer)
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            reply = None
+        finally:
+            timer.close()
+        seconds = time.perf_counter() - t0
+        if reply is None:
+            self._report(HEARTBEAT, seconds, 0, LoginFailure("timeout"), start, request_type="GET")
+            self._reset_session()
+            return True
+        failure = None if reply.status == 200 else LoginFailure(
+            f"HTTP {reply.status}" if reply.status else "connection error")
+        self._report(HEARTBEAT, seconds, len(reply.text), failure, start, request_type="GET")
+        return reply.status not in (401, 403)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
     def _new_session(self) -> FastHttpSession:
         target = self.storm.target
         return FastHttpSession(self.environment.host, request_event=_Silent, user=None,
-                               insecure=not target.verify_tls, concurrency=1,
+                               insecure=not target.verify_tls, concurrency=1, max_retries=0,
                                network_timeout=TRANSPORT_TIMEOUT_S, connection_timeout=TRANSPORT_TIMEOUT_S)
 
     def _reset_session(self) -> None:

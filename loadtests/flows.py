@@ -109,17 +109,29 @@ def judge(reply: Reply, status: tuple[int, ...] | list[int], json_field: str | N
     if reply.status not in status:
         kind = REJECTED if reply.status in REJECT_STATUS else (ERROR if reply.status >= 500 else FAILED)
         return Outcome(kind, f"HTTP {reply.status}", reply.status, retry_after)
-    token = None
-    if json_field is not None:
-        try:
-            body = json.loads(reply.text)
-        except ValueError:
-            return Outcome(FAILED, "the body is not JSON", reply.status)
-        value = body.get(json_field) if isinstance(body, dict) else None
-        if not value:
-            return Outcome(FAILED, f"no {json_field} in the body", reply.status)
-        token = str(value)
-    return Outcome(OK, "", reply.status, retry_after, token)
+    if json_field is None:     # no field required; an `access_token` that came anyway is the heartbeat's
+        return Outcome(OK, "", reply.status, retry_after, _bearer(reply.text))
+    try:
+        body = json.loads(reply.text)
+    except ValueError:
+        return Outcome(FAILED, "the body is not JSON", reply.status)
+    value = body.get(json_field) if isinstance(body, dict) else None
+    if not value:
+        return Outcome(FAILED, f"no {json_field} in the body", reply.status)
+    token = body.get("access_token") if json_field != "access_token" else value
+    return Outcome(OK, "", reply.status, retry_after, str(token) if token else None)
+
+
+def _bearer(text: str) -> str | None:
+    """The `access_token` of a JSON object body, if there is one."""
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    token = body.get("access_token") if isinstance(body, dict) else None
+    return str(token) if token else None
 
 
 def _basic(user: str, password: str) -> str:

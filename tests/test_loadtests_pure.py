@@ -69,6 +69,13 @@ def test_judge_needs_the_json_field():
     assert good.ok and good.token == "abc" and "abc" not in repr(good)
 
 
+def test_judge_keeps_a_bearer_token_it_was_not_asked_for():
+    assert judge(ok_json(access_token="abc"), [200], None).token == "abc"       # for the heartbeat
+    assert judge(ok_json(access_token="abc", user="u"), [200], "user").token == "abc"
+    assert judge(Reply(200, {}, "<html>{"), [200], None).token is None
+    assert judge(Reply(200, {}, "{not json"), [200], None).ok
+
+
 # -- flows ------------------------------------------------------------------------------------------
 
 def target(**kw):
