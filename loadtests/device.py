@@ -65,6 +65,7 @@ class DeviceUser(User):
         self.in_attempt = False
         self.token: str | None = None
         self.session = self._new_session()
+        self.warm = False        # the connection has carried an answer (and may since have gone stale)
 
     # -- Locust entry points ------------------------------------------------------------------
 
@@ -228,21 +229,32 @@ class DeviceUser(User):
             self.in_attempt = False
         elapsed = time.perf_counter() - t0
         if outcome.kind in (TIMEOUT, ERROR) and outcome.status == 0:
-            self._reset_session()            # hang up, as a real client does: the server can see it
+            self._hang_up()                  # as a real client does: the server can see it
         self._report(ATTEMPT, elapsed, length, None if outcome.ok else LoginFailure(outcome.message), start)
         return outcome, start, elapsed
 
     def _send(self, step: Step, timer: gevent.Timeout) -> Reply | None:
-        """Send one step; None if the device's timer went off inside the HTTP client."""
-        response = self.session.request(step.method, step.path, data=step.body, headers=dict(step.headers),
-                                        allow_redirects=False)
-        error = getattr(response, "error", None)
-        if error is timer or getattr(error, "original", None) is timer:   # geventhttpclient wraps it
-            return None
-        status = response.status_code or 0
-        if status == 0:
-            return Reply(0, {}, "")
-        return Reply(status, response.headers or {}, response.text or "")
+        """Send one step; None if the device's timer went off inside the HTTP client.
+
+        A connection that already carried an answer may have been closed by the server while
+        idle (keep-alive timeouts: uvicorn 5 s, nginx 75 s). Like common HTTP clients (OkHttp's
+        retry on connection failure), the step then goes once more on a new connection; a
+        failure on a new connection is the attempt's answer. Nothing else is retried here.
+        """
+        for _ in range(2):
+            warm, self.warm = self.warm, True
+            response = self.session.request(step.method, step.path, data=step.body, headers=dict(step.headers),
+                                            allow_redirects=False)
+            error = getattr(response, "error", None)
+            if error is timer or getattr(error, "original", None) is timer:   # geventhttpclient wraps it
+                return None
+            status = response.status_code or 0
+            if status:
+                return Reply(status, response.headers or {}, response.text or "")
+            self._hang_up()
+            if not warm:
+                break
+        return Reply(0, {}, "")
 
     def _heartbeat(self, path: str) -> bool:
         """GET the heartbeat path with the session's token or cookie; False if the session is gone."""
@@ -262,7 +274,7 @@ class DeviceUser(User):
         seconds = time.perf_counter() - t0
         if reply is None:
             self._report(HEARTBEAT, seconds, 0, LoginFailure("timeout"), start, request_type="GET")
-            self._reset_session()
+            self._hang_up()
             return True
         failure = None if reply.status == 200 else LoginFailure(
             f"HTTP {reply.status}" if reply.status else "connection error")
@@ -281,6 +293,13 @@ class DeviceUser(User):
         """Close the connection (the server sees the hang-up) and start afresh, cookies too."""
         self.session.client.close()
         self.session = self._new_session()
+        self.warm = False
+
+    def _hang_up(self) -> None:
+        """Close the connection and open a new one at the next request, keeping the cookies."""
+        cookies = self.session.cookiejar
+        self._reset_session()
+        self.session.cookiejar = self.session.client.cookiejar = cookies
 
     def _report(self, name: str, seconds: float, length: int, exception: Exception | None, start: float,
                 request_type: str = "LOGIN") -> None:

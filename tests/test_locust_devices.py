@@ -325,3 +325,23 @@ def test_processes_split_the_devices_without_overlap(tmp_path):
     firsts = [r["device"] for r in attempts(tmp_path / "a.csv") if r["attempt"] == 1 and r["episode"] == 1]
     plan = build_plan(parse_scenario(scenario.read_text()))
     assert sorted(firsts) == [d for d in range(plan.devices) if plan.actions(d)]
+
+
+# -- keep-alive: a connection the server closed while idle is not a failed attempt -------------------
+
+def test_a_connection_closed_while_idle_is_reopened_not_reported(tmp_path):
+    """uvicorn closes a connection after 5 s idle; Retry-After 5 s sends the retries right then
+    (a race the client loses about one time in ten): a retry must not become a connection error."""
+    users = known_users(tmp_path, 40)
+    scenario = flow_scenario(tmp_path, "json", clients=40)
+    scenario.write_text(scenario.read_text().replace(
+        'service_time = "1ms"', 'service_time = "1ms"\nrate_limit = { rate = 0.1, burst = 1, retry_after = "5s" }'))
+    with running_lab(str(scenario), "--credentials", str(users)) as lab:
+        done = run_locust(scenario, lab.url, "--credentials", str(users), "-t", "8s",
+                          "--attempt-log", str(tmp_path / "a.csv"))
+        metrics = lab.metrics()
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = attempts(tmp_path / "a.csv")
+    retries = [r for r in rows if r["attempt"] == 2]
+    assert len(retries) >= 35 and {r["status"] for r in retries} == {429}
+    assert metrics['loginstorm_lab_requests_total{endpoint="/api/login"}'] == len(rows)
