@@ -345,3 +345,44 @@ def test_a_connection_closed_while_idle_is_reopened_not_reported(tmp_path):
     retries = [r for r in rows if r["attempt"] == 2]
     assert len(retries) >= 35 and {r["status"] for r in retries} == {429}
     assert metrics['loginstorm_lab_requests_total{endpoint="/api/login"}'] == len(rows)
+
+
+# -- the web UI: started from the browser's form, the shape plays the storm --------------------------
+
+def test_the_web_ui_runs_the_storm(tmp_path):
+    import json
+    import socket
+    import urllib.request
+
+    scenario = write(tmp_path / "web.toml", STORM.replace("clients = 300", "clients = 40"))
+    users = tmp_path / "users.csv"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        web = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    with running_lab(str(scenario), "--write-credentials", str(users), "--users", "40", "--serve") as lab:
+        ui = subprocess.Popen([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--scenario", str(scenario),
+                               "--credentials", str(users), "--host", lab.url, "--web-host", "127.0.0.1",
+                               "--web-port", web.rsplit(":", 1)[1]], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+        try:
+            deadline, started = time.monotonic() + 30, None
+            while started is None and time.monotonic() < deadline:
+                try:
+                    request = urllib.request.Request(f"{web}/swarm", data=b"user_count=1&spawn_rate=1", method="POST")
+                    started = json.load(urllib.request.urlopen(request, timeout=5))
+                except OSError:
+                    time.sleep(0.3)
+            assert started and started["success"], started
+            episodes = {}
+            while time.monotonic() < deadline:
+                s = json.load(urllib.request.urlopen(f"{web}/stats/requests", timeout=5))
+                episodes = {r["name"]: r for r in s["stats"]}.get("login episode", {})
+                if episodes.get("num_requests") == 40:
+                    break
+                time.sleep(0.5)
+            assert s["user_count"] == 40 and episodes.get("num_requests") == 40
+            assert lab.metrics()['loginstorm_lab_logins_total{result="success"}'] == 40
+        finally:
+            ui.terminate()
+            _, stderr = ui.communicate(timeout=20)
+    assert "Traceback" not in stderr
