@@ -3,10 +3,14 @@
 Gevent-free: the locustfile builds a `Storm` from its command-line options; tests and
 `loginstorm loadtest` can build the same object directly.
 
-    >>> storm = load_storm(StormOptions(scenario="quickstart", scale=0.01, credentials=None,
-    ...                                 environ={"LOGINSTORM_USERNAME": "u", "LOGINSTORM_PASSWORD": "p"}))
-    >>> storm.plan.devices, storm.policy.name, storm.target.flow
-    (50, 'exponential', 'oauth2-password')
+    >>> load_storm(StormOptions(scenario="quickstart", scale=0.01))   # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    loadtests.storm.StormError: the oauth2-password flow needs credentials: give --credentials users.csv ...
+    >>> storm = load_storm(StormOptions(scenario="quickstart", scale=0.01, sets=(
+    ...     'target={host="http://127.0.0.1:8080", flow="basic", username="u", password="${PW}"}',),
+    ...     environ={"PW": "secret"}))
+    >>> storm.plan.devices, storm.policy.name, storm.target.flow, storm.flow(0)
+    (50, 'exponential', 'basic', ...)
 """
 
 from __future__ import annotations

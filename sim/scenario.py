@@ -7,6 +7,7 @@ what a valid scenario is.
     >>> from sim.config import load_scenario
     >>> s = load_scenario("scenarios/quickstart.toml")
     >>> s.server.workers, s.client.build_policy().name
+    (2, 'exponential')
 """
 
 from __future__ import annotations

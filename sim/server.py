@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import simpy
 
+from sim.bucket import TokenBucket
 from sim.record import Counter, Level, StartCounter, Tallies
 from sim.scenario import Scenario
 from sim.streams import DrawStream
@@ -64,8 +65,7 @@ class LoginServer:
         self.busy_503 = (REFUSED, srv.retry_after)
         self.overload = srv.overload
         self.rate_limit = srv.rate_limit
-        self.tokens = srv.rate_limit.bucket if srv.rate_limit else 0.0
-        self.tokens_at = 0.0
+        self.bucket = TokenBucket(srv.rate_limit.rate, srv.rate_limit.bucket) if srv.rate_limit else None
         self.key = key                          # a client's fixed uniform, for admit/partition membership
         self.queue: deque[Request] = deque()
         self.reject_work: deque[tuple[Request, tuple[str, float]]] = deque()
@@ -98,7 +98,7 @@ class LoginServer:
             return None  # blackhole: no answer, the attempt times out
         if self.admit is not None and self.key(cid) >= self.admit[0]:
             return self._refuse(req, self.admit[1], costly=True)
-        if self.rate_limit is not None and not self._take_token(now):
+        if self.bucket is not None and not self.bucket.take(now):
             return self._refuse(req, (REFUSED, self.rate_limit.retry_after), costly=True)
         hang = self._partition_hang(cid, now)
         if hang is None:
@@ -114,15 +114,6 @@ class LoginServer:
             self.queue.append(req)
             self.levels["queue"].add(now, 1)
         return None
-
-    def _take_token(self, now: float) -> bool:
-        rl = self.rate_limit
-        self.tokens = min(rl.bucket, self.tokens + (now - self.tokens_at) * rl.rate)
-        self.tokens_at = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
     def _partition_of(self, cid: int) -> tuple[float, float, float, float, float] | None:
         """The active partition this client depends on, if any (membership by its fixed key)."""

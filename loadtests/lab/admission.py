@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from loadtests.lab.metrics import LabMetrics
+from sim.bucket import TokenBucket
 from sim.scenario import Server
 
-__all__ = ["Admission", "TokenBucket", "Refusal", "Verdict", "CANCELLED", "retry_after_header"]
+__all__ = ["Admission", "Refusal", "Verdict", "CANCELLED", "retry_after_header"]
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -77,30 +78,6 @@ def retry_after_header(seconds: float) -> str | None:
     return str(math.ceil(seconds)) if seconds >= 1 else f"{seconds:g}"
 
 
-class TokenBucket:
-    """`rate` tokens per second up to `burst`, starting full; `take()` is False when empty.
-
-        >>> clock = iter([0.0, 0.0, 0.0, 0.0, 0.5]).__next__   # at start, then at each take
-        >>> bucket = TokenBucket(rate=2, burst=2, clock=clock)
-        >>> [bucket.take() for _ in range(4)]
-        [True, True, False, True]
-    """
-
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
-        self.rate, self.burst, self.clock = rate, burst, clock
-        self.tokens = burst
-        self.at = clock()
-
-    def take(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
 class Admission:
     """Rate limit, queue and `workers` service slots for the login requests of one lab server."""
 
@@ -113,7 +90,7 @@ class Admission:
         self.cancel = server.cancel_on_timeout
         self.metrics, self.draw, self.pool, self.clock = metrics, draw, pool, clock
         rl = server.rate_limit
-        self.bucket = TokenBucket(rl.rate, rl.bucket, clock) if rl is not None else None
+        self.bucket = TokenBucket(rl.rate, rl.bucket, clock()) if rl is not None else None
         self.rate_limited = Refusal(429, "rate_limit", rl.retry_after if rl is not None else 0.0)
         self.queue_full = Refusal(503, "queue_full", server.retry_after)
         self.waiting: deque[asyncio.Future[None]] = deque()   # may hold waiters that left (done)
@@ -138,7 +115,7 @@ class Admission:
     # --- the checks, in the contract's order ----------------------------------------------
 
     def _admit(self) -> Refusal | None:
-        if self.bucket is not None and not self.bucket.take():
+        if self.bucket is not None and not self.bucket.take(self.clock()):
             return self.rate_limited
         if self.busy >= self.workers and self.queued >= self.queue_limit:
             return self.queue_full
