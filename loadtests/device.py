@@ -250,7 +250,8 @@ class DeviceUser(User):
                 return None
             status = response.status_code or 0
             if status:
-                return Reply(status, response.headers or {}, response.text or "")
+                headers = response.headers      # (its truth value would sum up every header)
+                return Reply(status, headers if headers is not None else {}, response.text or "")
             self._hang_up()
             if not warm:
                 break

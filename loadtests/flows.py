@@ -53,10 +53,9 @@ class Reply:
     text: str
 
     def header(self, name: str) -> str | None:
-        for key, value in self.headers.items():
-            if key.lower() == name.lower():
-                return value
-        return None
+        """`headers` is the HTTP client's case-insensitive mapping, or a dict keyed as sent or in lower case."""
+        value = self.headers.get(name)
+        return value if value is not None else self.headers.get(name.lower())
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,9 @@ class NoBackoff(Policy):
     def formula(self, n: Real, u: Real, previous: Real | None = None) -> Real:
         return 0.0 * u  # shaped like u
 
+    def delay(self, retry: int, rng: np.random.Generator, previous: float | None = None) -> float:
+        return 0.0      # the formula without its array round trip (no draw, so no stream to keep in step)
+
     def mean_delay(self, retry: int, previous: float | None = None) -> float:
         return 0.0
 
