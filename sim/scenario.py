@@ -24,7 +24,7 @@ from sim.units import parse_duration
 
 __all__ = [
     "Scenario", "Population", "Client", "PolicySpec", "Server", "RateLimit", "Overload", "P2P",
-    "Wave", "Event", "EVENT_KINDS", "Target", "P2PChange",
+    "Wave", "Event", "EVENT_KINDS", "Target", "P2PChange", "table_of",
 ]
 
 INF = math.inf
@@ -396,3 +396,29 @@ class Scenario(_Table):
     def last_event_end(self) -> float:
         """The latest `at` + duration/ramp over all events (0 with none); per-client draws excluded."""
         return max((e.end() for e in self.events), default=0.0)
+
+
+def table_of(model: BaseModel) -> dict[str, Any]:
+    """A table as a scenario file would write it (JSON-safe; `inf` as the string "inf"), which
+    `type(model).model_validate` reads back equal: how the lab server publishes its `[server]`.
+
+        >>> from sim.config import load_scenario
+        >>> server = load_scenario("quickstart").server
+        >>> Server.model_validate(table_of(server)) == server
+        True
+    """
+    return {name: _plain(getattr(model, name)) for name in type(model).model_fields}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Distribution):
+        return _plain(value.to_toml())
+    if isinstance(value, BaseModel):
+        return table_of(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value

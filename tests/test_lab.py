@@ -31,6 +31,7 @@ from typer.testing import CliRunner
 from lab_process import ROOT, running_lab
 from sim.cli import app
 from sim.config import load_scenario
+from sim.scenario import Server
 
 USERS = {"alice": "pw-alice-9Qx", "bob@lab": "p:ss w%rd&=+"}   # a colon, a space, %, &, =, + in a password
 CLIENT_ID, CLIENT_SECRET = "lab-client", "cl13nt:S3cret/+"
@@ -502,3 +503,12 @@ def test_bad_options_exit_2(options, message):
     result = runner.invoke(app, ["lab", *options])
     assert result.exit_code == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_server_json_publishes_the_served_table():
+    overrides = sets(workers=6, service_time='{dist="uniform",low="10ms",high="30ms"}', queue_limit=7)
+    s = load_scenario("quickstart", sets=overrides, scale=0.5)
+    with running_lab(*args(overrides), "--scale", "0.5", "--users", "3") as lab:
+        published = json.loads(call(lab, "GET", "/server.json").text)
+    assert published["mode"] == "sleep"
+    assert Server.model_validate(published["server"]) == s.server and s.server.workers == 3

@@ -10,7 +10,7 @@ Login endpoints (each request passes the admission model, MODEL.md section 3):
 - `GET /basic` — HTTP Basic (RFC 7617).
 
 Cheap endpoints: `GET /me` (bearer token or session cookie: the heartbeat), `GET /healthz`,
-`GET /metrics` (Prometheus text) and `GET /metrics.json`.
+`GET /metrics` (Prometheus text), `GET /metrics.json` and `GET /server.json` (the served `[server]` table).
 
 A request that is malformed, carries no credentials or fails the CSRF check is answered before
 admission (it costs no worker, like a real server's input validation). Tokens and session ids
@@ -81,9 +81,12 @@ class TokenStore:
 class LabApp:
     """The handlers, over one admission model, the user store and the issued tokens."""
 
-    def __init__(self, admission: Admission, users: UserStore, clients: UserStore | None = None):
-        """`clients`: the confidential client from LOGINSTORM_CLIENT_ID/SECRET, if both were set."""
+    def __init__(self, admission: Admission, users: UserStore, clients: UserStore | None = None,
+                 config: dict | None = None):
+        """`clients`: the confidential client from LOGINSTORM_CLIENT_ID/SECRET, if both were set;
+        `config`: what GET /server.json publishes (the mode and the served `[server]` table)."""
         self.admission, self.users, self.clients = admission, users, clients
+        self.config = config or {}
         self.metrics = admission.metrics
         self.tokens, self.sessions = TokenStore(), TokenStore()
 
@@ -228,6 +231,10 @@ class LabApp:
     async def metrics_json(self, request: Request) -> Response:
         return JSONResponse(self.admission.snapshot())
 
+    async def server_json(self, request: Request) -> Response:
+        """The served `[server]` table and the mode: `loginstorm loadtest` simulates this capacity."""
+        return JSONResponse(self.config)
+
 
 def build_app(lab: LabApp) -> Starlette:
     """The Starlette application serving `lab`'s handlers."""
@@ -241,6 +248,7 @@ def build_app(lab: LabApp) -> Starlette:
         Route("/healthz", lab.healthz, methods=["GET"]),
         Route("/metrics", lab.metrics_text, methods=["GET"]),
         Route("/metrics.json", lab.metrics_json, methods=["GET"]),
+        Route("/server.json", lab.server_json, methods=["GET"]),
     ], max_body_size=MAX_BODY)
 
 

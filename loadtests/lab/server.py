@@ -22,7 +22,7 @@ from loadtests.lab.admission import Admission
 from loadtests.lab.app import LabApp, build_app
 from loadtests.lab.metrics import LabMetrics
 from loadtests.lab.users import UserStore
-from sim.scenario import Server
+from sim.scenario import Server, table_of
 from sim.streams import DrawStream
 
 __all__ = ["LabOptions", "LabError", "run_lab", "ignored", "listen", "SLEEP_MODE_ITERATIONS"]
@@ -122,7 +122,9 @@ def _build(server: Server, users: list[tuple[str, str]], options: LabOptions, en
         pool = ThreadPoolExecutor(os.cpu_count() or 1, "lab-check")
         draw = DrawStream(server.service_time, np.random.default_rng(options.seed)).next
     admission = Admission(server, LabMetrics(), draw, pool)
-    return build_app(LabApp(admission, store, clients))
+    config = {"mode": options.mode, "hash_iterations": options.hash_iterations if options.mode == "cpu" else None,
+              "server": table_of(server)}
+    return build_app(LabApp(admission, store, clients, config))
 
 
 def _url_host(host: str) -> str:
