@@ -25,6 +25,7 @@ from sim.units import format_duration
 
 __all__ = [
     "Problem", "ScenarioError", "load_scenario", "parse_scenario", "parse_target", "apply_sets", "scale_scenario",
+    "compress_scenario",
     "shipped_scenarios", "resolve_scenario_path", "SECRET_KEYS",
 ]
 
@@ -371,3 +372,50 @@ def scale_scenario(s: Scenario, factor: float) -> Scenario:
     scaled._scale = s.scale * factor
     scaled._source = s.source
     return scaled
+
+
+def compress_scenario(s: Scenario, k: float) -> Scenario:
+    """`--speed K`: the story K times faster, the clients and the server as they really are.
+
+        >>> s = compress_scenario(load_scenario("quickstart"), 10)
+        >>> s.duration, s.events[0].at, s.client.timeout.value, s.server.retry_after
+        (360.0, 30.0, 5.0, 5.0)
+
+    Divided by K (as `loadtests.plan` and the device users do in a load test): `duration`,
+    `resolution`, `warmup`; `population.session` and `offline`; every event's `at`, `spread`,
+    wave offsets, `downtime`, `duration`, `ramp`, `propagation` and `isolate_at` (the
+    server-side events too: in a load test they happen K times sooner as well). `login_rate`
+    is multiplied by K (surge factors multiply it, so surge rates follow). Unchanged, being real
+    behaviour: the whole `[client]` table (timeout, connect_delay, policy, give_up_after,
+    relaunch, rtt), the whole `[server]` table (service_time, retry_after, rate limits, p2p
+    clocks), a partition's `hang` and an admit gate's `retry_after`.
+    """
+    if not (k > 0 and math.isfinite(k)):
+        raise ValueError(f"speed must be a number > 0, got {k!r}")
+    if k == 1.0:
+        return s
+
+    def faster(value: Any) -> Any:
+        """A time (float) or a time distribution of the same kind, divided by k; None stays."""
+        if value is None or isinstance(value, float):
+            return value if value is None else value / k
+        params = {key: tuple(v / k for v in p) if isinstance(p, tuple) else p / k
+                  for key, p in value._params().items()}  # the constructor takes the file's keys
+        return type(value)(**params)
+
+    story = ("at", "spread", "downtime", "duration", "ramp", "propagation", "isolate_at")
+    events = []
+    for e in s.events:
+        update = {name: faster(getattr(e, name)) for name in story if name in type(e).model_fields}
+        if getattr(e, "waves", None):
+            update["waves"] = [w.model_copy(update={"offset": w.offset / k}) for w in e.waves]
+        events.append(e.model_copy(update=update))
+    pop = s.population.model_copy(update={
+        "login_rate": s.population.login_rate * k,
+        "session": faster(s.population.session), "offline": faster(s.population.offline)})
+    fast = s.model_copy(update={
+        "duration": s.duration / k, "resolution": faster(s.resolution), "warmup": faster(s.warmup),
+        "population": pop, "events": events})
+    fast._scale = s.scale
+    fast._source = s.source
+    return fast
