@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-quick gallery install clean
+.PHONY: demo demo-loadtest test test-quick gallery install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 	$(VENV)/bin/loginstorm validate scenarios/*.toml
 	$(VENV)/bin/loginstorm simulate scenarios/quickstart.toml --out out/quickstart
 	@echo "The quickstart storm's summary and time series are in out/quickstart/"
+
+demo-loadtest: $(STAMP)
+	$(PY) -m loadtests.demo --out out/demo-loadtest
+	@echo "Open out/demo-loadtest/index.html: the measured storms beside the simulated ones"
 
 gallery: $(STAMP)
 	$(PY) -m sim.gallery --out docs/gallery

@@ -1,9 +1,11 @@
-"""Raw per-attempt rows, for comparisons with the simulator and for our tests.
+"""Raw per-attempt and per-state-change rows, for comparisons with the simulator and for our tests.
 
 Locust's statistics are bucketed and lagged (../shared/research/loadtest-anchors.md item 7), so
-with `--attempt-log FILE` every process also writes one CSV row per attempt. In a distributed
-run each worker writes its own file, `FILE` with `.wN` before the suffix. Rows hold no
-credentials and no tokens.
+with `--attempt-log FILE` every process also writes one CSV row per attempt, and with
+`--state-log FILE` one row per change of a device's state (`offline`, `connecting`, `online`,
+`gave_up`; a newcomer's first row has an empty `from`). In a distributed run each worker writes
+its own files, `FILE` with `.wN` before the suffix. Times are seconds of story time (the start
+of the load test); rows hold no credentials and no tokens.
 """
 
 from __future__ import annotations
@@ -13,10 +15,15 @@ from pathlib import Path
 
 from loadtests.flows import Outcome
 
-__all__ = ["AttemptLog", "COLUMNS", "worker_path"]
+__all__ = ["AttemptLog", "StateLog", "COLUMNS", "STATE_COLUMNS", "worker_path", "worker_files", "PROGRESS",
+           "STOPPED"]
 
 COLUMNS = ("device", "episode", "attempt", "start_s", "seconds", "outcome", "status", "retry_after_s",
            "wait_s", "message")
+STATE_COLUMNS = ("t_s", "device", "from", "to")
+#: with --progress, the master (or local) process prints these lines on stdout, one JSON object
+#: after the prefix; `loginstorm loadtest` reads them (this module is gevent-free, so it can import them)
+PROGRESS, STOPPED = "loginstorm-progress ", "loginstorm-stopped "
 
 
 def worker_path(path: str, worker_index: int | None) -> Path:
@@ -25,17 +32,34 @@ def worker_path(path: str, worker_index: int | None) -> Path:
     return p if worker_index is None else p.with_name(f"{p.stem}.w{worker_index}{p.suffix}")
 
 
-class AttemptLog:
-    """Appends rows to a CSV file; `start` is story time 0 (epoch seconds)."""
+def worker_files(path: Path) -> list[Path]:
+    """The files a run with `--attempt-log path` (or `--state-log`) wrote: the local one or the workers'."""
+    return sorted(p for p in path.parent.glob(f"{path.stem}*{path.suffix}")
+                  if p == path or (p.stem.startswith(path.stem + ".w") and p.stem[len(path.stem) + 2:].isdigit()))
+
+
+class _CsvLog:
+    columns: tuple[str, ...] = ()
 
     def __init__(self, path: Path | None) -> None:
         self._file = None
         self._writer = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = path.open("w", newline="", encoding="utf-8")
+            self._file = path.open("w", newline="", encoding="utf-8", buffering=1)   # lines survive a kill
             self._writer = csv.writer(self._file)
-            self._writer.writerow(COLUMNS)
+            self._writer.writerow(self.columns)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = self._writer = None
+
+
+class AttemptLog(_CsvLog):
+    """One row per attempt; `start` in story seconds."""
+
+    columns = COLUMNS
 
     def write(self, device: int, episode: int, attempt: int, start: float, seconds: float,
               outcome: Outcome, wait: float | None) -> None:
@@ -45,7 +69,12 @@ class AttemptLog:
                                outcome.status, "" if outcome.retry_after is None else f"{outcome.retry_after:g}",
                                "" if wait is None else f"{wait:.6f}", outcome.message))
 
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = self._writer = None
+
+class StateLog(_CsvLog):
+    """One row per change of a device's state, in story seconds."""
+
+    columns = STATE_COLUMNS
+
+    def write(self, t: float, device: int, old: str, new: str) -> None:
+        if self._writer is not None:
+            self._writer.writerow((f"{t:.6f}", device, old, new))

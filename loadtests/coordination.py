@@ -32,6 +32,7 @@ class Rows:
         self._asked = 0           # worker: rows asked for in this test
         self._granted: gevent.event.Event | None = None
         self._next = 0            # master: the next row to grant
+        self.on_grant = None      # worker: called with the master's worker count at each grant
 
     @property
     def distributed_worker(self) -> bool:
@@ -66,11 +67,13 @@ class Rows:
             self.begin()
         first = self._next
         self._next += int(msg.data["count"])
-        self.runner.send_message(GRANT, {"first": first, "count": int(msg.data["count"]), "start": self.start},
-                                 client_id=msg.node_id)
+        self.runner.send_message(GRANT, {"first": first, "count": int(msg.data["count"]), "start": self.start,
+                                         "workers": self.runner.worker_count}, client_id=msg.node_id)
 
     def _on_grant(self, environment, msg, **_) -> None:
         self.start = float(msg.data["start"])
+        if self.on_grant is not None:
+            self.on_grant(int(msg.data.get("workers", 1)))
         self._free.extend(range(msg.data["first"], msg.data["first"] + msg.data["count"]))
         granted, self._granted = self._granted, None
         if granted is not None:

@@ -57,7 +57,7 @@ class DeviceUser(User):
         super().__init__(environment)
         self.context = environment.loginstorm
         self.storm = self.context.storm
-        self.state = OFFLINE
+        self.state: str | None = None        # None: not (yet) part of the population
         self.logged_in = False
         self.episodes = 0
         self.row: int | None = None
@@ -100,17 +100,17 @@ class DeviceUser(User):
         if self.row < plan.population:
             self._begin(self._online_loop if plan.online_at_start[self.row] else self._offline_loop)
         else:
-            self.state = OFFLINE                # a newcomer: nothing until its arrival
+            pass                                # a newcomer: absent until its arrival
         for when, kind, arg in plan.actions(self.row):
             gevent.sleep(max(0.0, start + when - time.time()))
             self._act(kind, arg)
 
     def _act(self, kind: str, arg: float) -> None:
-        if kind == REBOOT and self.state != OFFLINE:
+        if kind == REBOOT and self.state not in (OFFLINE, None):
             self._begin(lambda: self._reboot(arg))   # downtime, then an episode
         elif kind == DROP and self.state == ONLINE:
             self._begin(self._episode_loop)
-        elif kind == LOGIN and self.state == OFFLINE and not self.rebooting:
+        elif kind == LOGIN and self.state in (OFFLINE, None) and not self.rebooting:
             self._begin(self._episode_loop)
 
     def _begin(self, activity) -> None:
@@ -132,19 +132,20 @@ class DeviceUser(User):
             activity = activity()
 
     def _reboot(self, downtime: float):
-        self.state, self.rebooting, self.logged_in = OFFLINE, True, False
+        self._set_state(OFFLINE)
+        self.rebooting, self.logged_in = True, False
         self._reset_session()
         gevent.sleep(downtime)
         self.rebooting = False
         return self._episode_loop
 
     def _offline_loop(self):
-        self.state = OFFLINE
+        self._set_state(OFFLINE)
         return self._episode_loop if self._sleep_draw(self.storm.scenario.population.offline, scaled=True) else None
 
     def _online_loop(self):
         """Hold the session (heartbeats if configured) until it ends or the server forgets it."""
-        self.state = ONLINE
+        self._set_state(ONLINE)
         end = time.time() + float(self.storm.scenario.population.session.sample(self.rng)) / self.storm.plan.speed
         beat = self.storm.target.heartbeat
         while beat is not None and self.logged_in and time.time() + beat.every < end:
@@ -159,7 +160,7 @@ class DeviceUser(User):
 
     def _episode_loop(self):
         while not self._episode():
-            self.state = GAVE_UP
+            self._set_state(GAVE_UP)
             if not self._sleep_draw(self.client.relaunch):
                 return None
         return self._online_loop
@@ -176,12 +177,14 @@ class DeviceUser(User):
 
     def _episode(self) -> bool:
         """One episode; True at success, False at give-up."""
-        self.state, self.logged_in, self.token = CONNECTING, False, None
+        self._set_state(CONNECTING)
+        self.logged_in, self.token = False, None
         gevent.sleep(float(self.client.connect_delay.sample(self.rng)))
         first = time.time()
         self.episodes += 1
         previous, attempts = None, 0
         while True:
+            self.context.pace()               # --max-rps: the load test's own safety valve
             outcome, start, elapsed = self._attempt()
             attempts += 1
             wait = None
@@ -283,6 +286,11 @@ class DeviceUser(User):
         return reply.status not in (401, 403)
 
     # -- plumbing ---------------------------------------------------------------------------------
+
+    def _set_state(self, new: str) -> None:
+        old, self.state = self.state, new
+        if old != new:
+            self.context.state_changed(self.row, old, new)
 
     def _new_session(self) -> FastHttpSession:
         target = self.storm.target

@@ -8,18 +8,24 @@ storm from the options the master forwards at test start.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
+from collections import deque
 
+import gevent
 from locust import LoadTestShape, events
 from locust.runners import MasterRunner, WorkerRunner
 
-from loadtests.attemptlog import AttemptLog, worker_path
+from loadtests.attemptlog import PROGRESS, STOPPED, AttemptLog, StateLog, worker_path
 from loadtests.coordination import Rows, install
 from loadtests.flows import Outcome
 from loadtests.storm import Storm, StormError, StormOptions, host_allowed, load_storm
 
 __all__ = ["StormContext", "StormShape", "add_options"]
+
+STATES = ("offline", "connecting", "online", "gave_up")
 
 log = logging.getLogger("loginstorm")
 
@@ -36,6 +42,16 @@ def add_options(parser) -> None:
     group.add_argument("--target", dest="target_file", default="", help="TOML file with a [target] table")
     group.add_argument("--storm-seed", type=int, default=-1, help="seed instead of the scenario's")
     group.add_argument("--attempt-log", default="", help="write one CSV row per attempt to this file")
+    group.add_argument("--state-log", default="", help="write one CSV row per change of a device's state")
+    group.add_argument("--max-rps", type=float, default=0.0,
+                       help="cap login attempts per second across all devices (default: target.max_rps, else none)")
+    group.add_argument("--stop-on-error-rate", type=float, default=0.0,
+                       help="stop when this share of the attempts of the last --stop-after seconds failed")
+    group.add_argument("--stop-after", type=float, default=0.0,
+                       help="seconds: the window of the stop rules, and no stop before it (default 30)")
+    group.add_argument("--stop-on-p99", type=float, default=0.0,
+                       help="stop when the attempts' p99 response time of the last 10 s exceeds this (seconds)")
+    group.add_argument("--progress", action="store_true", help="print a JSON progress line every second")
 
 
 def options_of(parsed) -> StormOptions:
@@ -53,6 +69,11 @@ class StormContext:
         self.rows = rows
         self.storm: Storm | None = None
         self.log = AttemptLog(None)
+        self.states = StateLog(None)
+        self.counts = dict.fromkeys(STATES, 0)     # this process's devices by state
+        self.peers: dict[str, dict] = {}             # master: the latest counts of each worker
+        self.rps = 0.0                               # this process's share of --max-rps (0: no cap)
+        self._slot = 0.0
 
     def build(self) -> Storm:
         self.storm = load_storm(options_of(self.environment.parsed_options))
@@ -65,6 +86,42 @@ class StormContext:
         index = self.environment.runner.worker_index if isinstance(self.environment.runner, WorkerRunner) else None
         self.log.close()
         self.log = AttemptLog(worker_path(path, index) if path else None)
+        states = "" if isinstance(self.environment.runner, MasterRunner) else \
+            getattr(self.environment.parsed_options, "state_log", "")
+        self.states.close()
+        self.states = StateLog(worker_path(states, index) if states else None)
+        self.counts = dict.fromkeys(STATES, 0)
+        self._slot = 0.0
+
+    def state_changed(self, device: int, old: str | None, new: str) -> None:
+        if old is not None:
+            self.counts[old] -= 1
+        self.counts[new] += 1
+        self.states.write(time.time() - (self.rows.start or 0.0), device, old or "", new)
+
+    @property
+    def max_rps(self) -> float:
+        """--max-rps, else the target's `max_rps`; 0 for no cap."""
+        option = getattr(self.environment.parsed_options, "max_rps", 0.0) or 0.0
+        return option or (self.storm.target.max_rps or 0.0 if self.storm is not None else 0.0)
+
+    def pace(self) -> None:
+        """Sleep until this process may send its next attempt under --max-rps (evenly spaced).
+
+        A worker's share is the cap divided by the workers the master had at the first grant.
+        """
+        if self.rps <= 0:
+            return
+        now = time.monotonic()
+        self._slot = max(self._slot + 1.0 / self.rps, now)
+        if self._slot > now:
+            gevent.sleep(self._slot - now)
+
+    def all_counts(self) -> dict[str, int]:
+        """Devices by state over the whole run (the master adds up its workers' reports)."""
+        if isinstance(self.environment.runner, MasterRunner):
+            return {k: sum(p.get(k, 0) for p in self.peers.values()) for k in STATES}
+        return dict(self.counts)
 
     def log_attempt(self, device: int, episode: int, attempt: int, start: float, seconds: float,
                     outcome: Outcome, wait: float | None) -> None:
@@ -88,6 +145,7 @@ def _on_init(environment, **_) -> None:
         return                               # not started by the locust command with our options
     context = StormContext(environment, install(environment))
     environment.loginstorm = context
+    _on_report.environment = environment
     if isinstance(environment.runner, WorkerRunner):
         return                               # the master checked; options arrive at test start
     try:
@@ -115,6 +173,12 @@ def _on_test_start(environment, **_) -> None:
         _fail(str(exc))
     context.rows.begin()
     context.open_log()
+    context.rps = context.max_rps
+    if isinstance(environment.runner, WorkerRunner):
+        context.rps = 0.0                     # set at the first grant, when the master names the workers
+        context.rows.on_grant = lambda workers: setattr(context, "rps", context.max_rps / max(1, workers))
+    else:
+        context.watcher = gevent.spawn(_watch, environment, context)
 
 
 @events.test_stop.add_listener
@@ -122,6 +186,83 @@ def _on_test_stop(environment, **_) -> None:
     context = getattr(environment, "loginstorm", None)
     if context is not None:
         context.log.close()
+        context.states.close()
+        watcher = getattr(context, "watcher", None)
+        if watcher is not None and gevent.getcurrent() is not watcher:
+            watcher.kill(block=True)
+            _progress(environment, context, final=True)
+
+
+@events.report_to_master.add_listener
+def _on_report(client_id, data, **_) -> None:
+    environment = getattr(_on_report, "environment", None)
+    context = getattr(environment, "loginstorm", None)
+    if context is not None:
+        data["loginstorm_states"] = dict(context.counts)
+
+
+@events.worker_report.add_listener
+def _on_worker_report(client_id, data, **_) -> None:
+    environment = getattr(_on_report, "environment", None)
+    context = getattr(environment, "loginstorm", None)
+    if context is not None and "loginstorm_states" in data:
+        context.peers[client_id] = data["loginstorm_states"]
+
+
+# -- the watcher of the master (or local runner): progress lines and the stop rules -------------------
+
+def _attempt_stats(environment):
+    return environment.stats.get("login attempt", "LOGIN")
+
+
+def _progress(environment, context, final: bool = False) -> None:
+    if not getattr(environment.parsed_options, "progress", False):
+        return
+    entry = _attempt_stats(environment)
+    start = context.rows.start or time.time()
+    line = {"elapsed_s": round(time.time() - start, 2), **context.all_counts(),
+            "attempts": entry.num_requests, "failures": entry.num_failures,
+            "attempts_per_s": round(entry.current_rps, 2), "failures_per_s": round(entry.current_fail_per_sec, 2),
+            "final": final}
+    print(PROGRESS + json.dumps(line), flush=True)
+
+
+def stop_reason(window: deque, now: float, p99_s: float | None, error_rate: float, after: float,
+                p99_limit: float) -> str | None:
+    """Why the stop rules end the run now, if they do; `window` holds (t, attempts, failures) samples."""
+    while len(window) > 1 and window[1][0] <= now - after:
+        window.popleft()
+    if not window or now - window[0][0] < after - 1e-9:
+        return None                           # not `after` seconds of history yet
+    t0, n0, f0 = window[0]
+    _, n1, f1 = window[-1]
+    if error_rate > 0 and n1 > n0 and (f1 - f0) / (n1 - n0) >= error_rate:
+        return (f"error rate {(f1 - f0) / (n1 - n0):.0%} of {n1 - n0} attempts over the last {after:g} s "
+                f">= --stop-on-error-rate {error_rate:g}")
+    if p99_limit > 0 and p99_s is not None and p99_s > p99_limit:
+        return f"attempt p99 {p99_s:.2f} s over the last 10 s > --stop-on-p99 {p99_limit:g} s"
+    return None
+
+
+def _watch(environment, context) -> None:
+    options, rule = environment.parsed_options, context.storm.target.stop
+    error_rate = getattr(options, "stop_on_error_rate", 0.0) or (rule.error_rate or 0.0)
+    p99_limit = getattr(options, "stop_on_p99", 0.0) or (rule.p99 or 0.0)
+    after = getattr(options, "stop_after", 0.0) or rule.after
+    window: deque = deque()
+    while True:
+        gevent.sleep(1.0)
+        entry, now = _attempt_stats(environment), time.monotonic()
+        window.append((now, entry.num_requests, entry.num_failures))
+        _progress(environment, context)
+        p99 = entry.get_current_response_time_percentile(0.99)
+        reason = stop_reason(window, now, None if p99 is None else p99 / 1000.0, error_rate, after, p99_limit)
+        if reason is not None:
+            log.error("stopping the load test: %s", reason)
+            print(STOPPED + json.dumps({"reason": reason}), flush=True)
+            context.stopped = reason
+            environment.runner.quit()
+            return
 
 
 class StormShape(LoadTestShape):

@@ -6,6 +6,7 @@ Exit status: 0 on success, 2 on bad input (a scenario, an option), 1 on a bug.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -382,6 +383,112 @@ def lab(
     except OSError as exc:  # writing the credentials file
         err.print(f"loginstorm lab: {exc.filename}: {exc.strerror}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
+
+
+@app.command()
+def loadtest(
+    scenario: Annotated[Path, typer.Argument(help="Scenario file or shipped name.")],
+    host: Annotated[str, typer.Option(help="The endpoint's base URL, e.g. http://127.0.0.1:8080. Must be "
+                                           "loopback or on the scenario's target.allowed_hosts.")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: out/loadtest-<name>).")
+                       ] = None,
+    sets: SetOption = None,
+    scale: ScaleOption = 1.0,
+    speed: Annotated[float, typer.Option(min=0.0, help="Divide the story's times by K (events, sessions, "
+                                                       "downtimes); not the client's timeout or policy.")] = 1.0,
+    policy: Annotated[Optional[str], typer.Option(help="Retry policy instead of the scenario's.")] = None,
+    credentials: Annotated[Optional[Path], typer.Option(help="CSV of username,password rows, one per device.")
+                           ] = None,
+    target_file: Annotated[Optional[Path], typer.Option("--target", help="TOML file with a [target] table.")
+                           ] = None,
+    run_time: Annotated[Optional[str], typer.Option(help="Stop after this long (e.g. 60s); default: the story.")
+                        ] = None,
+    processes: Annotated[int, typer.Option(min=1, help="Locust processes (one core each).")] = 1,
+    max_rps: Annotated[float, typer.Option(min=0.0, help="Cap login attempts per second across all devices "
+                                                         "(default: target.max_rps).")] = 0.0,
+    stop_on_error_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="Stop when this share of the "
+                                                      "attempts of the last --stop-after failed.")] = 0.0,
+    stop_after: Annotated[Optional[str], typer.Option(help="Window of the stop rules, and no stop before it "
+                                                           "(default: target.stop.after, 30s).")] = None,
+    stop_on_p99: Annotated[Optional[str], typer.Option(help="Stop when the attempts' p99 over the last 10 s "
+                                                            "exceeds this (e.g. 5s).")] = None,
+    capacity: Annotated[str, typer.Option(help="What the simulation takes as the target's capacity: auto (the "
+                                          "lab's own table if the host is a lab), lab, none, or "
+                                          "workers=N,service_time=T[,queue_limit=..] (see calibrate).")
+                        ] = "auto",
+    replications: Annotated[int, typer.Option(min=1, help="Simulated replications to compare with.")] = 3,
+    seed: SeedOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress line.")] = False,
+) -> None:
+    """Replay a scenario's storm against a real endpoint with Locust, and set it beside the simulation.
+
+    Writes timeseries.csv and summary.json (the simulator's columns and fields that a client can
+    measure), Locust's CSV statistics and HTML, and report.html with the measured and simulated
+    storms overlaid. Ctrl-C stops the run gracefully and still writes everything.
+    """
+    from loadtests.command import LoadtestOptions, run_loadtest
+    from loadtests.storm import StormError, StormOptions
+
+    storm = StormOptions(scenario=str(scenario), sets=tuple(sets or ()), scale=scale, speed=speed, policy=policy,
+                         credentials=str(credentials) if credentials else None,
+                         target=str(target_file) if target_file else None, seed=seed)
+    name = Path(str(scenario)).stem
+    options = LoadtestOptions(
+        storm=storm, host=host.rstrip("/"), out=out_dir if out_dir is not None else Path("out") / f"loadtest-{name}",
+        run_time=_duration(run_time) if run_time else None, processes=processes, max_rps=max_rps,
+        stop_on_error_rate=stop_on_error_rate, stop_after=_duration(stop_after) if stop_after else 0.0,
+        stop_on_p99=_duration(stop_on_p99) if stop_on_p99 else 0.0, capacity=capacity, replications=replications)
+    live = _live_line(enabled=not quiet)
+    try:
+        result = run_loadtest(options, show=live)
+    except StormError as exc:
+        err.print(f"loginstorm loadtest: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    live(None)
+    if result.stopped:
+        err.print(f"stopped early: {result.stopped}", markup=False, highlight=False, soft_wrap=True)
+    if result.interrupted:
+        err.print("interrupted: the report covers the run up to then", markup=False, highlight=False)
+    if not quiet:
+        m = result.summary
+        rec, amp = m["recovery_s"], m["amplification"]
+        err.print(f"{m['scenario']} (load test against {m['target']}, {m['devices']:,} devices, speed {m['speed']:g})\n"
+                  f"  {m['logins']:,} logins in {m['episodes']:,} episodes; {m['attempts']:,} attempts"
+                  + (f" ({amp:.2f} per episode)" if amp is not None else "") + "\n"
+                  f"  rejected {m['rejected']:,}, timed out {m['timeouts']:,}, errors {m['errors']:,}, "
+                  f"gave up {m['gave_up']:,}\n"
+                  f"  back to 90 % online: {_seconds_text(rec['p90'])} after the first event; "
+                  f"99 %: {_seconds_text(rec['p99'])}", highlight=False, markup=False, soft_wrap=True)
+        err.print(f"wrote {', '.join(str(p) for p in result.files)}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _seconds_text(value: float | None) -> str:
+    return "not reached" if value is None else f"{value:.1f} s"
+
+
+def _live_line(enabled: bool):
+    """One progress line on stderr: rewritten in place on a terminal, every 10 s otherwise."""
+    last = [0.0]
+
+    def show(p: dict | None) -> None:
+        if not enabled:
+            return
+        if p is None:
+            if err.is_terminal:
+                sys.stderr.write("\n")
+            return
+        booted = p["online"] + p["connecting"] + p["gave_up"] + p["offline"]
+        line = (f"{p['elapsed_s']:7.1f} s  devices {booted:,}  online {p['online']:,}  connecting "
+                f"{p['connecting']:,}  gave up {p['gave_up']:,}  attempts {p['attempts']:,} "
+                f"({p['attempts_per_s']:.1f}/s)  failures {p['failures_per_s']:.1f}/s")
+        if err.is_terminal:
+            sys.stderr.write("\r" + line[:err.width - 1].ljust(err.width - 1))
+            sys.stderr.flush()
+        elif p["elapsed_s"] - last[0] >= 10 or p.get("final"):
+            last[0] = p["elapsed_s"]
+            sys.stderr.write(line + "\n")
+
+    return show
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,220 @@
+"""`loginstorm loadtest`: replay a scenario's storm against a real endpoint, safely, and set it
+beside the simulation (MODEL.md section 7).
+
+Locust runs as a subprocess on `loadtests/locustfile.py` (its own interpreter: gevent patches
+the one it runs in), headless, with the device users' attempt and state logs in the output
+folder. This process checks the target before anything is sent, shows a live progress line
+from the run's `loginstorm-progress` lines, stops the run on Ctrl-C (SIGTERM to Locust, by its
+PID), and afterwards turns the logs into the simulator's `timeseries.csv` and `summary.json`
+(`loadtests.measure`) and the measured-versus-simulated report (`loadtests.versus`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loadtests.attemptlog import PROGRESS, STOPPED
+from loadtests.measure import CLIENT_FIELDS, measured_run, read_logs
+from loadtests.storm import Storm, StormError, StormOptions, host_allowed, load_storm
+
+__all__ = ["LoadtestOptions", "LoadtestResult", "run_loadtest", "lab_capacity"]
+
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+STOP_GRACE_S = 30.0
+
+
+@dataclass(frozen=True)
+class LoadtestOptions:
+    storm: StormOptions
+    host: str
+    out: Path
+    run_time: float | None = None
+    processes: int = 1
+    max_rps: float = 0.0
+    stop_on_error_rate: float = 0.0
+    stop_after: float = 0.0
+    stop_on_p99: float = 0.0
+    capacity: str = "auto"            # auto | lab | none | workers=..,service_time=..
+    replications: int = 3
+    extra_env: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class LoadtestResult:
+    summary: dict
+    files: list[Path]
+    stopped: str | None
+    interrupted: bool
+    returncode: int
+
+
+def _locust_command(o: LoadtestOptions, storm: Storm) -> list[str]:
+    s = o.storm
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
+           "--host", o.host, "--scenario", s.scenario, "--scale", repr(s.scale), "--speed", repr(s.speed),
+           "--exit-code-on-error", "0", "--progress",
+           "--attempt-log", str(o.out / "attempts.csv"), "--state-log", str(o.out / "states.csv"),
+           "--csv", str(o.out / "locust"), "--html", str(o.out / "locust.html"),
+           "--logfile", str(o.out / "locust.log")]
+    for item in s.sets:
+        cmd += ["--set", item]
+    for flag, value in (("--policy", s.policy), ("--credentials", s.credentials), ("--target", s.target)):
+        if value:
+            cmd += [flag, value]
+    if s.seed is not None:
+        cmd += ["--storm-seed", str(s.seed)]
+    if o.run_time:
+        cmd += ["-t", f"{max(1, round(o.run_time))}s"]
+    if o.processes > 1:
+        cmd += ["--processes", str(o.processes)]
+    for flag, value in (("--max-rps", o.max_rps), ("--stop-on-error-rate", o.stop_on_error_rate),
+                        ("--stop-after", o.stop_after), ("--stop-on-p99", o.stop_on_p99)):
+        if value:
+            cmd += [flag, repr(float(value))]
+    return cmd
+
+
+def run_loadtest(o: LoadtestOptions, show=None) -> LoadtestResult:
+    """Run the load test; `show(progress_dict)` is called at each progress line. Raises StormError
+    (nothing sent) on a bad scenario, target, credentials or a host that is not allowed."""
+    storm = load_storm(o.storm)
+    if not host_allowed(o.host, storm.target.allowed_hosts):
+        raise StormError(f"{o.host} is not on the scenario's target.allowed_hosts (loopback is always allowed); "
+                         "add its host name there to load-test it")
+    o.out.mkdir(parents=True, exist_ok=True)
+    for stale in list(o.out.glob("attempts*.csv")) + list(o.out.glob("states*.csv")):
+        stale.unlink()
+    proc = subprocess.Popen(_locust_command(o, storm), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, env={**os.environ, **o.extra_env}, start_new_session=True)
+    stopped, interrupted, elapsed = None, False, 0.0
+    try:
+        for line in proc.stdout:
+            if line.startswith(PROGRESS):
+                progress = json.loads(line[len(PROGRESS):])
+                elapsed = max(elapsed, float(progress["elapsed_s"]))
+                if show is not None:
+                    show(progress)
+            elif line.startswith(STOPPED):
+                stopped = json.loads(line[len(STOPPED):])["reason"]
+        proc.wait()
+    except KeyboardInterrupt:
+        interrupted = True
+        _stop(proc)
+    horizon = storm.plan.duration if not o.run_time else min(storm.plan.duration, o.run_time)
+    end = min(horizon, elapsed) if (stopped or interrupted) and elapsed > 0 else horizon
+    files = _write_measured(o, storm, end, stopped, interrupted)
+    summary = json.loads((o.out / "summary.json").read_text())
+    files += _write_versus(o, storm, summary)
+    return LoadtestResult(summary, files, stopped, interrupted, proc.returncode if proc.returncode is not None else -1)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Ctrl-C: let Locust stop gracefully (it writes its statistics), then make sure it is gone."""
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)     # the session started for it: Locust and its workers
+        proc.wait()
+    except KeyboardInterrupt:                   # a second Ctrl-C: stop now
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _story_scenario(storm: Storm):
+    from sim.config import compress_scenario
+    return compress_scenario(storm.scenario, storm.plan.speed)
+
+
+def _write_measured(o: LoadtestOptions, storm: Storm, end: float, stopped, interrupted) -> list[Path]:
+    from sim.runner import finite_json
+    attempts, states = read_logs(o.out / "attempts.csv", o.out / "states.csv")
+    run = measured_run(_story_scenario(storm), end, attempts, states)
+    summary = {k: run.summary[k] for k in CLIENT_FIELDS}
+    summary.update(target=o.host, speed=storm.plan.speed, policy=storm.policy.name, devices=storm.plan.devices,
+                   stopped=stopped, interrupted=interrupted)
+    (o.out / "summary.json").write_text(json.dumps(finite_json(summary), indent=2) + "\n")
+    ts = run.timeseries
+    columns = list(ts)
+    with (o.out / "timeseries.csv").open("w", encoding="utf-8") as handle:
+        handle.write(",".join(columns) + "\n")
+        for i in range(len(ts["t"])):
+            handle.write(",".join(f"{ts[c][i]:.6g}" for c in columns) + "\n")
+    (o.out / "measured.json").write_text(json.dumps({"timeseries": {k: v.tolist() for k, v in ts.items()}}))
+    return [o.out / "summary.json", o.out / "timeseries.csv"]
+
+
+def lab_capacity(host: str) -> dict | None:
+    """The lab server's published `[server]` table (GET /server.json), None if the host is not a lab."""
+    try:
+        with urllib.request.urlopen(f"{host.rstrip('/')}/server.json", timeout=3) as answer:
+            published = json.load(answer)
+    except (OSError, ValueError):
+        return None
+    return published if isinstance(published, dict) and "server" in published else None
+
+
+def _write_versus(o: LoadtestOptions, storm: Storm, measured_summary: dict) -> list[Path]:
+    """The simulation of what the load test did, and the report that sets the two side by side."""
+    import numpy as np
+
+    from loadtests import versus
+    from sim.scenario import Server
+    notes, capacity = [], None
+    if o.capacity in ("auto", "lab"):
+        published = lab_capacity(o.host) if host_allowed(o.host, []) or o.capacity == "lab" else None
+        if published is not None and published.get("mode") == "sleep":
+            capacity = Server.model_validate(published["server"])
+            notes.append("capacity: the lab server's own [server] table (GET /server.json)")
+        elif published is not None:
+            notes.append("the lab runs in cpu mode: its service time is the hash; give --capacity from "
+                         "`loginstorm calibrate`")
+        elif o.capacity == "lab":
+            notes.append(f"{o.host} did not answer GET /server.json: no lab capacity to simulate")
+    elif o.capacity != "none":
+        capacity = versus.parse_capacity(o.capacity)
+        notes.append(f"capacity: --capacity {o.capacity}")
+    measured = json.loads((o.out / "measured.json").read_text())["timeseries"]
+    measured_ts = {k: np.array(v) for k, v in measured.items()}
+    if capacity is None:
+        notes.append("no capacity known (--capacity): the report shows the measured storm only")
+        return _measured_only_report(o, storm, measured_summary, measured_ts, notes)
+    scenario, overrides = storm.scenario, capacity
+    if isinstance(capacity, Server):     # the lab's whole table replaces the scenario's
+        scenario, overrides = scenario.model_copy(update={"server": capacity}), None
+    simulated = versus.simulated_twin(scenario, speed=storm.plan.speed, capacity=overrides,
+                                      replications=o.replications)
+    return versus.write_versus_report(o.out, storm.scenario, speed=storm.plan.speed,
+                                      measured_summary=measured_summary, measured_ts=measured_ts,
+                                      simulated=simulated, title=f"{storm.scenario.name}, {storm.policy.name}: load test vs simulation",
+                                      notes=notes)
+
+
+def _measured_only_report(o: LoadtestOptions, storm: Storm, summary: dict, ts: dict, notes: list[str]) -> list[Path]:
+    """report.html without a simulation: the simulator's run figure of the measured storm."""
+    import html
+
+    import matplotlib.pyplot as plt
+
+    from sim.plots import run_figure
+    from sim.report import figure_html, html_page, table_html, write_html
+
+    story = _story_scenario(storm)
+    fig = run_figure(ts, story, title=f"{storm.scenario.name}: measured by the load test")
+    try:
+        figure = figure_html(fig, "The measured storm (the server's columns are not measured: zero)")
+    finally:
+        plt.close(fig)
+    rows = [[key, json.dumps(value)] for key, value in summary.items()]
+    body = (f"<h1>{html.escape(storm.scenario.name)}: load test</h1>"
+            + "".join(f"<p>{html.escape(note)}</p>" for note in notes)
+            + figure + table_html(["measured", "value"], rows))
+    return [write_html(o.out / "report.html", html_page(f"{storm.scenario.name}: load test", body))]

@@ -1,0 +1,135 @@
+"""What a load test measured, in the simulator's terms: the same records, summary and time series.
+
+The devices' attempt and state logs (`loadtests/attemptlog.py`) are replayed in time order into
+the very record types the engines fill (`sim.record`), and `sim.metrics` turns them into
+`summary.json` and `timeseries.csv`. So `recovery_s`, `login_time_s`, `amplification`, the
+online share and every other field a client can measure have one definition for the simulation
+and the load test. What only the server knows (queue, busy workers, wasted work, the steady
+queue-wait measures) stays empty: 0 in the time series' server columns, null in the summary.
+
+    >>> from sim.config import load_scenario
+    >>> s = load_scenario("quickstart", scale=0.001)
+    >>> states = [(0.0, 0, "", "online"), (0.0, 1, "", "online"), (10.0, 1, "online", "connecting"),
+    ...           (12.5, 1, "connecting", "online")]
+    >>> attempts = [(1, 1, 1, 11.0, 0.5, "rejected"), (1, 1, 2, 12.0, 0.5, "ok")]
+    >>> run = measured_run(s, 20.0, attempts, states)
+    >>> run.summary["attempts"], run.summary["logins"], run.summary["login_time_s"]["p50"]
+    (2, 1, 2.5)
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loadtests.attemptlog import worker_files
+from loadtests.flows import ERROR, FAILED, OK, REJECTED, TIMEOUT
+from sim.metrics import summarize, timeseries
+from sim.record import COUNTS, LEVELS, Counter, Level, ShareWatch, StartCounter, Tallies, Window
+from sim.scenario import Scenario
+
+__all__ = ["MeasuredRun", "measured_run", "read_logs", "CLIENT_FIELDS"]
+
+#: summary fields a client can measure (the rest are the server's, or the engine's)
+CLIENT_FIELDS = ("scenario", "engine", "seed", "scale", "clients", "duration_s", "episodes", "logins", "gave_up",
+                 "attempts", "amplification", "timeouts", "rejected", "errors", "peak_offered_rps",
+                 "login_time_s", "recovery_s", "lowest_online_share", "lowest_online_at_s")
+#: the attempt outcomes in the simulator's counters (a wrong password or a bad body is an error)
+_COUNTER = {OK: "successes", REJECTED: "rejected", TIMEOUT: "timeouts", ERROR: "errors", FAILED: "errors"}
+
+Attempt = tuple[int, int, int, float, float, str]      # device, episode, attempt, start_s, seconds, outcome
+StateChange = tuple[float, int, str, str]               # t_s, device, from ("" for a newcomer), to
+
+
+@dataclass
+class MeasuredRun:
+    summary: dict[str, Any]
+    timeseries: dict[str, np.ndarray]
+
+
+class _Records:
+    """The `sim.metrics.Records` of a load test, filled from its logs."""
+
+    def __init__(self, s: Scenario, end: float) -> None:
+        self.s, self.end = s, end
+        width = s.bin_width
+        nbins = max(1, math.ceil(end / width - 1e-9))
+        self.steady = Window(min(s.warmup_s, end), end)
+        self.tail = Window(0.9 * end, end)
+        windows = (self.steady, self.tail)
+        self.levels = {name: Level(width, nbins, windows) for name in LEVELS}
+        self.counts = {name: Counter(width, nbins, windows) for name in COUNTS}
+        self.steady_refusals = StartCounter(width, nbins, (self.steady,))
+        self.steady_timeouts = StartCounter(width, nbins, (self.steady,))
+        self.tallies = Tallies(self.steady)
+        first_at = min((e.at for e in s.events if e.at < end), default=0.0)
+        self.watch = ShareWatch(first_at, self.tail.start)
+        self.last_event_end = max((e.end() for e in s.events if e.at < end), default=0.0)
+        self.capacity_at_start = None
+
+
+def measured_run(s: Scenario, end: float, attempts: Iterable[Attempt], states: Iterable[StateChange]) -> MeasuredRun:
+    """Summary and time series of a load test of `s` (its times as the load test ran them) lasting `end` s."""
+    r = _Records(s, end)
+    events: list[tuple[float, int, tuple]] = []       # (time, order, what): state changes first at a tie
+    for t, device, old, new in states:
+        if t <= end:
+            events.append((max(0.0, t), 0, ("state", device, old, new)))
+    for device, episode, attempt, start, seconds, outcome in attempts:
+        if start <= end:
+            events.append((max(0.0, start), 1, ("start", outcome)))
+        if start + seconds <= end:
+            events.append((max(0.0, start + seconds), 2, ("end", device, outcome)))
+    events.sort(key=lambda e: (e[0], e[1]))
+    n = dict.fromkeys(("online", "connecting", "offline", "gave_up"), 0)
+    connecting_since: dict[int, float] = {}
+    for t, _, what in events:
+        if what[0] == "state":
+            _, device, old, new = what
+            if old:
+                n[old] -= 1
+                r.levels[old].add(t, -1)
+            n[new] += 1
+            r.levels[new].add(t, 1)
+            if new == "connecting":
+                r.tallies.episodes += 1
+                connecting_since[device] = t
+            elif new == "gave_up":
+                r.tallies.gave_up += 1
+            r.watch.update(t, n["online"], n["connecting"], n["gave_up"])
+        elif what[0] == "start":
+            r.counts["attempts"].add(t)
+            if what[1] == REJECTED:
+                r.steady_refusals.add(t)
+            elif what[1] == TIMEOUT:
+                r.steady_timeouts.add(t)
+        else:
+            _, device, outcome = what
+            r.counts[_COUNTER[outcome]].add(t)
+            if outcome == OK and device in connecting_since:
+                r.tallies.login(t - connecting_since.pop(device))
+    for level in r.levels.values():
+        level.close(end)
+    r.watch.close(end)
+    summary = summarize(r, events=len(events), wallclock=0.0, engine="loadtest")
+    return MeasuredRun(summary, timeseries(r))
+
+
+def read_logs(attempt_log: Path, state_log: Path) -> tuple[list[Attempt], list[StateChange]]:
+    """The rows of a run's attempt and state logs (every worker's files)."""
+    attempts: list[Attempt] = []
+    for path in worker_files(attempt_log):
+        with path.open(newline="", encoding="utf-8") as handle:
+            attempts += [(int(r["device"]), int(r["episode"]), int(r["attempt"]), float(r["start_s"]),
+                          float(r["seconds"]), r["outcome"]) for r in csv.DictReader(handle)]
+    states: list[StateChange] = []
+    for path in worker_files(state_log):
+        with path.open(newline="", encoding="utf-8") as handle:
+            states += [(float(r["t_s"]), int(r["device"]), r["from"], r["to"]) for r in csv.DictReader(handle)]
+    return attempts, states

@@ -1,0 +1,207 @@
+"""`loginstorm loadtest` against the lab server: safety rails, outputs, and agreement with the simulation.
+
+Real HTTP on 127.0.0.1 only; the lab is started and stopped by its PID (tests/lab_process.py), and
+the command runs as its own process, as a user runs it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lab_process import running_lab
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def loadtest(scenario: Path, host: str, out: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "sim.cli", "loadtest", str(scenario), "--host", host, "--out", str(out), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def attempt_starts(out: Path) -> np.ndarray:
+    starts = []
+    for file in sorted(out.glob("attempts*.csv")):
+        with file.open() as handle:
+            starts += [float(r["start_s"]) for r in csv.DictReader(handle)]
+    return np.sort(np.array(starts))
+
+
+LOOP = """
+name = "loop"
+duration = "{duration}s"
+[population]
+clients = {clients}
+online_at_start = 0.0
+offline = "0s"
+[client]
+timeout = "5s"
+policy = "none"
+[server]
+workers = 50
+service_time = "1ms"
+[target]
+host = "http://127.0.0.1:1"
+allowed_hosts = ["auth.staging.example.com"]
+flow = "json"
+path = "/api/login"
+"""
+
+
+def wrong_users(path: Path, n: int) -> Path:
+    """Accounts the lab does not know: every attempt fails with 401 and `none` retries at once."""
+    path.write_text("username,password\n" + "".join(f"nobody{i},wrong\n" for i in range(n)))
+    return path
+
+
+# -- safety rails -----------------------------------------------------------------------------------
+
+def test_a_host_not_on_allowed_hosts_is_refused_before_any_request(tmp_path):
+    scenario = write(tmp_path / "loop.toml", LOOP.format(duration=10, clients=5))
+    users = wrong_users(tmp_path / "u.csv", 5)
+    with running_lab(str(scenario), "--users", "3") as lab:
+        other = lab.url.replace("127.0.0.1", "0.0.0.0")     # the same machine, but not a loopback name
+        done = loadtest(scenario, other, tmp_path / "out", "--credentials", str(users), timeout=60)
+        requests = {k: v for k, v in lab.metrics().items() if k.startswith("loginstorm_lab_requests_total")}
+    assert done.returncode == 2
+    assert "not on the scenario's target.allowed_hosts" in done.stderr
+    assert len(requests) == 4 and sum(requests.values()) == 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_max_rps_holds_the_attempt_rate(tmp_path):
+    scenario = write(tmp_path / "loop.toml", LOOP.format(duration=8, clients=60))
+    users = wrong_users(tmp_path / "u.csv", 60)
+    with running_lab(str(scenario), "--users", "3") as lab:
+        done = loadtest(scenario, lab.url, tmp_path / "out", "--credentials", str(users), "--max-rps", "40",
+                        "--capacity", "none", "-q")
+        served = lab.metrics()['loginstorm_lab_requests_total{endpoint="/api/login"}']
+    assert done.returncode == 0, done.stderr[-2000:]
+    starts = attempt_starts(tmp_path / "out")
+    assert 0 <= served - len(starts) <= 60        # every logged attempt reached the lab (the stop cuts <= 1 each)
+    window = starts[(starts >= 1.0) & (starts < 7.0)]
+    rate = len(window) / 6.0
+    assert 36 <= rate <= 44, rate                                    # 40/s within 10 %
+    # the control: without the cap the same storm runs far faster
+    with running_lab(str(scenario), "--users", "3") as lab:
+        loadtest(scenario, lab.url, tmp_path / "free", "--credentials", str(users), "--run-time", "3s",
+                 "--capacity", "none", "-q")
+    free = attempt_starts(tmp_path / "free")
+    assert len(free[(free >= 1.0) & (free < 2.0)]) > 2 * 44
+
+
+def test_an_error_rate_threshold_stops_the_run_and_still_reports(tmp_path):
+    scenario = write(tmp_path / "loop.toml", LOOP.format(duration=60, clients=20).replace(
+        'policy = "none"', 'policy = { name = "constant", base = "0.2s" }'))
+    users = wrong_users(tmp_path / "u.csv", 20)
+    with running_lab(str(scenario), "--users", "3") as lab:
+        done = loadtest(scenario, lab.url, tmp_path / "out", "--credentials", str(users),
+                        "--stop-on-error-rate", "0.5", "--stop-after", "3s", "--capacity", "none")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stopped early: error rate 100%" in done.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["stopped"].startswith("error rate") and summary["duration_s"] < 15
+    assert summary["attempts"] > 0 and summary["logins"] == 0
+    assert (tmp_path / "out" / "report.html").exists() and (tmp_path / "out" / "locust_stats.csv").exists()
+
+
+# -- outputs and agreement with the simulation --------------------------------------------------------
+
+STORM = """
+name = "agree"
+duration = "40s"
+seed = 5
+resolution = "2s"
+[population]
+clients = 400
+session = "inf"
+[client]
+timeout = "3s"
+connect_delay = {{ dist = "uniform", low = "0s", high = "0.5s" }}
+policy = {policy}
+[server]
+workers = 4
+service_time = {{ dist = "exponential", mean = "40ms" }}
+queue_limit = 60
+retry_after = "1s"
+[[events]]
+at = "4s"
+kind = "reboot"
+fraction = 0.6
+spread = {{ dist = "uniform", low = "0s", high = "3s" }}
+downtime = {{ dist = "uniform", low = "1s", high = "2s" }}
+"""
+
+
+def run_pair(tmp_path: Path, policy: str) -> tuple[dict, dict, dict]:
+    scenario = write(tmp_path / f"{policy}.toml", STORM.format(policy=f'"{policy}"'))
+    users = tmp_path / "users.csv"
+    out = tmp_path / policy
+    with running_lab(str(scenario), "--write-credentials", str(users), "--users", "400", "--serve") as lab:
+        done = loadtest(scenario, lab.url, out, "--credentials", str(users), "--replications", "4", "-q")
+        served = lab.metrics()
+    assert done.returncode == 0, done.stderr[-2000:]
+    return (json.loads((out / "summary.json").read_text()), json.loads((out / "versus.json").read_text()),
+            served)
+
+
+@pytest.mark.slow
+def test_measured_and_simulated_storms_agree_and_rank_the_policies_alike(tmp_path):
+    results = {policy: run_pair(tmp_path, policy) for policy in ("none", "full-jitter")}
+    for policy, (summary, versus, served) in results.items():
+        assert summary["logins"] == summary["episodes"] == 240, policy        # 60 % of 400 rebooted
+        assert served['loginstorm_lab_logins_total{result="success"}'] == summary["logins"]
+        assert versus["online_share"]["max_gap"] <= 0.1, (policy, versus["verdict"])
+        assert versus["recovery_p90_s"]["ok"], (policy, versus["verdict"])
+    # the ranking: no backoff amplifies more than full jitter, measured and simulated alike
+    measured = {p: r[1]["amplification"]["measured"] for p, r in results.items()}
+    simulated = {p: r[1]["amplification"]["simulated"] for p, r in results.items()}
+    assert (measured["none"] > measured["full-jitter"]) == (simulated["none"] > simulated["full-jitter"])
+
+
+def test_ctrl_c_stops_gracefully_and_still_reports(tmp_path):
+    import signal
+    import time
+
+    scenario = write(tmp_path / "loop.toml", LOOP.format(duration=120, clients=10).replace(
+        'policy = "none"', 'policy = { name = "constant", base = "0.5s" }'))
+    users = wrong_users(tmp_path / "u.csv", 10)
+    out = tmp_path / "out"
+    with running_lab(str(scenario), "--users", "3") as lab:
+        cmd = [sys.executable, "-m", "sim.cli", "loadtest", str(scenario), "--host", lab.url, "--out", str(out),
+               "--credentials", str(users), "--capacity", "none"]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not list(out.glob("attempts*.csv")) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(3)
+            proc.send_signal(signal.SIGINT)                   # what Ctrl-C sends
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "interrupted" in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and 2 < summary["duration_s"] < 30 and summary["attempts"] > 0
+    assert (out / "report.html").exists() and (out / "locust_stats.csv").exists()
+
+
+def test_the_command_process_does_not_import_locust_or_gevent():
+    """Locust monkey-patches the interpreter that imports it; the CLI must stay a plain process."""
+    code = "import sys, sim.cli, loadtests.command, loadtests.versus, loadtests.measure; " \
+           "print(sorted(m for m in ('gevent', 'locust') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stderr[-2000:]
