@@ -116,6 +116,19 @@ def test_an_error_rate_threshold_stops_the_run_and_still_reports(tmp_path):
     assert (tmp_path / "out" / "report.html").exists() and (tmp_path / "out" / "locust_stats.csv").exists()
 
 
+def test_a_p99_threshold_stops_a_run_against_a_slow_server(tmp_path):
+    scenario = write(tmp_path / "slow.toml", LOOP.format(duration=60, clients=8).replace(
+        'service_time = "1ms"', 'service_time = "1.5s"').replace("workers = 50", "workers = 8"))
+    users = tmp_path / "users.csv"
+    with running_lab(str(scenario), "--write-credentials", str(users), "--users", "8", "--serve") as lab:
+        done = loadtest(scenario, lab.url, tmp_path / "out", "--credentials", str(users),
+                        "--stop-on-p99", "1s", "--stop-after", "3s", "--capacity", "none")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stopped early: attempt p99" in done.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["stopped"].startswith("attempt p99") and summary["duration_s"] < 15
+
+
 # -- outputs and agreement with the simulation --------------------------------------------------------
 
 STORM = """
