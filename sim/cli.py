@@ -491,5 +491,14 @@ def _live_line(enabled: bool):
     return show
 
 
+
+def _register_calibrate() -> None:
+    """`loginstorm calibrate` lives with the load-test side (loadtests/calibrate.py)."""
+    from loadtests.calibrate import calibrate_command
+    app.command("calibrate")(calibrate_command)
+
+
+_register_calibrate()
+
 if __name__ == "__main__":  # pragma: no cover
     app()
