@@ -20,7 +20,6 @@ queue-wait measures) stays empty: 0 in the time series' server columns, null in 
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 from loadtests.attemptlog import worker_files
 from loadtests.flows import ERROR, FAILED, OK, REJECTED, TIMEOUT
 from sim.metrics import summarize, timeseries
-from sim.record import COUNTS, LEVELS, Counter, Level, ShareWatch, StartCounter, Tallies, Window
+from sim.record import RunRecords
 from sim.scenario import Scenario
 
 __all__ = ["MeasuredRun", "measured_run", "read_logs", "CLIENT_FIELDS"]
@@ -53,30 +52,9 @@ class MeasuredRun:
     timeseries: dict[str, np.ndarray]
 
 
-class _Records:
-    """The `sim.metrics.Records` of a load test, filled from its logs."""
-
-    def __init__(self, s: Scenario, end: float) -> None:
-        self.s, self.end = s, end
-        width = s.bin_width
-        nbins = max(1, math.ceil(end / width - 1e-9))
-        self.steady = Window(min(s.warmup_s, end), end)
-        self.tail = Window(0.9 * end, end)
-        windows = (self.steady, self.tail)
-        self.levels = {name: Level(width, nbins, windows) for name in LEVELS}
-        self.counts = {name: Counter(width, nbins, windows) for name in COUNTS}
-        self.steady_refusals = StartCounter(width, nbins, (self.steady,))
-        self.steady_timeouts = StartCounter(width, nbins, (self.steady,))
-        self.tallies = Tallies(self.steady)
-        first_at = min((e.at for e in s.events if e.at < end), default=0.0)
-        self.watch = ShareWatch(first_at, self.tail.start)
-        self.last_event_end = max((e.end() for e in s.events if e.at < end), default=0.0)
-        self.capacity_at_start = None
-
-
 def measured_run(s: Scenario, end: float, attempts: Iterable[Attempt], states: Iterable[StateChange]) -> MeasuredRun:
     """Summary and time series of a load test of `s` (its times as the load test ran them) lasting `end` s."""
-    r = _Records(s, end)
+    r = RunRecords(s, end)             # the engines' records; the capacity stays unknown (null)
     events: list[tuple[float, int, tuple]] = []       # (time, order, what): state changes first at a tie
     for t, device, old, new in states:
         if t <= end:

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import ValidationError
 
+from sim.compare import split_outside_brackets
 from sim.config import apply_sets, compress_scenario
 from sim.describe import dist_text, policy_text
 from sim.plots import _mark_events, save_figure, time_unit  # sim.plots sets matplotlib's Agg backend first
@@ -47,6 +48,10 @@ MEASURED, SIMULATED = "#1d3557", "#e76f51"
 
 # --- the twin -------------------------------------------------------------------------------------
 
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in split_outside_brackets(text) if part.strip()]
+
+
 def parse_capacity(text: str) -> dict[str, Any]:
     """`--capacity workers=8,service_time=50ms[,queue_limit=..,retry_after=..]` as validated [server] values.
 
@@ -54,7 +59,7 @@ def parse_capacity(text: str) -> dict[str, Any]:
     `{...}` or `[...]` belongs to the value. Raises ValueError naming the key at fault.
     """
     raw: dict[str, Any] = {}
-    for item in _top_level_split(text):
+    for item in _split(text):
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
@@ -62,25 +67,6 @@ def parse_capacity(text: str) -> dict[str, Any]:
                              f"got {item!r}")
         apply_sets(raw, [f"{key}={value.strip()}"])
     return _validated_capacity(raw)
-
-
-def _top_level_split(text: str) -> list[str]:
-    """Split at commas outside braces, brackets and quotes."""
-    parts, depth, quote, start = [], 0, "", 0
-    for i, ch in enumerate(text):
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "{[":
-            depth += 1
-        elif ch in "}]":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return [p.strip() for p in parts if p.strip()]
 
 
 def _validated_capacity(values: dict[str, Any]) -> dict[str, Any]:

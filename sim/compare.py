@@ -119,7 +119,7 @@ def parse_variant(spec: str) -> Variant:
     if not sep or not name:
         raise ValueError(f"--variant: expected NAME=KEY=VALUE[,KEY=VALUE...] such as lifo=server.discipline=lifo, "
                          f"got {spec!r}")
-    sets = tuple(s.strip() for s in _split_outside_brackets(rest) if s.strip())
+    sets = tuple(s.strip() for s in split_outside_brackets(rest) if s.strip())
     for item in sets:
         key, eq, _ = item.partition("=")
         if not eq or not key.strip():
@@ -127,7 +127,8 @@ def parse_variant(spec: str) -> Variant:
     return Variant(name, sets)
 
 
-def _split_outside_brackets(text: str) -> list[str]:
+def split_outside_brackets(text: str) -> list[str]:
+    """Split at commas outside brackets, braces, parentheses and quotes: `a=1,b={x=1,y=2}`."""
     parts, depth, quote, start = [], 0, "", 0
     for i, ch in enumerate(text):
         if quote:

@@ -25,7 +25,7 @@ import simpy
 from sim.distributions import Exponential, Uniform
 from sim.metrics import summarize, timeseries
 from sim.p2p import Supernodes, stochastic_round
-from sim.record import COUNTS, LEVELS, Counter, Level, ShareWatch, StartCounter, Tallies, Window
+from sim.record import RunRecords
 from sim.scenario import Scenario
 from sim.server import ERROR, OK, TIMEOUT, TIMEOUT_OUTCOME, LoginServer, Request, expire
 from sim.streams import DelayStream, DrawStream
@@ -71,25 +71,13 @@ def run(scenario: Scenario, *, until: float | None = None, progress: Progress | 
     return RunResult(scenario, summary, timeseries(model))
 
 
-class Model:
+class Model(RunRecords):
     """The wiring: environment, records, server, population and the scenario's events."""
 
     def __init__(self, s: Scenario, end: float, rng: np.random.Generator):
-        self.s, self.end, self.rng = s, end, rng
+        super().__init__(s, end)
+        self.rng = rng
         self.env = env = simpy.Environment()
-        width = s.bin_width
-        nbins = max(1, math.ceil(end / width - 1e-9))
-        self.steady = Window(min(s.warmup_s, end), end)
-        self.tail = Window(0.9 * end, end)
-        windows = (self.steady, self.tail)
-        self.levels = {name: Level(width, nbins, windows) for name in LEVELS}
-        self.counts = {name: Counter(width, nbins, windows) for name in COUNTS}
-        self.steady_refusals = StartCounter(width, nbins, (self.steady,))  # by attempt start time
-        self.steady_timeouts = StartCounter(width, nbins, (self.steady,))
-        self.tallies = Tallies(self.steady)
-        first_at = min((e.at for e in s.events if e.at < end), default=0.0)
-        self.watch = ShareWatch(first_at, self.tail.start)
-        self.last_event_end = max((e.end() for e in s.events if e.at < end), default=0.0)
         self.server = LoginServer(env, s, rng, self.tallies, self.counts, self.levels,
                                   self.steady_refusals, self.key)
         self.levels["workers"].set(0.0, s.server.workers)

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 __all__ = ["COUNTS", "STATES", "LEVELS", "DERIVED", "COLUMNS", "Window", "Level", "Counter", "StartCounter",
-           "ShareWatch", "Tallies"]
+           "ShareWatch", "Tallies", "RunRecords"]
 
 #: per-bin event counts (also kept per steady window)
 COUNTS = ("attempts", "successes", "rejected", "timeouts", "errors", "wasted")
@@ -261,3 +261,27 @@ class Tallies:
     @property
     def login_times(self) -> np.ndarray:
         return self._login_times[: self.logins]
+
+
+class RunRecords:
+    """Every record of one run of a scenario lasting `end` seconds: what `sim.metrics` summarises.
+
+    The engines fill it as the model runs; `loadtests.measure` fills it from a load test's logs.
+    """
+
+    def __init__(self, s, end: float) -> None:
+        self.s, self.end = s, end
+        width = s.bin_width
+        nbins = max(1, math.ceil(end / width - 1e-9))
+        self.steady = Window(min(s.warmup_s, end), end)
+        self.tail = Window(0.9 * end, end)
+        windows = (self.steady, self.tail)
+        self.levels = {name: Level(width, nbins, windows) for name in LEVELS}
+        self.counts = {name: Counter(width, nbins, windows) for name in COUNTS}
+        self.steady_refusals = StartCounter(width, nbins, (self.steady,))  # by attempt start time
+        self.steady_timeouts = StartCounter(width, nbins, (self.steady,))
+        self.tallies = Tallies(self.steady)
+        first_at = min((e.at for e in s.events if e.at < end), default=0.0)
+        self.watch = ShareWatch(first_at, self.tail.start)
+        self.last_event_end = max((e.end() for e in s.events if e.at < end), default=0.0)
+        self.capacity_at_start: float | None = None
