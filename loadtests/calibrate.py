@@ -401,7 +401,7 @@ def calibrate_command(
     try:
         storm = load_storm(StormOptions(
             scenario=str(scenario), sets=tuple(sets or ()), credentials=str(credentials) if credentials else None,
-            target=str(target) if target else None, scale=1e-9))   # target and accounts only: no device plan
+            target=str(target) if target else None), plan=False)   # the target and accounts only
         calibration = calibrate(storm, host, max_concurrency, step_seconds, warmup, timeout,
                                 progress=lambda step: err.print(_progress_line(step), markup=False, highlight=False,
                                                               soft_wrap=True))

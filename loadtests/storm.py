@@ -55,7 +55,7 @@ class StormOptions:
 @dataclass(frozen=True)
 class Storm:
     scenario: Scenario
-    plan: Plan
+    plan: Plan | None
     policy: Policy
     target: Target
     accounts: Accounts | None = field(repr=False)
@@ -70,8 +70,12 @@ class Storm:
         return self.scenario.client.timeout
 
 
-def load_storm(options: StormOptions) -> Storm:
-    """Read and check everything up front, so that a mistake stops the run before any request."""
+def load_storm(options: StormOptions, plan: bool = True) -> Storm:
+    """Read and check everything up front, so that a mistake stops the run before any request.
+
+    `plan=False` skips the devices' plan (`Storm.plan` is None): for a caller that needs only the
+    target and the accounts, such as `calibrate`.
+    """
     sets = tuple(options.sets) + ((f"client.policy.name={options.policy}",) if options.policy else ())
     try:
         scenario = load_scenario(options.scenario, sets=sets, scale=options.scale, seed=options.seed)
@@ -84,8 +88,8 @@ def load_storm(options: StormOptions) -> Storm:
         accounts, client = _credentials(target, scenario, options)
     except CredentialsError as exc:
         raise StormError(str(exc)) from None
-    return Storm(scenario, build_plan(scenario, options.speed), scenario.client.build_policy(), target,
-                 accounts, client)
+    return Storm(scenario, build_plan(scenario, options.speed) if plan else None, scenario.client.build_policy(),
+                 target, accounts, client)
 
 
 def _target(scenario: Scenario, path: str | None) -> Target:
