@@ -204,17 +204,23 @@ def _measured_only_report(o: LoadtestOptions, storm: Storm, summary: dict, ts: d
 
     import matplotlib.pyplot as plt
 
-    from sim.plots import run_figure
+    from loadtests.versus import versus_figure
     from sim.report import figure_html, html_page, table_html, write_html
 
     story = _story_scenario(storm)
-    fig = run_figure(ts, story, title=f"{storm.scenario.name}: measured by the load test")
+    clients = float(summary["clients"])
+    div = {"bins_compared": len(ts["t"]), "bin_s": story.bin_width, "clients": clients,
+           "online_share": {"definition": "online / clients", "smooth_bins": 3}}
+    fig = versus_figure(ts, [], story, div, title=f"{storm.scenario.name}, {storm.policy.name}: measured by the "
+                                                   "load test")
     try:
-        figure = figure_html(fig, "The measured storm (the server's columns are not measured: zero)")
+        fig.savefig(o.out / "versus.png", dpi=110)
+        figure = figure_html(fig, "The measured storm (no simulation: no capacity known)")
     finally:
         plt.close(fig)
     rows = [[key, json.dumps(value)] for key, value in summary.items()]
     body = (f"<h1>{html.escape(storm.scenario.name)}: load test</h1>"
             + "".join(f"<p>{html.escape(note)}</p>" for note in notes)
             + figure + table_html(["measured", "value"], rows))
-    return [write_html(o.out / "report.html", html_page(f"{storm.scenario.name}: load test", body))]
+    return [o.out / "versus.png", write_html(o.out / "report.html", html_page(f"{storm.scenario.name}: load test",
+                                                                                 body))]

@@ -250,6 +250,9 @@ def versus_figure(measured_ts: dict[str, np.ndarray], simulated: list[dict[str, 
                   div: dict[str, Any], title: str):
     """Four panels on the load test's clock: online share, attempts/s, logins/s, failed attempts/s.
 
+    `simulated` may be empty: then `div` needs only `bins_compared`, `bin_s`, `clients` and
+    `online_share` with `definition` and `smooth_bins`.
+
     Measured solid, the simulated mean dashed over the min-max band of the replications; the
     scenario's events (of the compressed `twin`) marked as in `sim.plots`.
     """
@@ -258,8 +261,8 @@ def versus_figure(measured_ts: dict[str, np.ndarray], simulated: list[dict[str, 
     x = np.asarray(measured_ts["t"][:n], dtype=float) / unit
     clients, bins = div["clients"], div["online_share"]["smooth_bins"]
     panels = [
-        ("online share (%)", f"Online share: {div['online_share']['definition']}, {bins}-bin centred moving average "
-                             "(what the verdict compares)",
+        ("online share (%)", f"Online share: {div['online_share']['definition']}, {bins}-bin centred moving average"
+                             + (" (what the verdict compares)" if simulated else ""),
          lambda ts: 100 * smooth(online_share(ts, clients)[:n], bins)),
         ("attempts per second", "Offered load: login attempts per second",
          lambda ts: np.asarray(ts["attempts"][:n], dtype=float) / width),
@@ -272,11 +275,12 @@ def versus_figure(measured_ts: dict[str, np.ndarray], simulated: list[dict[str, 
     fig.suptitle(title, fontsize=13)
     runs = len(simulated)
     for ax, (ylabel, heading, series) in zip(axes, panels):
-        sims = np.array([series(ts) for ts in simulated])
-        ax.fill_between(x, np.nanmin(sims, axis=0), np.nanmax(sims, axis=0), step="post", color=SIMULATED,
-                        alpha=0.2, lw=0, label=f"simulated: range of {runs} runs (min to max)")
-        ax.step(x, np.nanmean(sims, axis=0), where="post", color=SIMULATED, ls="--", lw=1.6,
-                label=f"simulated: mean of {runs} runs")
+        if runs:                       # without a simulation (no capacity known): the measured storm alone
+            sims = np.array([series(ts) for ts in simulated])
+            ax.fill_between(x, np.nanmin(sims, axis=0), np.nanmax(sims, axis=0), step="post", color=SIMULATED,
+                            alpha=0.2, lw=0, label=f"simulated: range of {runs} runs (min to max)")
+            ax.step(x, np.nanmean(sims, axis=0), where="post", color=SIMULATED, ls="--", lw=1.6,
+                    label=f"simulated: mean of {runs} runs")
         ax.step(x, series(measured_ts), where="post", color=MEASURED, lw=1.6, label="measured: load test")
         ax.set_ylabel(ylabel)
         ax.set_title(heading, loc="left", fontsize=10)
@@ -284,7 +288,7 @@ def versus_figure(measured_ts: dict[str, np.ndarray], simulated: list[dict[str, 
         ax.set_ylim(bottom=0)
         ax.set_xlim(0, x[-1] + width / unit)
     share = div["online_share"]
-    if share["max_gap_at_s"] is not None:
+    if share.get("max_gap_at_s") is not None:
         at = (share["max_gap_at_s"] + width / 2) / unit
         axes[0].annotate("", (at, 100 * share["measured_at_gap"]), (at, 100 * share["simulated_at_gap"]),
                          arrowprops=dict(arrowstyle="<->", color="black", lw=1))
