@@ -218,3 +218,31 @@ def test_the_command_process_does_not_import_locust_or_gevent():
            "print(sorted(m for m in ('gevent', 'locust') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stderr[-2000:]
+
+
+def test_no_secret_reaches_any_file_of_the_command(tmp_path):
+    import base64
+    import os
+
+    password, secret = "pw-Known-4d1c9", "cl13nt-S3CRET-loadtest"
+    scenario = write(tmp_path / "s.toml", LOOP.format(duration=6, clients=10).replace(
+        'flow = "json"\npath = "/api/login"',
+        'flow = "oauth2-password"\npath = "/oauth/token"\nclient_id = "${LS_ID}"\nclient_secret = "${LS_SECRET}"'
+        '\nclient_auth = "basic"').replace('policy = "none"', 'policy = { name = "constant", base = "0.5s" }'))
+    users = tmp_path / "users.csv"
+    users.write_text("username,password\n" + "".join(f"user{i},{password}\n" for i in range(10)))
+    env = {"LOGINSTORM_CLIENT_ID": "ls", "LOGINSTORM_CLIENT_SECRET": secret, "LS_ID": "ls", "LS_SECRET": secret}
+    out = tmp_path / "out"
+    with running_lab(str(scenario), "--credentials", str(users), env=env) as lab:
+        done = subprocess.run([sys.executable, "-m", "sim.cli", "loadtest", str(scenario), "--host", lab.url,
+                               "--out", str(out), "--credentials", str(users), "--capacity", "lab"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+        served = lab.metrics()['loginstorm_lab_logins_total{result="success"}']
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert served == 10                                               # the secrets were used, and worked
+    texts = [done.stdout, done.stderr] + [p.read_text(errors="replace") for p in out.iterdir()]
+    assert len(texts) >= 12
+    basic = base64.b64encode(f"ls:{secret}".encode()).decode()
+    for text in texts:
+        for value in (password, secret, basic):
+            assert value not in text
