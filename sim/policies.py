@@ -39,7 +39,7 @@ from typing import ClassVar, Iterable, Union
 import numpy as np
 
 __all__ = [
-    "MAX_DELAY", "Policy", "NoBackoff", "ConstantBackoff", "RandomBackoff", "ExponentialBackoff",
+    "MAX_DELAY", "KERNELS", "envelope", "Policy", "NoBackoff", "ConstantBackoff", "RandomBackoff", "ExponentialBackoff",
     "FullJitter", "EqualJitter", "DecorrelatedJitter", "GrpcBackoff",
     "POLICIES", "make_policy", "policy_names", "with_retry_after",
 ]
@@ -52,6 +52,58 @@ Real = Union[float, np.ndarray]
 MAX_DELAY: float = 1e300
 
 _SHARED = ("base", "cap", "multiplier", "max_attempts")  # every policy accepts these keys
+
+
+# --- the formulas, once ---------------------------------------------------------------------
+# Each row of the MODEL.md table is one plain function of (n, u, previous, base, cap, multiplier,
+# top), written with numpy ufuncs only: on arrays it is the vectorised form the Policy classes
+# call; on floats numba compiles the very same function for the fast engine (`sim.fast`
+# registers these with numba, so this module never imports it). `top` is the retry number
+# where the envelope stops growing (``_growth_limit``); `previous` is already resolved (the
+# caller passes b at the start of an episode).
+
+
+def envelope(n: Real, base: float, cap: float, multiplier: float, top: float) -> Real:
+    """v = min(c, b·m^n), with n clamped at `top` so that m^n never overflows."""
+    return np.minimum(cap, base * np.power(multiplier, np.minimum(n, top)))
+
+
+def none_delay(n: Real, u: Real, previous: Real, base: float, cap: float, multiplier: float, top: float) -> Real:
+    return 0.0 * u  # shaped like u
+
+
+def constant_delay(n: Real, u: Real, previous: Real, base: float, cap: float, multiplier: float, top: float) -> Real:
+    return 0.0 * u + base  # shaped like u
+
+
+def random_delay(n: Real, u: Real, previous: Real, base: float, cap: float, multiplier: float, top: float) -> Real:
+    return -base * np.log1p(-u)  # Exp(mean b) by inverse transform
+
+
+def exponential_delay(n: Real, u: Real, previous: Real, base: float, cap: float, multiplier: float,
+                      top: float) -> Real:
+    return envelope(n, base, cap, multiplier, top)
+
+
+def full_jitter_delay(n: Real, u: Real, previous: Real, base: float, cap: float, multiplier: float,
+                      top: float) -> Real:
+    return u * envelope(n, base, cap, multiplier, top)
+
+
+def equal_jitter_delay(n: Real, u: Real, previous: Real, base: float, cap: float, multiplier: float,
+                       top: float) -> Real:
+    half = envelope(n, base, cap, multiplier, top) / 2
+    return half + u * half
+
+
+def decorrelated_delay(n: Real, u: Real, previous: Real, base: float, cap: float, multiplier: float,
+                       top: float) -> Real:
+    p = np.minimum(np.maximum(previous, base), MAX_DELAY)  # a previous below b counts as b
+    return np.minimum(cap, base + u * (3.0 * p - base))
+
+
+def grpc_delay(n: Real, u: Real, previous: Real, base: float, cap: float, multiplier: float, top: float) -> Real:
+    return envelope(n, base, cap, multiplier, top) * (0.8 + 0.4 * u)
 
 
 @dataclass(frozen=True, repr=False)
@@ -67,13 +119,20 @@ class Policy:
     random: ClassVar[bool] = False     # draws u (deterministic policies leave the generator alone)
     uses_previous: ClassVar[bool] = False  # the caller must keep the last draw (decorrelated)
     formula_text: ClassVar[str] = ""   # the MODEL.md row, for display
+    kernel: ClassVar = staticmethod(none_delay)  # the module-level formula function (one per row)
 
     def __post_init__(self) -> None:
         _validate(self)
 
+    def kernel_args(self) -> tuple[float, float, float, float]:
+        """(base, cap, multiplier, top) for ``kernel``; fields the policy lacks take neutral values."""
+        return (float(getattr(self, "base", 1.0)), float(getattr(self, "cap", math.inf)),
+                float(getattr(self, "multiplier", 1.0)), float(getattr(self, "_top", 0.0)))
+
     def formula(self, n: Real, u: Real, previous: Real | None = None) -> Real:
         """The delay before retry n given the uniform draw u in [0, 1); pure, no generator."""
-        raise NotImplementedError
+        base = getattr(self, "base", 1.0)
+        return type(self).kernel(n, u, base if previous is None else previous, *self.kernel_args())
 
     def mean_delay(self, retry: int, previous: float | None = None) -> float | None:
         """E[delay before retry n], exact; None where no closed form exists."""
@@ -111,9 +170,7 @@ class NoBackoff(Policy):
 
     name: ClassVar[str] = "none"
     formula_text: ClassVar[str] = "0"
-
-    def formula(self, n: Real, u: Real, previous: Real | None = None) -> Real:
-        return 0.0 * u  # shaped like u
+    kernel: ClassVar = staticmethod(none_delay)
 
     def delay(self, retry: int, rng: np.random.Generator, previous: float | None = None) -> float:
         return 0.0      # the formula without its array round trip (no draw, so no stream to keep in step)
@@ -130,9 +187,7 @@ class ConstantBackoff(Policy):
 
     name: ClassVar[str] = "constant"
     formula_text: ClassVar[str] = "b"
-
-    def formula(self, n: Real, u: Real, previous: Real | None = None) -> Real:
-        return 0.0 * u + self.base  # shaped like u
+    kernel: ClassVar = staticmethod(constant_delay)
 
     def mean_delay(self, retry: int, previous: float | None = None) -> float:
         return self.base
@@ -151,9 +206,7 @@ class RandomBackoff(Policy):
     name: ClassVar[str] = "random"
     random: ClassVar[bool] = True
     formula_text: ClassVar[str] = "Exp(mean b)"
-
-    def formula(self, n: Real, u: Real, previous: Real | None = None) -> Real:
-        return -self.base * np.log1p(-u)
+    kernel: ClassVar = staticmethod(random_delay)
 
     def mean_delay(self, retry: int, previous: float | None = None) -> float:
         return self.base
@@ -174,7 +227,7 @@ class _Growing(Policy):
 
     def envelope(self, n: Real) -> Real:
         """v = min(c, b·m^n), the un-jittered delay before retry n (levels off near MAX_DELAY)."""
-        return np.minimum(self.cap, self.base * np.power(self.multiplier, np.minimum(n, self._top)))
+        return envelope(n, self.base, self.cap, self.multiplier, self._top)
 
 
 @dataclass(frozen=True, repr=False)
@@ -187,9 +240,7 @@ class ExponentialBackoff(_Growing):
 
     name: ClassVar[str] = "exponential"
     formula_text: ClassVar[str] = "min(c, b·m^n)"
-
-    def formula(self, n: Real, u: Real, previous: Real | None = None) -> Real:
-        return self.envelope(n)
+    kernel: ClassVar = staticmethod(exponential_delay)
 
     def mean_delay(self, retry: int, previous: float | None = None) -> float:
         return float(self.envelope(retry))
@@ -207,9 +258,7 @@ class FullJitter(_Growing):
     name: ClassVar[str] = "full-jitter"
     random: ClassVar[bool] = True
     formula_text: ClassVar[str] = "U(0, min(c, b·m^n))"
-
-    def formula(self, n: Real, u: Real, previous: Real | None = None) -> Real:
-        return u * self.envelope(n)
+    kernel: ClassVar = staticmethod(full_jitter_delay)
 
     def mean_delay(self, retry: int, previous: float | None = None) -> float:
         return float(self.envelope(retry)) / 2
@@ -225,10 +274,7 @@ class EqualJitter(_Growing):
     name: ClassVar[str] = "equal-jitter"
     random: ClassVar[bool] = True
     formula_text: ClassVar[str] = "v/2 + U(0, v/2), v = min(c, b·m^n)"
-
-    def formula(self, n: Real, u: Real, previous: Real | None = None) -> Real:
-        half = self.envelope(n) / 2
-        return half + u * half
+    kernel: ClassVar = staticmethod(equal_jitter_delay)
 
     def mean_delay(self, retry: int, previous: float | None = None) -> float:
         return 0.75 * float(self.envelope(retry))
@@ -254,11 +300,7 @@ class DecorrelatedJitter(Policy):
     random: ClassVar[bool] = True
     uses_previous: ClassVar[bool] = True
     formula_text: ClassVar[str] = "min(c, U(b, 3·previous)), previous starts at b"
-
-    def formula(self, n: Real, u: Real, previous: Real | None = None) -> Real:
-        b = self.base
-        p = b if previous is None else np.minimum(np.maximum(previous, b), MAX_DELAY)
-        return np.minimum(self.cap, b + u * (3.0 * p - b))
+    kernel: ClassVar = staticmethod(decorrelated_delay)
 
     def mean_delay(self, retry: int, previous: float | None = None) -> float | None:
         """E[delay] given ``previous``, exact; at retry 0, previous None means b (as in delay).
@@ -304,9 +346,7 @@ class GrpcBackoff(_Growing):
     name: ClassVar[str] = "grpc"
     random: ClassVar[bool] = True
     formula_text: ClassVar[str] = "min(c, b·m^n) · U(0.8, 1.2)"
-
-    def formula(self, n: Real, u: Real, previous: Real | None = None) -> Real:
-        return self.envelope(n) * (0.8 + 0.4 * u)
+    kernel: ClassVar = staticmethod(grpc_delay)
 
     def mean_delay(self, retry: int, previous: float | None = None) -> float:
         return float(self.envelope(retry))  # U(0.8, 1.2) has mean 1
@@ -421,3 +461,8 @@ def _literal(value: object) -> str:
     if isinstance(value, float) and math.isinf(value):
         return "math.inf" if value > 0 else "-math.inf"
     return repr(value)
+
+
+#: every formula function a compiled engine needs (the envelope first: the others call it)
+KERNELS = (envelope, none_delay, constant_delay, random_delay, exponential_delay, full_jitter_delay,
+           equal_jitter_delay, decorrelated_delay, grpc_delay)

@@ -1,0 +1,809 @@
+"""The population-scale engine (`fast`): MODEL.md section 3 as a compiled event loop.
+
+The same model as the reference engine (`sim.des`), executed by a different scheduler: per-client
+state lives in numpy arrays, and one numba-compiled loop pops a binary heap of (time, seq, kind,
+client) entries and moves clients through the same steps as `Model.life` (episode, attempt,
+retry timer, online, offline, reboot, give-up). Agreement with `des` is statistical equality,
+not an approximation; `tests/test_fast.py` holds the two engines against each other.
+
+Random numbers come from the one seeded generator: each distribution's own vectorised `sample`
+fills blocks that the loop consumes (it returns to Python for more), so every draw has exactly
+the distribution `des` draws from. The policy formulas are `sim.policies`' own functions,
+compiled. Who a fraction event picks and when (`sim.waves`) is drawn in Python at the event's
+`at`, between two stretches of the loop; the hits then join the loop as a sorted stream.
+
+    >>> from sim.config import load_scenario
+    >>> result = run(load_scenario("scenarios/quickstart.toml"), until=600.0)
+    >>> result.summary["engine"]
+    'fast'
+
+Supported so far (anything else raises `UnsupportedScenario` naming it): the population with
+constant-rate `login_rate` arrivals; every `[client]` key; `[server]` without `reject_cost` and
+`p2p`; `reboot`, `disconnect` and `login` events (fraction, spread, waves, downtime).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+from numba import njit
+from numba.extending import register_jitable
+
+from sim import policies
+from sim.des import RunResult, UnsupportedScenario
+from sim.metrics import summarize, timeseries
+from sim.record import COUNTS, LEVELS, RunRecords
+from sim.scenario import Scenario
+from sim.waves import pick, wave_times
+
+__all__ = ["run", "policy_delay", "SUPPORTED_EVENTS"]
+
+for _kernel in policies.KERNELS:  # the formulas become callable from compiled code, unchanged for Python
+    register_jitable(_kernel)
+
+SUPPORTED_EVENTS = ("reboot", "disconnect", "login")
+INF = math.inf
+
+# client states (as in sim.des), plus a slot for a login_rate client that has not arrived yet
+OFFLINE, CONNECTING, ONLINE, GAVE_UP, NOT_YET = 0, 1, 2, 3, 4
+STATE_LEVEL = np.array([LEVELS.index(n) for n in ("offline", "connecting", "online", "gave_up")], dtype=np.int64)
+L_QUEUE, L_SERVING, L_WORKERS, L_ORBIT = (LEVELS.index(n) for n in ("queue", "serving", "workers", "orbit"))
+C_ATTEMPTS, C_SUCCESSES, C_REJECTED, C_TIMEOUTS, C_WASTED = (
+    COUNTS.index(n) for n in ("attempts", "successes", "rejected", "timeouts", "wasted"))
+SC_REFUSALS, SC_TIMEOUTS = 0, 1  # start counters: steady_refusals, steady_timeouts
+
+# heap entry kinds: a client's timer or reply (valid while its generation matches), or a service end
+K_SESSION_END, K_WANT, K_REBOOT_END, K_ATTEMPT, K_RETRY, K_REFUSED_503, K_REFUSED_429, K_TIMEOUT, K_DONE = range(9)
+# hit kinds (the sorted stream of fraction-event hits)
+H_REBOOT, H_DISCONNECT, H_LOGIN = 0, 1, 2
+# what a client does next inside one event
+A_NONE, A_EPISODE, A_ATTEMPT, A_FAIL, A_TIMEOUT, A_SUCCESS, A_ONLINE, A_OFFLINE, A_REBOOT, A_GIVE_UP = range(10)
+
+# draw streams: blocks of each distribution's own samples
+D_TIMEOUT, D_CONNECT, D_RELAUNCH, D_SESSION, D_OFFLINE, D_SERVICE, D_UNIFORM = range(7)
+N_STREAMS, BLOCK, SPARE = 7, 1 << 15, 8
+
+# float parameters
+(P_WIDTH, P_STEADY0, P_STEADY1, P_TAIL0, P_RTT, P_GIVE_UP, P_RETRY_AFTER, P_QLIMIT, P_BASE, P_CAP, P_MULT,
+ P_TOP, P_KNEE, P_PER_REQ, P_RL_RATE, P_RL_BURST, P_RL_RA, P_W_START, P_THR0, P_THR1) = range(20)
+# int parameters
+Q_WORKERS, Q_POLICY, Q_RANDOM, Q_MAX_ATT, Q_LIFO, Q_DROP, Q_CANCEL, Q_HONOR, Q_NBINS, Q_OVERLOAD, Q_RL, Q_ABASE = range(12)
+# int state
+(S_HN, S_SEQ, S_QH, S_QN, S_FREE, S_BUSY, S_SERVING, S_HIT, S_ARR, S_EVENTS, S_N0, S_N1, S_N2, S_N3, S_EPISODES,
+ S_GAVE_UP, S_WAITS_STARTED, S_WAITS_POS, S_LOGINS, S_POS) = range(20)
+N_S = S_POS + N_STREAMS
+# float state
+(G_BUSY_TIME, G_WASTED_TIME, G_WAITS_SUM, G_TOKENS, G_TOKENS_AT, G_SHARE, G_SINCE, G_TAIL_MAX, G_LOWEST,
+ G_LOWEST_AT, G_BELOW0, G_BELOW1, G_EVER0, G_EVER1, G_LAST_UP0, G_LAST_UP1) = range(16)
+
+# loop exit codes: done, or Python must grow / refill something and call again
+DONE, GROW_HEAP, REFILL, GROW_POOL, GROW_LOGINS = range(5)
+
+POLICY_CODES = {k: i for i, k in enumerate(policies.KERNELS[1:])}  # none_delay -> 0, ... grpc_delay -> 7
+
+
+def run(scenario: Scenario, *, until: float | None = None, rng: np.random.Generator | None = None) -> RunResult:
+    """Simulate one scenario to its `duration` (or `until`), as `sim.des.run` does, compiled."""
+    end = scenario.duration if until is None else min(until, scenario.duration)
+    if end <= 0:
+        raise UnsupportedScenario(f"--until must be > 0, got {until}")
+    check_supported(scenario)
+    engine = Engine(scenario, end, rng if rng is not None else np.random.default_rng(scenario.seed))
+    started = time.perf_counter()
+    events = engine.run()
+    wallclock = time.perf_counter() - started
+    rec = engine.records
+    summary = summarize(rec, events=events, wallclock=wallclock, engine="fast")
+    return RunResult(scenario, summary, timeseries(rec))
+
+
+def check_supported(s: Scenario) -> None:
+    """UnsupportedScenario naming the first thing this engine does not model yet."""
+    srv = s.server
+    missing = []
+    if srv.p2p is not None:
+        missing.append("server.p2p (supernodes)")
+    if srv.reject_cost > 0:
+        missing.append("server.reject_cost > 0")
+    for i, e in enumerate(s.events):
+        if e.kind not in SUPPORTED_EVENTS:
+            missing.append(f"events.{i}: kind = \"{e.kind}\"")
+        elif getattr(e, "supernode_fraction", None) is not None:
+            missing.append(f"events.{i}.supernode_fraction")
+    if missing:
+        raise UnsupportedScenario(f"engine 'fast' does not support {', '.join(missing)} yet "
+                                  f"(events it supports: {', '.join(SUPPORTED_EVENTS)}); use engine 'des'")
+
+
+class Engine:
+    """Arrays, records and the Python side of the loop: fraction events, refills, growth."""
+
+    def __init__(self, s: Scenario, end: float, rng: np.random.Generator):
+        self.s, self.end, self.rng = s, end, rng
+        self.records = rec = RunRecords(s, end)
+        pop, c, srv = s.population, s.client, s.server
+        n, online = pop.clients, int(round(pop.online_at_start * pop.clients))
+        self.arrivals = _arrival_times(rng, pop.login_rate, end)
+        m = n + len(self.arrivals)
+        self.st = np.full(m, NOT_YET, dtype=np.int8)
+        self.st[:online], self.st[online:n] = ONLINE, OFFLINE
+        self.gen = np.zeros(m, dtype=np.int64)
+        self.rebooting = np.zeros(m, dtype=np.uint8)
+        self.orbiting = np.zeros(m, dtype=np.uint8)
+        self.begun, self.first, self.sent = (np.zeros(m) for _ in range(3))
+        self.prev = np.full(m, np.nan)
+        self.natt = np.zeros(m, dtype=np.int64)
+        rec.levels["online"].set(0.0, online)
+        rec.levels["offline"].set(0.0, n - online)
+        rec.levels["workers"].set(0.0, srv.workers)
+        rec.watch.update(0.0, online, 0, 0)
+        rec.capacity_at_start = INF if srv.service_time.mean == 0 else srv.workers / srv.service_time.mean
+        self._init_heap(pop, n, online, m)
+        self._init_pool(min(m, srv.queue_limit) + srv.workers + 64)
+        self.policy = c.build_policy()
+        self.streams = (c.timeout, c.connect_delay, c.relaunch, pop.session, pop.offline, srv.service_time, None)
+        self.draws = np.empty((N_STREAMS, BLOCK))
+        for k in range(N_STREAMS):
+            self.draws[k] = self._sample(k, BLOCK)
+        self.hits = (np.empty(0), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0))
+        self.logins = np.empty(max(1024, m))
+        self._init_params(s, rec, m, n)
+        self._export_records(rec)
+
+    # --- setup ----------------------------------------------------------------------------
+
+    def _init_heap(self, pop, n: int, online: int, m: int) -> None:
+        """Sessions of the clients online at t = 0 and offline times of the others: a sorted
+        array is already a heap."""
+        times, ids, kinds = [np.empty(0)], [np.empty(0, dtype=np.int64)], [np.empty(0, dtype=np.int64)]
+        for dist, lo, hi, kind in ((pop.session, 0, online, K_SESSION_END), (pop.offline, online, n, K_WANT)):
+            if hi > lo and not dist.is_infinite:
+                t = np.asarray(dist.sample(self.rng, hi - lo), dtype=float)
+                keep = np.isfinite(t)
+                times.append(t[keep])
+                ids.append(np.arange(lo, hi, dtype=np.int64)[keep])
+                kinds.append(np.full(int(keep.sum()), kind, dtype=np.int64))
+        t, a, k = np.concatenate(times), np.concatenate(ids), np.concatenate(kinds)
+        order = np.argsort(t, kind="stable")
+        size = len(t)
+        cap = size + 2 * m + 1024
+        self.ht, self.hs, self.hk, self.ha, self.hg = (np.zeros(cap), np.zeros(cap, dtype=np.int64),
+                                                       np.zeros(cap, dtype=np.int64), np.zeros(cap, dtype=np.int64),
+                                                       np.zeros(cap, dtype=np.int64))
+        self.ht[:size], self.hk[:size], self.ha[:size] = t[order], k[order], a[order]
+        self.hs[:size] = np.arange(size)
+        self.heap_size = size
+
+    def _init_pool(self, cap: int) -> None:
+        cap = int(cap)
+        self.rc, self.rg = np.zeros(cap, dtype=np.int64), np.zeros(cap, dtype=np.int64)
+        self.rsent, self.rdl, self.rstart = np.zeros(cap), np.zeros(cap), np.zeros(cap)
+        self.free = np.arange(cap - 1, -1, -1, dtype=np.int64)
+        self.queue = np.zeros(cap, dtype=np.int64)
+
+    def _init_params(self, s: Scenario, rec: RunRecords, m: int, n: int) -> None:
+        c, srv, pol = s.client, s.server, self.policy
+        base, cap, mult, top = pol.kernel_args()
+        rl, ov = srv.rate_limit, srv.overload
+        thresholds = rec.watch.thresholds
+        self.P = np.array([
+            s.bin_width, rec.steady.start, rec.steady.end, rec.tail.start, c.rtt, c.give_up_after, srv.retry_after,
+            srv.queue_limit, base, cap, mult, top, ov.knee if ov else 0.0, ov.per_request if ov else 0.0,
+            rl.rate if rl else 0.0, rl.bucket if rl else 0.0, rl.retry_after if rl else 0.0,
+            rec.watch.start, thresholds[0], thresholds[1]], dtype=float)
+        self.Q = np.array([srv.workers, POLICY_CODES[type(pol).kernel], int(pol.random), pol.max_attempts,
+                           int(srv.discipline == "lifo"), int(srv.drop_expired or srv.cancel_on_timeout),
+                           int(srv.cancel_on_timeout), int(c.honor_retry_after), len(rec.counts["attempts"].bins),
+                           int(ov is not None), int(rl is not None), n], dtype=np.int64)
+        self.S = np.zeros(N_S, dtype=np.int64)
+        self.S[S_HN], self.S[S_SEQ] = self.heap_size, self.heap_size
+        self.S[S_FREE] = len(self.free)
+        online = int((self.st == ONLINE).sum())
+        self.S[S_N0 + OFFLINE], self.S[S_N0 + ONLINE] = int((self.st == OFFLINE).sum()), online
+        self.G = np.zeros(16)
+        self.G[G_TOKENS], self.G[G_TOKENS_AT] = (rl.bucket if rl else 0.0), 0.0
+
+    def _sample(self, k: int, size: int) -> np.ndarray:
+        dist = self.streams[k]
+        if dist is None:
+            return self.rng.random(size) if self.policy.random else np.zeros(size)
+        return np.broadcast_to(np.asarray(dist.sample(self.rng, size), dtype=float), (size,))
+
+    # --- records: RunRecords objects <-> arrays ------------------------------------------
+
+    def _export_records(self, rec: RunRecords) -> None:
+        nbins = len(rec.counts["attempts"].bins)
+        self.WS = np.array([w.start for w in (rec.steady, rec.tail)])
+        lv = [rec.levels[name] for name in LEVELS]
+        self.LV = np.array([[x.value, x.since, x.acc] for x in lv], dtype=float)
+        self.LB = np.array([x.bins for x in lv], dtype=float).reshape(len(LEVELS), nbins)
+        self.LS = np.array([[np.nan if v is None else v for v in x.snaps] for x in lv], dtype=float)
+        cn = [rec.counts[name] for name in COUNTS]
+        self.CT = np.array([x.total for x in cn], dtype=np.int64)
+        self.CB = np.array([x.bins for x in cn], dtype=np.int64).reshape(len(COUNTS), nbins)
+        self.CS = np.array([[-1 if v is None else v for v in x.snaps] for x in cn], dtype=np.int64)
+        self.SCB = np.zeros((2, nbins), dtype=np.int64)
+        self.SCT = np.zeros(2, dtype=np.int64)
+        self.SCS = np.zeros(2, dtype=np.int64)
+        w, G = rec.watch, self.G
+        G[G_SHARE], G[G_SINCE], G[G_TAIL_MAX], G[G_LOWEST], G[G_LOWEST_AT] = (
+            w.share, w.since, w.tail_max, w.lowest, w.lowest_at)
+        G[G_BELOW0:G_BELOW0 + 2], G[G_EVER0:G_EVER0 + 2], G[G_LAST_UP0:G_LAST_UP0 + 2] = w.below, w.ever, w.last_up
+
+    def _import_records(self) -> None:
+        rec, G, S = self.records, self.G, self.S
+        windows = (rec.steady, rec.tail)
+        for k, name in enumerate(LEVELS):
+            x = rec.levels[name]
+            x.value, x.since, x.acc = (float(v) for v in self.LV[k])
+            x.bins = self.LB[k].tolist()
+            x.snaps = [None if math.isnan(v) else float(v) for v in self.LS[k]]
+            _restore_pending(x, windows)
+            x.close(self.end)
+        for k, name in enumerate(COUNTS):
+            x = rec.counts[name]
+            x.total, x.bins = int(self.CT[k]), self.CB[k].tolist()
+            x.snaps = [None if v < 0 else int(v) for v in self.CS[k]]
+            _restore_pending(x, windows)
+        for k, x in enumerate((rec.steady_refusals, rec.steady_timeouts)):
+            x.total, x.bins, x.sums = int(self.SCT[k]), self.SCB[k].tolist(), [int(self.SCS[k])]
+        t = rec.tallies
+        t._login_times = self.logins[: S[S_LOGINS]].copy()
+        t.logins, t.episodes, t.gave_up = int(S[S_LOGINS]), int(S[S_EPISODES]), int(S[S_GAVE_UP])
+        t.busy_time, t.wasted_time, t.waits_sum = float(G[G_BUSY_TIME]), float(G[G_WASTED_TIME]), float(G[G_WAITS_SUM])
+        t.waits_started, t.waits_positive = int(S[S_WAITS_STARTED]), int(S[S_WAITS_POS])
+        w = rec.watch
+        w.share, w.since, w.tail_max = float(G[G_SHARE]), float(G[G_SINCE]), float(G[G_TAIL_MAX])
+        w.lowest, w.lowest_at = float(G[G_LOWEST]), float(G[G_LOWEST_AT])
+        w.below = [bool(v) for v in G[G_BELOW0:G_BELOW0 + 2]]
+        w.ever = [bool(v) for v in G[G_EVER0:G_EVER0 + 2]]
+        w.last_up = [float(v) for v in G[G_LAST_UP0:G_LAST_UP0 + 2]]
+        w.close(self.end)
+
+    # --- the run --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Loop stretches between fraction events; returns the number of events processed."""
+        for e in sorted((e for e in self.s.events if e.at < self.end), key=lambda e: e.at):
+            self.advance(e.at)
+            self.fire(e)
+        self.advance(self.end)
+        self._import_records()
+        return int(self.S[S_EVENTS])
+
+    def advance(self, until: float) -> None:
+        while True:
+            status = _advance(until, self.P, self.Q, self.S, self.G,
+                              (self.st, self.gen, self.rebooting, self.orbiting, self.begun, self.first, self.sent,
+                               self.prev, self.natt),
+                              (self.ht, self.hs, self.hk, self.ha, self.hg),
+                              (self.rc, self.rg, self.rsent, self.rdl, self.rstart, self.free, self.queue),
+                              self.draws, self.hits, self.arrivals,
+                              (self.LV, self.LB, self.LS, self.WS, self.CT, self.CB, self.CS, self.SCB, self.SCT,
+                               self.SCS, self.logins))
+            if status == DONE:
+                return
+            if status == GROW_HEAP:
+                self.ht, self.hs, self.hk, self.ha, self.hg = (_grown(a, 2 * len(a)) for a in
+                                                               (self.ht, self.hs, self.hk, self.ha, self.hg))
+            elif status == REFILL:
+                self._refill()
+            elif status == GROW_POOL:
+                self._grow_pool()
+            elif status == GROW_LOGINS:
+                self.logins = _grown(self.logins, 2 * len(self.logins))
+
+    def _refill(self) -> None:
+        """Streams running low keep their unread draws and get a fresh block behind them."""
+        for k in range(N_STREAMS):
+            used = int(self.S[S_POS + k])
+            if used + 4 * SPARE > BLOCK:
+                self.draws[k, : BLOCK - used] = self.draws[k, used:]
+                self.draws[k, BLOCK - used:] = self._sample(k, used)
+                self.S[S_POS + k] = 0
+
+    def _grow_pool(self) -> None:
+        old = len(self.rc)
+        new = 2 * old
+        self.rc, self.rg, self.rsent, self.rdl, self.rstart = (
+            _grown(a, new) for a in (self.rc, self.rg, self.rsent, self.rdl, self.rstart))
+        free = np.empty(new, dtype=np.int64)
+        nfree = int(self.S[S_FREE])
+        free[:nfree] = self.free[:nfree]
+        free[nfree:nfree + new - old] = np.arange(new - 1, old - 1, -1)
+        self.free = free
+        self.S[S_FREE] = nfree + new - old
+        head, count = int(self.S[S_QH]), int(self.S[S_QN])
+        queue = np.zeros(new, dtype=np.int64)
+        queue[:count] = self.queue[(head + np.arange(count)) % old]
+        self.queue = queue
+        self.S[S_QH] = 0
+
+    def fire(self, e) -> None:
+        """A fraction event at its `at`: pick the clients now, draw their times, merge the hits."""
+        st = self.st
+        if e.kind == "login":
+            eligible = np.flatnonzero((st == OFFLINE) & (self.rebooting == 0))
+        else:
+            eligible = np.flatnonzero(st == ONLINE)
+        ids = pick(self.rng, eligible, e.fraction)
+        times = wave_times(self.rng, e.at, len(ids), e.spread, e.wave_table())
+        downtimes = (np.asarray(e.downtime.sample(self.rng, len(ids)), dtype=float) if e.kind == "reboot"
+                     else np.zeros(len(ids)))
+        if len(ids):
+            self.records.last_event_end = max(self.records.last_event_end, float((times + downtimes).max()))
+        kind = {"reboot": H_REBOOT, "disconnect": H_DISCONNECT, "login": H_LOGIN}[e.kind]
+        keep = times < self.end
+        at = int(self.S[S_HIT])
+        old_t, old_c, old_k, old_d = (a[at:] for a in self.hits)
+        t = np.concatenate([old_t, times[keep]])
+        order = np.argsort(t, kind="stable")
+        self.hits = (t[order], np.concatenate([old_c, ids[keep].astype(np.int64)])[order],
+                     np.concatenate([old_k, np.full(int(keep.sum()), kind, dtype=np.int64)])[order],
+                     np.concatenate([old_d, downtimes[keep]])[order])
+        self.S[S_HIT] = 0
+
+
+def _restore_pending(x, windows) -> None:
+    x.pending = sorted((w.start, k) for k, w in enumerate(windows) if x.snaps[k] is None)
+    x.next_start = x.pending[0][0] if x.pending else INF
+
+
+def _grown(a: np.ndarray, size: int) -> np.ndarray:
+    out = np.zeros(size, dtype=a.dtype)
+    out[: len(a)] = a
+    return out
+
+
+def _arrival_times(rng: np.random.Generator, rate: float, end: float) -> np.ndarray:
+    """Poisson arrival times at a constant `rate` before `end` (what `sim.waves.next_arrival` gives
+    without surges): cumulative Exp(1) draws over the rate."""
+    if rate <= 0:
+        return np.empty(0)
+    chunks, t = [], 0.0
+    block = int(rate * end * 1.05) + 64
+    while t < end:
+        times = t + np.cumsum(rng.exponential(1.0, block)) / rate
+        chunks.append(times)
+        t = float(times[-1])
+    times = np.concatenate(chunks)
+    return times[times < end]
+
+
+# --- compiled parts ------------------------------------------------------------------------
+
+@njit(cache=True)
+def policy_delay(code, n, u, previous, base, cap, multiplier, top):
+    """The policy's delay before retry n: the `sim.policies` formula function for `code`."""
+    if code == 0:
+        return policies.none_delay(n, u, previous, base, cap, multiplier, top)
+    if code == 1:
+        return policies.constant_delay(n, u, previous, base, cap, multiplier, top)
+    if code == 2:
+        return policies.random_delay(n, u, previous, base, cap, multiplier, top)
+    if code == 3:
+        return policies.exponential_delay(n, u, previous, base, cap, multiplier, top)
+    if code == 4:
+        return policies.full_jitter_delay(n, u, previous, base, cap, multiplier, top)
+    if code == 5:
+        return policies.equal_jitter_delay(n, u, previous, base, cap, multiplier, top)
+    if code == 6:
+        return policies.decorrelated_delay(n, u, previous, base, cap, multiplier, top)
+    return policies.grpc_delay(n, u, previous, base, cap, multiplier, top)
+
+
+@njit(cache=True)
+def _push(hp, S, t, kind, a, g):
+    ht, hs, hk, ha, hg = hp
+    i = S[S_HN]
+    seq = S[S_SEQ]
+    S[S_HN] = i + 1
+    S[S_SEQ] = seq + 1
+    while i > 0:
+        p = (i - 1) >> 1
+        if ht[p] < t or (ht[p] == t and hs[p] < seq):
+            break
+        ht[i], hs[i], hk[i], ha[i], hg[i] = ht[p], hs[p], hk[p], ha[p], hg[p]
+        i = p
+    ht[i], hs[i], hk[i], ha[i], hg[i] = t, seq, kind, a, g
+
+
+@njit(cache=True)
+def _pop(hp, S):
+    """Removes the earliest entry; returns its (kind, a, g)."""
+    ht, hs, hk, ha, hg = hp
+    kind, a, g = hk[0], ha[0], hg[0]
+    n = S[S_HN] - 1
+    S[S_HN] = n
+    t, seq, lk, la, lg = ht[n], hs[n], hk[n], ha[n], hg[n]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and (ht[c + 1] < ht[c] or (ht[c + 1] == ht[c] and hs[c + 1] < hs[c])):
+            c += 1
+        if t < ht[c] or (t == ht[c] and seq < hs[c]):
+            break
+        ht[i], hs[i], hk[i], ha[i], hg[i] = ht[c], hs[c], hk[c], ha[c], hg[c]
+        i = c
+    if n > 0:
+        ht[i], hs[i], hk[i], ha[i], hg[i] = t, seq, lk, la, lg
+    return kind, a, g
+
+
+@njit(cache=True)
+def _level_add(rec, k, t, delta, width, nbins):
+    """`sim.record.Level.add` over arrays: integrate the old value into bins and windows."""
+    LV, LB, LS, WS = rec[0], rec[1], rec[2], rec[3]
+    t0 = LV[k, 1]
+    v = LV[k, 0]
+    LV[k, 1] = t
+    LV[k, 0] = v + delta
+    if t <= t0:
+        return
+    for w in range(WS.shape[0]):
+        if math.isnan(LS[k, w]) and WS[w] < t:
+            LS[k, w] = LV[k, 2] + v * (WS[w] - t0)
+    if v == 0:
+        return
+    LV[k, 2] += v * (t - t0)
+    i = int(t0 / width)
+    if t <= (i + 1) * width or i >= nbins - 1:
+        LB[k, i if i < nbins else nbins - 1] += v * (t - t0)
+    else:
+        j = min(int(t / width), nbins - 1)
+        LB[k, i] += v * ((i + 1) * width - t0)
+        for b in range(i + 1, j):
+            LB[k, b] += v * width
+        LB[k, j] += v * (t - j * width)
+
+
+@njit(cache=True)
+def _count(rec, k, t, width, nbins):
+    """`sim.record.Counter.add(t)`: an event at a window's start is in it."""
+    WS, CT, CB, CS = rec[3], rec[4], rec[5], rec[6]
+    for w in range(WS.shape[0]):
+        if CS[k, w] < 0 and WS[w] <= t:
+            CS[k, w] = CT[k]
+    CT[k] += 1
+    i = int(t / width)
+    CB[k, i if i < nbins else nbins - 1] += 1
+
+
+@njit(cache=True)
+def _count_start(rec, k, t, width, nbins):
+    """`sim.record.StartCounter.add(t)` with the steady window only."""
+    WS, SCB, SCT, SCS = rec[3], rec[7], rec[8], rec[9]
+    SCT[k] += 1
+    i = int(t / width)
+    SCB[k, i if i < nbins else nbins - 1] += 1
+    if t >= WS[0]:
+        SCS[k] += 1
+
+
+@njit(cache=True)
+def _watch(P, G, t, online, connecting, gave_up):
+    """`sim.record.ShareWatch.update` over the float state."""
+    wanting = online + connecting + gave_up
+    share = online / wanting if wanting else 1.0
+    if t > P[P_TAIL0]:
+        G[G_TAIL_MAX] = max(G[G_TAIL_MAX], G[G_SHARE])
+    for k in range(2):
+        if share < P[P_THR0 + k]:
+            if t >= P[P_W_START]:
+                G[G_EVER0 + k] = 1.0
+            G[G_BELOW0 + k] = 1.0
+        elif G[G_BELOW0 + k] != 0.0:
+            G[G_BELOW0 + k] = 0.0
+            if t > P[P_W_START]:
+                G[G_EVER0 + k] = 1.0
+                G[G_LAST_UP0 + k] = t
+    if share < G[G_LOWEST]:
+        G[G_LOWEST] = share
+        G[G_LOWEST_AT] = t
+    G[G_SHARE] = share
+    G[G_SINCE] = t
+
+
+@njit(cache=True)
+def _set_state(P, Q, S, G, st, rec, cid, new, t):
+    old = st[cid]
+    if old == new:
+        return
+    st[cid] = new
+    S[S_N0 + old] -= 1
+    S[S_N0 + new] += 1
+    width, nbins = P[P_WIDTH], Q[Q_NBINS]
+    _level_add(rec, _state_level(old), t, -1.0, width, nbins)
+    _level_add(rec, _state_level(new), t, 1.0, width, nbins)
+    _watch(P, G, t, S[S_N0 + ONLINE], S[S_N0 + CONNECTING], S[S_N0 + GAVE_UP])
+
+
+@njit(cache=True)
+def _state_level(state):
+    # LEVELS = online, connecting, offline, gave_up, ...; states are offline, connecting, online, gave_up
+    if state == OFFLINE:
+        return 2
+    if state == ONLINE:
+        return 0
+    return state  # connecting 1, gave_up 3
+
+
+@njit(cache=True)
+def _draw(draws, S, k):
+    i = S[S_POS + k]
+    S[S_POS + k] = i + 1
+    return draws[k, i]
+
+
+@njit(cache=True)
+def _start(P, Q, S, G, pool, draws, hp, rec, r, now):
+    """A request takes a worker: the service draw (times the overload factor), cut at the deadline
+    with cancel_on_timeout; its end goes on the heap."""
+    rsent, rdl, rstart = pool[2], pool[3], pool[4]
+    S[S_BUSY] += 1
+    S[S_SERVING] += 1
+    _level_add(rec, L_SERVING, now, 1.0, P[P_WIDTH], Q[Q_NBINS])
+    if P[P_STEADY0] <= now < P[P_STEADY1]:
+        wait = now - rsent[r]
+        S[S_WAITS_STARTED] += 1
+        G[G_WAITS_SUM] += wait
+        if wait > 0:
+            S[S_WAITS_POS] += 1
+    rstart[r] = now
+    work = _draw(draws, S, D_SERVICE)
+    if Q[Q_OVERLOAD]:
+        work *= 1.0 + P[P_PER_REQ] * max(0.0, S[S_QN] + S[S_SERVING] - P[P_KNEE])
+    if Q[Q_CANCEL] and now + work > rdl[r]:
+        work = max(0.0, rdl[r] - now)
+    _push(hp, S, now + work, K_DONE, r, 0)
+
+
+@njit(cache=True)
+def _dispatch(P, Q, S, G, pool, draws, hp, rec, now):
+    """Free workers take queued requests by the discipline; expired ones are dropped at the head."""
+    rdl, free, queue = pool[3], pool[5], pool[6]
+    cap = queue.shape[0]
+    while S[S_BUSY] < Q[Q_WORKERS] and S[S_QN] > 0:
+        if Q[Q_LIFO]:
+            r = queue[(S[S_QH] + S[S_QN] - 1) % cap]
+        else:
+            r = queue[S[S_QH]]
+            S[S_QH] = (S[S_QH] + 1) % cap
+        S[S_QN] -= 1
+        _level_add(rec, L_QUEUE, now, -1.0, P[P_WIDTH], Q[Q_NBINS])
+        if Q[Q_DROP] and now >= rdl[r]:
+            free[S[S_FREE]] = r
+            S[S_FREE] += 1
+            continue
+        _start(P, Q, S, G, pool, draws, hp, rec, r, now)
+
+
+@njit(cache=True)
+def _wake(P, Q, S, cl, rec, cid, now):
+    """An event interrupts the client: whatever it waited for no longer concerns it."""
+    gen, orbiting = cl[1], cl[3]
+    gen[cid] += 1
+    if orbiting[cid]:
+        orbiting[cid] = 0
+        _level_add(rec, L_ORBIT, now, -1.0, P[P_WIDTH], Q[Q_NBINS])
+
+
+@njit(cache=True)
+def _advance(until, P, Q, S, G, cl, hp, pool, draws, hits, arrivals, rec):
+    """Process every event before `until`; returns DONE, or what Python must do before calling again."""
+    st, gen, rebooting, orbiting, begun, first, sent, prev, natt = cl
+    ht, hg = hp[0], hp[4]
+    rc, rg, rsent, rdl, rstart, free, queue = pool
+    hit_t, hit_c, hit_k, hit_d = hits
+    logins = rec[10]
+    width, nbins = P[P_WIDTH], Q[Q_NBINS]
+    n_hits, n_arr = hit_t.shape[0], arrivals.shape[0]
+    block = draws.shape[1]
+    while True:
+        if S[S_HN] + 16 > ht.shape[0]:
+            return GROW_HEAP
+        if S[S_FREE] < 4:
+            return GROW_POOL
+        if S[S_LOGINS] + 4 > logins.shape[0]:
+            return GROW_LOGINS
+        for k in range(N_STREAMS):
+            if S[S_POS + k] + SPARE > block:
+                return REFILL
+        t_heap = ht[0] if S[S_HN] > 0 else INF
+        t_hit = hit_t[S[S_HIT]] if S[S_HIT] < n_hits else INF
+        t_arr = arrivals[S[S_ARR]] if S[S_ARR] < n_arr else INF
+        now = min(t_heap, t_hit, t_arr)
+        if now >= until:
+            return DONE
+        action, cid, ra, arg = A_NONE, -1, 0.0, 0.0
+        if t_hit == now:  # a fraction event hits one client (MODEL.md 3.1)
+            i = S[S_HIT]
+            S[S_HIT] = i + 1
+            cid, kind = hit_c[i], hit_k[i]
+            cur = st[cid]
+            if kind == H_REBOOT and cur != OFFLINE:
+                _wake(P, Q, S, cl, rec, cid, now)
+                _set_state(P, Q, S, G, st, rec, cid, OFFLINE, now)
+                rebooting[cid] = 1
+                action, arg = A_REBOOT, hit_d[i]
+            elif kind == H_DISCONNECT and cur == ONLINE:
+                _wake(P, Q, S, cl, rec, cid, now)
+                _set_state(P, Q, S, G, st, rec, cid, CONNECTING, now)
+                action = A_EPISODE
+            elif kind == H_LOGIN and cur == OFFLINE and rebooting[cid] == 0:
+                _wake(P, Q, S, cl, rec, cid, now)
+                _set_state(P, Q, S, G, st, rec, cid, CONNECTING, now)
+                action = A_EPISODE
+        elif t_arr == now:  # a new client from login_rate: connecting at once
+            cid = Q[Q_ABASE] + S[S_ARR]
+            S[S_ARR] += 1
+            st[cid] = CONNECTING
+            S[S_N0 + CONNECTING] += 1
+            _level_add(rec, _state_level(CONNECTING), now, 1.0, width, nbins)
+            _watch(P, G, now, S[S_N0 + ONLINE], S[S_N0 + CONNECTING], S[S_N0 + GAVE_UP])
+            action = A_EPISODE
+        else:
+            kind, a, g = _pop(hp, S)
+            if kind == K_DONE:  # a request leaves its worker
+                r = a
+                cid = rc[r]
+                wasted = now >= rdl[r]
+                G[G_BUSY_TIME] += now - rstart[r]
+                if wasted:
+                    G[G_WASTED_TIME] += now - rstart[r]
+                    _count(rec, C_WASTED, now, width, nbins)
+                S[S_SERVING] -= 1
+                S[S_BUSY] -= 1
+                _level_add(rec, L_SERVING, now, -1.0, width, nbins)
+                deliver = not wasted and rg[r] == gen[cid]  # an orphan's reply reaches nobody
+                free[S[S_FREE]] = r
+                S[S_FREE] += 1
+                _dispatch(P, Q, S, G, pool, draws, hp, rec, now)
+                if deliver:
+                    gen[cid] += 1  # its deadline no longer concerns it
+                    action = A_SUCCESS
+            else:
+                cid = a
+                if g != gen[cid]:
+                    continue  # stale: the client was interrupted or already answered
+                if kind == K_SESSION_END:
+                    action = A_OFFLINE
+                elif kind == K_WANT:
+                    action = A_EPISODE
+                elif kind == K_REBOOT_END:
+                    rebooting[cid] = 0
+                    action = A_EPISODE
+                elif kind == K_ATTEMPT:
+                    action = A_ATTEMPT
+                elif kind == K_RETRY:
+                    orbiting[cid] = 0
+                    _level_add(rec, L_ORBIT, now, -1.0, width, nbins)
+                    action = A_ATTEMPT
+                elif kind == K_TIMEOUT:
+                    gen[cid] += 1
+                    action = A_TIMEOUT
+                else:  # a refusal arrives one round trip after it was sent
+                    gen[cid] += 1
+                    action = A_FAIL
+                    ra = P[P_RETRY_AFTER] if kind == K_REFUSED_503 else P[P_RL_RA]
+        S[S_EVENTS] += 1
+        while action != A_NONE:  # the client's next steps at this instant (sim.des Model.life)
+            if action == A_EPISODE:
+                _set_state(P, Q, S, G, st, rec, cid, CONNECTING, now)
+                S[S_EPISODES] += 1
+                begun[cid] = now
+                natt[cid] = 0
+                prev[cid] = math.nan
+                delay = _draw(draws, S, D_CONNECT)
+                if delay > 0:
+                    _push(hp, S, now + delay, K_ATTEMPT, cid, gen[cid])
+                    action = A_NONE
+                else:
+                    action = A_ATTEMPT
+            elif action == A_ATTEMPT:
+                if natt[cid] == 0:
+                    first[cid] = now
+                natt[cid] += 1
+                _count(rec, C_ATTEMPTS, now, width, nbins)
+                sent[cid] = now
+                timeout = _draw(draws, S, D_TIMEOUT)
+                refusal = -1
+                if Q[Q_RL]:  # token bucket: every attempt that gets this far takes a token
+                    tokens = min(P[P_RL_BURST], G[G_TOKENS] + (now - G[G_TOKENS_AT]) * P[P_RL_RATE])
+                    G[G_TOKENS_AT] = now
+                    if tokens >= 1.0:
+                        G[G_TOKENS] = tokens - 1.0
+                    else:
+                        G[G_TOKENS] = tokens
+                        refusal = K_REFUSED_429
+                if refusal < 0:
+                    if S[S_BUSY] < Q[Q_WORKERS] or S[S_QN] < P[P_QLIMIT]:
+                        S[S_FREE] -= 1
+                        r = free[S[S_FREE]]
+                        rc[r], rg[r], rsent[r], rdl[r] = cid, gen[cid], now, now + timeout
+                        if S[S_BUSY] < Q[Q_WORKERS]:
+                            _start(P, Q, S, G, pool, draws, hp, rec, r, now)
+                        else:  # the ring is as long as the pool: it never overflows
+                            queue[(S[S_QH] + S[S_QN]) % queue.shape[0]] = r
+                            S[S_QN] += 1
+                            _level_add(rec, L_QUEUE, now, 1.0, width, nbins)
+                        if timeout < INF:
+                            _push(hp, S, now + timeout, K_TIMEOUT, cid, gen[cid])
+                        action = A_NONE
+                    else:
+                        refusal = K_REFUSED_503
+                if refusal >= 0:
+                    _count(rec, C_REJECTED, now, width, nbins)
+                    _count_start(rec, SC_REFUSALS, now, width, nbins)
+                    rtt = P[P_RTT]
+                    if rtt >= timeout:  # the deadline comes first: a timeout
+                        if timeout > 0:
+                            _push(hp, S, now + timeout, K_TIMEOUT, cid, gen[cid])
+                            action = A_NONE
+                        else:
+                            action = A_TIMEOUT
+                    elif rtt > 0:
+                        _push(hp, S, now + rtt, refusal, cid, gen[cid])
+                        action = A_NONE
+                    else:
+                        action = A_FAIL
+                        ra = P[P_RETRY_AFTER] if refusal == K_REFUSED_503 else P[P_RL_RA]
+            elif action == A_TIMEOUT:
+                _count(rec, C_TIMEOUTS, now, width, nbins)
+                _count_start(rec, SC_TIMEOUTS, sent[cid], width, nbins)
+                ra = 0.0
+                action = A_FAIL
+            elif action == A_FAIL:
+                if Q[Q_MAX_ATT] != 0 and natt[cid] >= Q[Q_MAX_ATT]:
+                    action = A_GIVE_UP
+                    continue
+                u = _draw(draws, S, D_UNIFORM) if Q[Q_RANDOM] else 0.0
+                p = P[P_BASE] if math.isnan(prev[cid]) else prev[cid]
+                d = policy_delay(Q[Q_POLICY], float(natt[cid] - 1), u, p, P[P_BASE], P[P_CAP], P[P_MULT], P[P_TOP])
+                prev[cid] = d
+                wait = max(d, ra) if Q[Q_HONOR] else d
+                if now + wait > first[cid] + P[P_GIVE_UP]:
+                    action = A_GIVE_UP
+                elif wait > 0:  # on a retry timer: the orbit of the retrial queue
+                    orbiting[cid] = 1
+                    _level_add(rec, L_ORBIT, now, 1.0, width, nbins)
+                    _push(hp, S, now + wait, K_RETRY, cid, gen[cid])
+                    action = A_NONE
+                else:  # at once, as a new entry at this instant (bounds the work of one event)
+                    _push(hp, S, now, K_ATTEMPT, cid, gen[cid])
+                    action = A_NONE
+            elif action == A_SUCCESS:
+                logins[S[S_LOGINS]] = now - begun[cid]
+                S[S_LOGINS] += 1
+                _count(rec, C_SUCCESSES, now, width, nbins)
+                action = A_ONLINE
+            elif action == A_ONLINE:
+                _set_state(P, Q, S, G, st, rec, cid, ONLINE, now)
+                session = _draw(draws, S, D_SESSION)
+                if session < INF:
+                    _push(hp, S, now + session, K_SESSION_END, cid, gen[cid])
+                action = A_NONE
+            elif action == A_OFFLINE:
+                _set_state(P, Q, S, G, st, rec, cid, OFFLINE, now)
+                wait = _draw(draws, S, D_OFFLINE)
+                if wait < INF:
+                    _push(hp, S, now + wait, K_WANT, cid, gen[cid])
+                action = A_NONE
+            elif action == A_REBOOT:
+                if arg > 0:
+                    _push(hp, S, now + arg, K_REBOOT_END, cid, gen[cid])
+                    action = A_NONE
+                else:
+                    rebooting[cid] = 0
+                    action = A_EPISODE
+            else:  # A_GIVE_UP: the episode ends; the user relaunches later (or never)
+                S[S_GAVE_UP] += 1
+                _set_state(P, Q, S, G, st, rec, cid, GAVE_UP, now)
+                wait = _draw(draws, S, D_RELAUNCH)
+                if wait < INF:
+                    _push(hp, S, now + wait, K_WANT, cid, gen[cid])
+                action = A_NONE
