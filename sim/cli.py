@@ -165,7 +165,8 @@ def simulate(
     sets: SetOption = None,
     scale: ScaleOption = 1.0,
     seed: SeedOption = None,
-    engine: Annotated[str, typer.Option(help="des (the SimPy reference) or auto.")] = "auto",
+    engine: Annotated[str, typer.Option(help="des (the SimPy reference), fast (compiled, population scale) or "
+                                             "auto (fast from 100,000 clients).")] = "auto",
     until: Annotated[Optional[str], typer.Option(help="Stop the run early at this simulated time (e.g. 30m).")] = None,
     replications: Annotated[int, typer.Option(min=1, help="Independent seeds; the summary gives means and 95 % CIs.")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no closing lines.")] = False,
@@ -187,6 +188,8 @@ def simulate(
         err.print(f"{s.source}: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
     paths = write_outputs(outcome, target)
+    if outcome.note and not quiet:
+        err.print(outcome.note, highlight=False, markup=False, soft_wrap=True)
     if json_out:
         out.print_json(data=finite_json(outcome.summary))
     if not quiet:

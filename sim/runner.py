@@ -20,9 +20,12 @@ from sim import des
 from sim.record import COLUMNS, COUNTS
 from sim.scenario import Scenario
 
-__all__ = ["Outcome", "simulate", "write_outputs", "combine", "finite_json", "ENGINES"]
+__all__ = ["Outcome", "simulate", "choose_engine", "write_outputs", "combine", "finite_json", "ENGINES",
+           "AUTO_FAST_CLIENTS"]
 
-ENGINES = ("auto", "des")
+ENGINES = ("auto", "des", "fast")
+#: `auto` runs the `fast` engine for populations of at least this many clients (MODEL.md section 6)
+AUTO_FAST_CLIENTS = 100_000
 # Student t quantiles t(0.975, df) for df = 1..30; beyond that the normal 1.96 is close enough.
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
          2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
@@ -36,6 +39,7 @@ class Outcome:
     summary: dict[str, Any]
     timeseries: dict[str, np.ndarray]
     runs: list[des.RunResult]
+    note: str | None = None          # why `auto` chose the engine it did
 
 
 def simulate(scenario: Scenario, *, engine: str = "auto", until: float | None = None,
@@ -44,8 +48,7 @@ def simulate(scenario: Scenario, *, engine: str = "auto", until: float | None = 
 
     `progress(replication, sim_time, events)` is called as the runs advance.
     """
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r} (one of {', '.join(ENGINES)})")
+    engine, note = choose_engine(scenario, engine)
     if replications < 1:
         raise ValueError("replications must be >= 1")
     if replications == 1:
@@ -55,10 +58,31 @@ def simulate(scenario: Scenario, *, engine: str = "auto", until: float | None = 
     runs = []
     for k, rng in enumerate(rngs):
         report = None if progress is None else (lambda t, n, k=k: progress(k, t, n))
-        runs.append(des.run(scenario, until=until, progress=report, rng=rng))
+        if engine == "fast":
+            from sim import fast
+            runs.append(fast.run(scenario, until=until, rng=rng))
+        else:
+            runs.append(des.run(scenario, until=until, progress=report, rng=rng))
     if replications == 1:
-        return Outcome(runs[0].summary, runs[0].timeseries, runs)
-    return Outcome(combine([r.summary for r in runs]), _mean_series([r.timeseries for r in runs]), runs)
+        return Outcome(runs[0].summary, runs[0].timeseries, runs, note)
+    return Outcome(combine([r.summary for r in runs]), _mean_series([r.timeseries for r in runs]), runs, note)
+
+
+def choose_engine(scenario: Scenario, engine: str) -> tuple[str, str | None]:
+    """The engine that runs (`auto` resolved), and a line saying why when `auto` chose."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r} (one of {', '.join(ENGINES)})")
+    if engine != "auto":
+        return engine, None
+    clients = scenario.population.clients
+    if clients < AUTO_FAST_CLIENTS:
+        return "des", None
+    from sim import fast
+    try:
+        fast.check_supported(scenario)
+    except des.UnsupportedScenario as exc:
+        return "des", f"engine auto: des for {clients:,} clients, as the fast engine cannot run this yet ({exc})"
+    return "fast", f"engine auto: fast for {clients:,} clients (des below {AUTO_FAST_CLIENTS:,})"
 
 
 def combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
