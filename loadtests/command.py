@@ -25,7 +25,7 @@ from loadtests.attemptlog import PROGRESS, STOPPED
 from loadtests.measure import CLIENT_FIELDS, measured_run, read_logs
 from loadtests.storm import Storm, StormError, StormOptions, host_allowed, load_storm
 
-__all__ = ["LoadtestOptions", "LoadtestResult", "run_loadtest", "lab_capacity"]
+__all__ = ["LoadtestOptions", "LoadtestResult", "LoadtestError", "run_loadtest", "lab_capacity"]
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 STOP_GRACE_S = 30.0
@@ -44,7 +44,12 @@ class LoadtestOptions:
     stop_on_p99: float = 0.0
     capacity: str = "auto"            # auto | lab | none | workers=..,service_time=..
     replications: int = 3
+    from_logs: Path | None = None     # no run: measure the attempt and state logs already in this folder
     extra_env: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+class LoadtestError(RuntimeError):
+    """Locust could not run the load test (its own error output is in the message)."""
 
 
 @dataclass
@@ -86,13 +91,16 @@ def run_loadtest(o: LoadtestOptions, show=None) -> LoadtestResult:
     """Run the load test; `show(progress_dict)` is called at each progress line. Raises StormError
     (nothing sent) on a bad scenario, target, credentials or a host that is not allowed."""
     storm = load_storm(o.storm)
+    if o.from_logs is not None:
+        return _from_logs(o, storm)
     if not host_allowed(o.host, storm.target.allowed_hosts):
         raise StormError(f"{o.host} is not on the scenario's target.allowed_hosts (loopback is always allowed); "
                          "add its host name there to load-test it")
     o.out.mkdir(parents=True, exist_ok=True)
     for stale in list(o.out.glob("attempts*.csv")) + list(o.out.glob("states*.csv")):
         stale.unlink()
-    proc = subprocess.Popen(_locust_command(o, storm), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    errors = (o.out / "locust.stderr.txt").open("w", encoding="utf-8")
+    proc = subprocess.Popen(_locust_command(o, storm), stdout=subprocess.PIPE, stderr=errors,
                             text=True, env={**os.environ, **o.extra_env}, start_new_session=True)
     stopped, interrupted, elapsed = None, False, 0.0
     try:
@@ -108,9 +116,14 @@ def run_loadtest(o: LoadtestOptions, show=None) -> LoadtestResult:
     except KeyboardInterrupt:
         interrupted = True
         _stop(proc)
+    finally:
+        errors.close()
+    if proc.returncode not in (0, None) and not interrupted and elapsed == 0:
+        tail = (o.out / "locust.stderr.txt").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
+        raise LoadtestError(f"Locust exited with code {proc.returncode} before the storm began:\n" + "\n".join(tail))
     horizon = storm.plan.duration if not o.run_time else min(storm.plan.duration, o.run_time)
     end = min(horizon, elapsed) if (stopped or interrupted) and elapsed > 0 else horizon
-    files = _write_measured(o, storm, end, stopped, interrupted)
+    files = _write_measured(o, storm, end, stopped, interrupted, o.out)
     summary = json.loads((o.out / "summary.json").read_text())
     files += _write_versus(o, storm, summary)
     return LoadtestResult(summary, files, stopped, interrupted, proc.returncode if proc.returncode is not None else -1)
@@ -134,9 +147,23 @@ def _story_scenario(storm: Storm):
     return compress_scenario(storm.scenario, storm.plan.speed)
 
 
-def _write_measured(o: LoadtestOptions, storm: Storm, end: float, stopped, interrupted) -> list[Path]:
+def _from_logs(o: LoadtestOptions, storm: Storm) -> LoadtestResult:
+    """`--from-logs DIR`: the outputs of a run made elsewhere (e.g. Locust master and workers on
+    several machines, their `attempts*.csv` and `states*.csv` gathered in DIR)."""
+    logs = o.from_logs
+    if not list(logs.glob("attempts*.csv")) or not list(logs.glob("states*.csv")):
+        raise StormError(f"{logs}: no attempts*.csv and states*.csv (Locust's --attempt-log and --state-log) here")
+    o.out.mkdir(parents=True, exist_ok=True)
+    end = storm.plan.duration if not o.run_time else min(storm.plan.duration, o.run_time)
+    files = _write_measured(o, storm, end, None, False, logs)
+    summary = json.loads((o.out / "summary.json").read_text())
+    files += _write_versus(o, storm, summary)
+    return LoadtestResult(summary, files, None, False, 0)
+
+
+def _write_measured(o: LoadtestOptions, storm: Storm, end: float, stopped, interrupted, logs: Path) -> list[Path]:
     from sim.runner import finite_json
-    attempts, states = read_logs(o.out / "attempts.csv", o.out / "states.csv")
+    attempts, states = read_logs(logs / "attempts.csv", logs / "states.csv")
     run = measured_run(_story_scenario(storm), end, attempts, states)
     summary = {k: run.summary[k] for k in CLIENT_FIELDS}
     summary.update(target=o.host, speed=storm.plan.speed, policy=storm.policy.name, devices=storm.plan.devices,

@@ -420,6 +420,9 @@ def loadtest(
                                           "workers=N,service_time=T[,queue_limit=..] (see calibrate).")
                         ] = "auto",
     replications: Annotated[int, typer.Option(min=1, help="Simulated replications to compare with.")] = 3,
+    from_logs: Annotated[Optional[Path], typer.Option(help="Send nothing: measure the attempts*.csv and "
+                                                           "states*.csv of a run made elsewhere, gathered in "
+                                                           "this folder.")] = None,
     seed: SeedOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress line.")] = False,
 ) -> None:
@@ -429,7 +432,7 @@ def loadtest(
     measure), Locust's CSV statistics and HTML, and report.html with the measured and simulated
     storms overlaid. Ctrl-C stops the run gracefully and still writes everything.
     """
-    from loadtests.command import LoadtestOptions, run_loadtest
+    from loadtests.command import LoadtestError, LoadtestOptions, run_loadtest
     from loadtests.storm import StormError, StormOptions
 
     storm = StormOptions(scenario=str(scenario), sets=tuple(sets or ()), scale=scale, speed=speed, policy=policy,
@@ -440,13 +443,17 @@ def loadtest(
         storm=storm, host=host.rstrip("/"), out=out_dir if out_dir is not None else Path("out") / f"loadtest-{name}",
         run_time=_duration(run_time) if run_time else None, processes=processes, max_rps=max_rps,
         stop_on_error_rate=stop_on_error_rate, stop_after=_duration(stop_after) if stop_after else 0.0,
-        stop_on_p99=_duration(stop_on_p99) if stop_on_p99 else 0.0, capacity=capacity, replications=replications)
+        stop_on_p99=_duration(stop_on_p99) if stop_on_p99 else 0.0, capacity=capacity, replications=replications,
+        from_logs=from_logs)
     live = _live_line(enabled=not quiet)
     try:
         result = run_loadtest(options, show=live)
     except StormError as exc:
         err.print(f"loginstorm loadtest: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
+    except LoadtestError as exc:
+        err.print(f"loginstorm loadtest: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1) from None
     live(None)
     if result.stopped:
         err.print(f"stopped early: {result.stopped}", markup=False, highlight=False, soft_wrap=True)

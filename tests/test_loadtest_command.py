@@ -246,3 +246,22 @@ def test_no_secret_reaches_any_file_of_the_command(tmp_path):
     for text in texts:
         for value in (password, secret, basic):
             assert value not in text
+
+
+def test_from_logs_measures_a_run_made_elsewhere_the_same_way(tmp_path):
+    scenario = write(tmp_path / "loop.toml", LOOP.format(duration=5, clients=10).replace(
+        'policy = "none"', 'policy = { name = "constant", base = "0.5s" }'))
+    users = wrong_users(tmp_path / "u.csv", 10)
+    with running_lab(str(scenario), "--users", "3") as lab:
+        done = loadtest(scenario, lab.url, tmp_path / "run", "--credentials", str(users), "--capacity", "none", "-q")
+    assert done.returncode == 0, done.stderr[-2000:]
+    again = loadtest(scenario, "http://127.0.0.1:1", tmp_path / "again", "--from-logs", str(tmp_path / "run"),
+                     "--credentials", str(users), "--capacity", "none", "-q")   # port 1: nothing may be sent
+    assert again.returncode == 0, again.stderr[-2000:]
+    first, second = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("run", "again"))
+    assert first["attempts"] > 0 and {k: v for k, v in first.items() if k != "target"} == \
+        {k: v for k, v in second.items() if k != "target"}
+    assert (tmp_path / "run" / "timeseries.csv").read_text() == (tmp_path / "again" / "timeseries.csv").read_text()
+    empty = loadtest(scenario, "http://127.0.0.1:1", tmp_path / "x", "--from-logs", str(tmp_path), "-q",
+                     "--credentials", str(users))
+    assert empty.returncode == 2 and "no attempts*.csv" in empty.stderr
