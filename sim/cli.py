@@ -239,6 +239,7 @@ def compare(
     seed: SeedOption = None,
     until: Annotated[Optional[str], typer.Option(help="Stop every run early at this simulated time (e.g. 30m).")
                      ] = None,
+    engine: Annotated[str, typer.Option(help="des, fast or auto, as for simulate.")] = "auto",
     jobs: Annotated[Optional[int], typer.Option(min=1, help="Runs in parallel (default: one per core; 1 = "
                                                              "in this process).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option(
@@ -267,7 +268,7 @@ def compare(
         with _runs_progress(f"comparing {len(variants)} variants", len(variants) * replications,
                             enabled=not quiet and err.is_terminal) as report:
             comparison = run_comparison(scenario, variants, sets=sets or (), scale=scale, seed=seed, until=stop,
-                                        replications=replications, jobs=jobs, progress=report)
+                                        replications=replications, jobs=jobs, progress=report, engine=engine)
     except ScenarioError as exc:
         raise _fail(exc) from None
     except (UnsupportedScenario, ValueError) as exc:

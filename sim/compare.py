@@ -34,7 +34,7 @@ import numpy as np
 from sim import des
 from sim.config import ScenarioError, load_scenario
 from sim.policies import make_policy, policy_names
-from sim.runner import combine, finite_json
+from sim.runner import choose_engine, combine, finite_json
 from sim.scenario import Scenario
 from sim.units import format_duration
 
@@ -187,11 +187,12 @@ class Comparison:
 
 def compare(path: str | Path, variants: Sequence[Variant], *, sets: Sequence[str] = (), scale: float = 1.0,
             seed: int | None = None, until: float | None = None, replications: int = 1, jobs: int | None = None,
-            progress: Callable[[int, int], None] | None = None) -> Comparison:
+            progress: Callable[[int, int], None] | None = None, engine: str = "auto") -> Comparison:
     """Run every variant `replications` times (in `jobs` processes; 1 = here) and rank them.
 
     Each variant's scenario is loaded first, so a bad override fails before anything runs: a
     ScenarioError whose source names the variant. `progress(done, total)` counts finished runs.
+    `engine` is resolved per variant as `simulate` does (`sim.runner.choose_engine`).
     """
     if replications < 1:
         raise ValueError("replications must be >= 1")
@@ -199,7 +200,8 @@ def compare(path: str | Path, variants: Sequence[Variant], *, sets: Sequence[str
         raise ValueError("nothing to compare: no variants")
     base = load_scenario(path, sets=sets, scale=scale, seed=seed)
     scenarios = [_load_variant(path, v, sets, scale, seed) for v in variants]
-    tasks = [(i, k, s, until, child) for i, s in enumerate(scenarios)
+    engines = [choose_engine(s, engine)[0] for s in scenarios]
+    tasks = [(i, k, s, until, child, engines[i]) for i, s in enumerate(scenarios)
              for k, child in enumerate(_seeds(s, replications))]
     runs = _run_all(tasks, jobs, progress)
     results = []
@@ -226,8 +228,12 @@ def _seeds(s: Scenario, replications: int) -> list[Any]:
 
 def _run_task(task: tuple) -> tuple[int, int, dict[str, Any], dict[str, np.ndarray]]:
     """One replication of one variant; module-level so that a worker process can unpickle it."""
-    i, k, scenario, until, seed = task
-    result = des.run(scenario, until=until, rng=np.random.default_rng(seed))
+    i, k, scenario, until, seed, engine = task
+    if engine == "fast":
+        from sim import fast
+        result = fast.run(scenario, until=until, rng=np.random.default_rng(seed))
+    else:
+        result = des.run(scenario, until=until, rng=np.random.default_rng(seed))
     return i, k, result.summary, result.timeseries
 
 

@@ -286,3 +286,12 @@ def _without_wallclock(value):
     if isinstance(value, list):
         return [_without_wallclock(v) for v in value]
     return value
+
+
+def test_engine_choice_reaches_every_run():
+    variants = build_variants(["none,full-jitter"], [])
+    fast = compare("quickstart", variants, until=600.0, replications=2, jobs=1, engine="fast")
+    des = compare("quickstart", variants, until=600.0, replications=2, jobs=1, engine="des")
+    assert {r.summary["engine"] for r in fast.results} == {"fast"}
+    assert {r.summary["engine"] for r in des.results} == {"des"}
+    assert [r.variant.name for r in fast.results] == [r.variant.name for r in des.results]  # the same ranking
