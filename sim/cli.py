@@ -503,13 +503,17 @@ def _live_line(enabled: bool):
 
 
 
-def _register_calibrate() -> None:
-    """`loginstorm calibrate` lives with the load-test side (loadtests/calibrate.py)."""
+def _register() -> None:
+    """Commands that live with their modules: calibrate (loadtests/calibrate.py), sweep and threshold
+    (sim/sweep.py)."""
     from loadtests.calibrate import calibrate_command
+    from sim.sweep import sweep_command, threshold_command
+    app.command("sweep")(sweep_command)
+    app.command("threshold")(threshold_command)
     app.command("calibrate")(calibrate_command)
 
 
-_register_calibrate()
+_register()
 
 if __name__ == "__main__":  # pragma: no cover
     app()
