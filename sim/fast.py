@@ -17,13 +17,21 @@ compiled. Who a fraction event picks and when (`sim.waves`) is drawn in Python a
     >>> result.summary["engine"]
     'fast'
 
+Server-wide events (outage, capacity, admit, partition, failover) act in Python between two
+stretches of the loop, at their `at` and at their ends, in the order `des` fires them (file order
+at the same instant, an end after the events scheduled before it); a capacity ramp's steps are
+heap entries of the loop.
+
 Supported so far (anything else raises `UnsupportedScenario` naming it): the population with
-constant-rate `login_rate` arrivals; every `[client]` key; `[server]` without `reject_cost` and
-`p2p`; `reboot`, `disconnect` and `login` events (fraction, spread, waves, downtime).
+`login_rate` arrivals and their surges; every `[client]` key; `[server]` without `p2p`; the
+events `reboot`, `disconnect`, `login`, `outage`, `capacity`, `admit`, `partition`, `surge` and
+`failover`.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import time
 
@@ -36,47 +44,60 @@ from sim.des import RunResult, UnsupportedScenario
 from sim.metrics import summarize, timeseries
 from sim.record import COUNTS, LEVELS, RunRecords
 from sim.scenario import Scenario
-from sim.waves import pick, wave_times
+from sim.waves import pick, rate_schedule, wave_times
 
 __all__ = ["run", "policy_delay", "SUPPORTED_EVENTS"]
 
 for _kernel in policies.KERNELS:  # the formulas become callable from compiled code, unchanged for Python
     register_jitable(_kernel)
 
-SUPPORTED_EVENTS = ("reboot", "disconnect", "login")
+SUPPORTED_EVENTS = ("reboot", "disconnect", "login", "outage", "capacity", "admit", "partition", "surge", "failover")
 INF = math.inf
 
 # client states (as in sim.des), plus a slot for a login_rate client that has not arrived yet
 OFFLINE, CONNECTING, ONLINE, GAVE_UP, NOT_YET = 0, 1, 2, 3, 4
 STATE_LEVEL = np.array([LEVELS.index(n) for n in ("offline", "connecting", "online", "gave_up")], dtype=np.int64)
-L_QUEUE, L_SERVING, L_WORKERS, L_ORBIT = (LEVELS.index(n) for n in ("queue", "serving", "workers", "orbit"))
-C_ATTEMPTS, C_SUCCESSES, C_REJECTED, C_TIMEOUTS, C_WASTED = (
-    COUNTS.index(n) for n in ("attempts", "successes", "rejected", "timeouts", "wasted"))
+L_QUEUE, L_SERVING, L_REJECTING, L_WORKERS, L_ORBIT = (
+    LEVELS.index(n) for n in ("queue", "serving", "rejecting", "workers", "orbit"))
+C_ATTEMPTS, C_SUCCESSES, C_REJECTED, C_TIMEOUTS, C_ERRORS, C_WASTED = (
+    COUNTS.index(n) for n in ("attempts", "successes", "rejected", "timeouts", "errors", "wasted"))
 SC_REFUSALS, SC_TIMEOUTS = 0, 1  # start counters: steady_refusals, steady_timeouts
 
-# heap entry kinds: a client's timer or reply (valid while its generation matches), or a service end
-K_SESSION_END, K_WANT, K_REBOOT_END, K_ATTEMPT, K_RETRY, K_REFUSED_503, K_REFUSED_429, K_TIMEOUT, K_DONE = range(9)
+# heap entry kinds: a client's timer or reply (valid while its generation matches; a refusal's
+# Retry-After waits in `cra`), a service or reject-work end (by pool slot), a ramp step (by ramp id)
+(K_SESSION_END, K_WANT, K_REBOOT_END, K_ATTEMPT, K_RETRY, K_REFUSED, K_TIMEOUT, K_DONE, K_REJECT_DONE,
+ K_WORKERS) = range(10)
+# pool slot states: what a request slot holds
+R_FREE, R_QUEUED, R_SERVING, R_REJECT, R_DEAD = range(5)
 # hit kinds (the sorted stream of fraction-event hits)
 H_REBOOT, H_DISCONNECT, H_LOGIN = 0, 1, 2
 # what a client does next inside one event
-A_NONE, A_EPISODE, A_ATTEMPT, A_FAIL, A_TIMEOUT, A_SUCCESS, A_ONLINE, A_OFFLINE, A_REBOOT, A_GIVE_UP = range(10)
+(A_NONE, A_EPISODE, A_ATTEMPT, A_FAIL, A_TIMEOUT, A_SUCCESS, A_ONLINE, A_OFFLINE, A_REBOOT, A_GIVE_UP,
+ A_ERROR) = range(11)
+# control codes: server actions Python asks for between two stretches
+CT_WORKERS, CT_LOSE, CT_DISPATCH = range(3)
+# outage modes (S_OUTAGE)
+OUT_NONE, OUT_REFUSE, OUT_BLACKHOLE = range(3)
+MAX_PARTITIONS = 64
 
 # draw streams: blocks of each distribution's own samples
-D_TIMEOUT, D_CONNECT, D_RELAUNCH, D_SESSION, D_OFFLINE, D_SERVICE, D_UNIFORM = range(7)
-N_STREAMS, BLOCK, SPARE = 7, 1 << 15, 8
+D_TIMEOUT, D_CONNECT, D_RELAUNCH, D_SESSION, D_OFFLINE, D_SERVICE, D_UNIFORM, D_U01 = range(8)
+N_STREAMS, BLOCK, SPARE = 8, 1 << 15, 8
 
 # float parameters
 (P_WIDTH, P_STEADY0, P_STEADY1, P_TAIL0, P_RTT, P_GIVE_UP, P_RETRY_AFTER, P_QLIMIT, P_BASE, P_CAP, P_MULT,
- P_TOP, P_KNEE, P_PER_REQ, P_RL_RATE, P_RL_BURST, P_RL_RA, P_W_START, P_THR0, P_THR1) = range(20)
+ P_TOP, P_KNEE, P_PER_REQ, P_RL_RATE, P_RL_BURST, P_RL_RA, P_W_START, P_THR0, P_THR1, P_REJECT_COST,
+ P_ADMIT, P_ADMIT_RA) = range(23)
 # int parameters
 Q_WORKERS, Q_POLICY, Q_RANDOM, Q_MAX_ATT, Q_LIFO, Q_DROP, Q_CANCEL, Q_HONOR, Q_NBINS, Q_OVERLOAD, Q_RL, Q_ABASE = range(12)
 # int state
 (S_HN, S_SEQ, S_QH, S_QN, S_FREE, S_BUSY, S_SERVING, S_HIT, S_ARR, S_EVENTS, S_N0, S_N1, S_N2, S_N3, S_EPISODES,
- S_GAVE_UP, S_WAITS_STARTED, S_WAITS_POS, S_LOGINS, S_POS) = range(20)
+ S_GAVE_UP, S_WAITS_STARTED, S_WAITS_POS, S_LOGINS, S_OUTAGE, S_RJH, S_RJN, S_REDISPATCH, S_RAMP, S_NPART,
+ S_POS) = range(26)
 N_S = S_POS + N_STREAMS
 # float state
 (G_BUSY_TIME, G_WASTED_TIME, G_WAITS_SUM, G_TOKENS, G_TOKENS_AT, G_SHARE, G_SINCE, G_TAIL_MAX, G_LOWEST,
- G_LOWEST_AT, G_BELOW0, G_BELOW1, G_EVER0, G_EVER1, G_LAST_UP0, G_LAST_UP1) = range(16)
+ G_LOWEST_AT, G_BELOW0, G_BELOW1, G_EVER0, G_EVER1, G_LAST_UP0, G_LAST_UP1, G_REDISPATCH_AT) = range(17)
 
 # loop exit codes: done, or Python must grow / refill something and call again
 DONE, GROW_HEAP, REFILL, GROW_POOL, GROW_LOGINS = range(5)
@@ -105,27 +126,28 @@ def check_supported(s: Scenario) -> None:
     missing = []
     if srv.p2p is not None:
         missing.append("server.p2p (supernodes)")
-    if srv.reject_cost > 0:
-        missing.append("server.reject_cost > 0")
     for i, e in enumerate(s.events):
         if e.kind not in SUPPORTED_EVENTS:
             missing.append(f"events.{i}: kind = \"{e.kind}\"")
         elif getattr(e, "supernode_fraction", None) is not None:
             missing.append(f"events.{i}.supernode_fraction")
+    if sum(e.kind == "partition" for e in s.events) > MAX_PARTITIONS:
+        missing.append(f"more than {MAX_PARTITIONS} partition events")
     if missing:
         raise UnsupportedScenario(f"engine 'fast' does not support {', '.join(missing)} yet "
                                   f"(events it supports: {', '.join(SUPPORTED_EVENTS)}); use engine 'des'")
 
 
 class Engine:
-    """Arrays, records and the Python side of the loop: fraction events, refills, growth."""
+    """Arrays, records and the Python side of the loop: the events' actions, refills, growth."""
 
     def __init__(self, s: Scenario, end: float, rng: np.random.Generator):
         self.s, self.end, self.rng = s, end, rng
         self.records = rec = RunRecords(s, end)
         pop, c, srv = s.population, s.client, s.server
         n, online = pop.clients, int(round(pop.online_at_start * pop.clients))
-        self.arrivals = _arrival_times(rng, pop.login_rate, end)
+        surges = [(e.at, e.duration, e.factor) for e in s.events if e.kind == "surge"]
+        self.arrivals = _arrival_times(rng, rate_schedule(pop.login_rate, surges), end)
         m = n + len(self.arrivals)
         self.st = np.full(m, NOT_YET, dtype=np.int8)
         self.st[:online], self.st[online:n] = ONLINE, OFFLINE
@@ -135,6 +157,16 @@ class Engine:
         self.begun, self.first, self.sent = (np.zeros(m) for _ in range(3))
         self.prev = np.full(m, np.nan)
         self.natt = np.zeros(m, dtype=np.int64)
+        self.cra = np.zeros(m)                      # Retry-After of the refusal on its way to the client
+        # the fixed uniform key of each client (admit and partition membership), as des draws it
+        gated = any(e.kind in ("admit", "partition") for e in s.events)
+        self.keys = rng.random(m) if gated else np.zeros(m)
+        self.learned = np.full(m, -INF)             # when each client knows the standby (failover)
+        self.partitions: list[tuple[float, float, float, float, float]] = []
+        self.PT = np.zeros((MAX_PARTITIONS, 5))
+        self.outages: list[int] = []
+        self.configured = srv.workers
+        self.now = 0.0                              # the time of the event acting (Python side)
         rec.levels["online"].set(0.0, online)
         rec.levels["offline"].set(0.0, n - online)
         rec.levels["workers"].set(0.0, srv.workers)
@@ -143,7 +175,7 @@ class Engine:
         self._init_heap(pop, n, online, m)
         self._init_pool(min(m, srv.queue_limit) + srv.workers + 64)
         self.policy = c.build_policy()
-        self.streams = (c.timeout, c.connect_delay, c.relaunch, pop.session, pop.offline, srv.service_time, None)
+        self.streams = (c.timeout, c.connect_delay, c.relaunch, pop.session, pop.offline, srv.service_time, None, None)
         self.draws = np.empty((N_STREAMS, BLOCK))
         for k in range(N_STREAMS):
             self.draws[k] = self._sample(k, BLOCK)
@@ -180,8 +212,10 @@ class Engine:
         cap = int(cap)
         self.rc, self.rg = np.zeros(cap, dtype=np.int64), np.zeros(cap, dtype=np.int64)
         self.rsent, self.rdl, self.rstart = np.zeros(cap), np.zeros(cap), np.zeros(cap)
+        self.rstate, self.rhang = np.zeros(cap, dtype=np.int8), np.zeros(cap, dtype=np.uint8)
         self.free = np.arange(cap - 1, -1, -1, dtype=np.int64)
         self.queue = np.zeros(cap, dtype=np.int64)
+        self.rejects = np.zeros(cap, dtype=np.int64)  # reject work waiting for a worker (a ring, fifo)
 
     def _init_params(self, s: Scenario, rec: RunRecords, m: int, n: int) -> None:
         c, srv, pol = s.client, s.server, self.policy
@@ -192,7 +226,7 @@ class Engine:
             s.bin_width, rec.steady.start, rec.steady.end, rec.tail.start, c.rtt, c.give_up_after, srv.retry_after,
             srv.queue_limit, base, cap, mult, top, ov.knee if ov else 0.0, ov.per_request if ov else 0.0,
             rl.rate if rl else 0.0, rl.bucket if rl else 0.0, rl.retry_after if rl else 0.0,
-            rec.watch.start, thresholds[0], thresholds[1]], dtype=float)
+            rec.watch.start, thresholds[0], thresholds[1], srv.reject_cost, INF, 0.0], dtype=float)
         self.Q = np.array([srv.workers, POLICY_CODES[type(pol).kernel], int(pol.random), pol.max_attempts,
                            int(srv.discipline == "lifo"), int(srv.drop_expired or srv.cancel_on_timeout),
                            int(srv.cancel_on_timeout), int(c.honor_retry_after), len(rec.counts["attempts"].bins),
@@ -202,11 +236,13 @@ class Engine:
         self.S[S_FREE] = len(self.free)
         online = int((self.st == ONLINE).sum())
         self.S[S_N0 + OFFLINE], self.S[S_N0 + ONLINE] = int((self.st == OFFLINE).sum()), online
-        self.G = np.zeros(16)
+        self.G = np.zeros(17)
         self.G[G_TOKENS], self.G[G_TOKENS_AT] = (rl.bucket if rl else 0.0), 0.0
 
     def _sample(self, k: int, size: int) -> np.ndarray:
         dist = self.streams[k]
+        if k == D_U01:  # partition draws: hang or not, fail fast or not
+            return self.rng.random(size)
         if dist is None:
             return self.rng.random(size) if self.policy.random else np.zeros(size)
         return np.broadcast_to(np.asarray(dist.sample(self.rng, size), dtype=float), (size,))
@@ -265,35 +301,66 @@ class Engine:
     # --- the run --------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Loop stretches between fraction events; returns the number of events processed."""
-        for e in sorted((e for e in self.s.events if e.at < self.end), key=lambda e: e.at):
-            self.advance(e.at)
-            self.fire(e)
+        """Loop stretches between the events' actions; returns the number of events processed.
+
+        The actions wait in a heap ordered as SimPy orders them: by time, then by when they were
+        scheduled (every event's `at` at the start, in file order; an end when its event fired).
+        """
+        seq = itertools.count()
+        self.actions = [(e.at, next(seq), self.fire, e) for e in self.s.events if e.at < self.end]
+        heapq.heapify(self.actions)
+        self._seq = seq
+        while self.actions and self.actions[0][0] < self.end:
+            at, _, act, arg = heapq.heappop(self.actions)
+            self.advance(at)
+            act(arg)
         self.advance(self.end)
         self._import_records()
         return int(self.S[S_EVENTS])
 
+    def later(self, at: float, act, arg) -> None:
+        heapq.heappush(self.actions, (at, next(self._seq), act, arg))
+
+    def _loop_args(self) -> tuple:
+        return (self.P, self.Q, self.S, self.G,
+                (self.st, self.gen, self.rebooting, self.orbiting, self.begun, self.first, self.sent,
+                 self.prev, self.natt, self.cra, self.keys, self.learned),
+                (self.ht, self.hs, self.hk, self.ha, self.hg),
+                (self.rc, self.rg, self.rsent, self.rdl, self.rstart, self.free, self.queue, self.rstate,
+                 self.rhang, self.rejects),
+                self.draws, self.PT,
+                (self.LV, self.LB, self.LS, self.WS, self.CT, self.CB, self.CS, self.SCB, self.SCT,
+                 self.SCS, self.logins))
+
     def advance(self, until: float) -> None:
         while True:
-            status = _advance(until, self.P, self.Q, self.S, self.G,
-                              (self.st, self.gen, self.rebooting, self.orbiting, self.begun, self.first, self.sent,
-                               self.prev, self.natt),
-                              (self.ht, self.hs, self.hk, self.ha, self.hg),
-                              (self.rc, self.rg, self.rsent, self.rdl, self.rstart, self.free, self.queue),
-                              self.draws, self.hits, self.arrivals,
-                              (self.LV, self.LB, self.LS, self.WS, self.CT, self.CB, self.CS, self.SCB, self.SCT,
-                               self.SCS, self.logins))
+            P, Q, S, G, cl, hp, pool, draws, PT, rec = self._loop_args()
+            status = _advance(until, P, Q, S, G, cl, hp, pool, draws, PT, self.hits, self.arrivals, rec)
             if status == DONE:
                 return
-            if status == GROW_HEAP:
-                self.ht, self.hs, self.hk, self.ha, self.hg = (_grown(a, 2 * len(a)) for a in
-                                                               (self.ht, self.hs, self.hk, self.ha, self.hg))
-            elif status == REFILL:
-                self._refill()
-            elif status == GROW_POOL:
-                self._grow_pool()
-            elif status == GROW_LOGINS:
-                self.logins = _grown(self.logins, 2 * len(self.logins))
+            self._make_room(status)
+
+    def _make_room(self, status: int) -> None:
+        if status == GROW_HEAP:
+            self._grow_heap(2 * len(self.ht))
+        elif status == REFILL:
+            self._refill()
+        elif status == GROW_POOL:
+            self._grow_pool()
+        elif status == GROW_LOGINS:
+            self.logins = _grown(self.logins, 2 * len(self.logins))
+
+    def _grow_heap(self, size: int) -> None:
+        if size > len(self.ht):
+            self.ht, self.hs, self.hk, self.ha, self.hg = (_grown(a, size) for a in
+                                                           (self.ht, self.hs, self.hk, self.ha, self.hg))
+
+    def control(self, code: int, x: int) -> None:
+        """A server action at the current time (the `at` the loop stopped before)."""
+        self._grow_heap(int(self.S[S_HN]) + len(self.rc) + 64)  # a loss answers at most every slot
+        now = self.now
+        P, Q, S, G, cl, hp, pool, draws, PT, rec = self._loop_args()
+        _control(code, x, now, P, Q, S, G, cl, hp, pool, draws, PT, rec)
 
     def _refill(self) -> None:
         """Streams running low keep their unread draws and get a fresh block behind them."""
@@ -307,21 +374,109 @@ class Engine:
     def _grow_pool(self) -> None:
         old = len(self.rc)
         new = 2 * old
-        self.rc, self.rg, self.rsent, self.rdl, self.rstart = (
-            _grown(a, new) for a in (self.rc, self.rg, self.rsent, self.rdl, self.rstart))
+        self.rc, self.rg, self.rsent, self.rdl, self.rstart, self.rstate, self.rhang = (
+            _grown(a, new) for a in (self.rc, self.rg, self.rsent, self.rdl, self.rstart, self.rstate, self.rhang))
         free = np.empty(new, dtype=np.int64)
         nfree = int(self.S[S_FREE])
         free[:nfree] = self.free[:nfree]
         free[nfree:nfree + new - old] = np.arange(new - 1, old - 1, -1)
         self.free = free
         self.S[S_FREE] = nfree + new - old
-        head, count = int(self.S[S_QH]), int(self.S[S_QN])
-        queue = np.zeros(new, dtype=np.int64)
-        queue[:count] = self.queue[(head + np.arange(count)) % old]
-        self.queue = queue
-        self.S[S_QH] = 0
+        for ring, head, count in (("queue", S_QH, S_QN), ("rejects", S_RJH, S_RJN)):
+            h, n = int(self.S[head]), int(self.S[count])
+            grown = np.zeros(new, dtype=np.int64)
+            grown[:n] = getattr(self, ring)[(h + np.arange(n)) % old]
+            setattr(self, ring, grown)
+            self.S[head] = 0
+
+    # --- the scenario's events (MODEL.md 3.1), as `sim.des.Model.fire` acts -----------------
 
     def fire(self, e) -> None:
+        self.now = e.at
+        getattr(self, "_" + e.kind)(e)
+
+    def _at(self, t: float, act, arg=None) -> None:
+        """An action at `t` (an event's end); it never happens at or after the end of the run."""
+        def acting(_):
+            self.now = t
+            act(arg)
+        self.later(t, acting, None)
+
+    def _reboot(self, e) -> None:
+        self.hit_clients(e)
+
+    _disconnect = _login = _reboot
+
+    def _surge(self, e) -> None:
+        """Read by the arrival times (`_arrival_times`)."""
+
+    def _admit(self, e) -> None:
+        self.P[P_ADMIT], self.P[P_ADMIT_RA] = e.fraction, e.retry_after
+
+    def _outage(self, e) -> None:
+        mode = OUT_REFUSE if e.mode == "refuse" else OUT_BLACKHOLE
+        self.outages.append(mode)  # overlapping outages: the tier is down until the last ends
+        self.S[S_OUTAGE] = mode
+        self.control(CT_LOSE, int(mode == OUT_REFUSE))
+        if e.drop_sessions:
+            self.drop_all_sessions()
+        self._at(e.at + e.duration, self._outage_end, mode)
+
+    def _outage_end(self, mode: int) -> None:
+        self.outages.remove(mode)
+        self.S[S_OUTAGE] = self.outages[-1] if self.outages else OUT_NONE
+        if not self.outages:
+            self.control(CT_DISPATCH, 0)
+
+    def _capacity(self, e) -> None:
+        """Workers become factor x configured, linearly over `ramp` (steps as heap entries);
+        a newer event replaces a ramp."""
+        self.S[S_RAMP] += 1
+        start, target = int(self.Q[Q_WORKERS]), int(round(self.configured * e.factor))
+        if e.ramp <= 0 or start == target:
+            self.control(CT_WORKERS, target)
+            return
+        step = 1 if target > start else -1
+        ws = np.arange(start + step, target + step, step)
+        times = e.at + e.ramp * (ws - start) / (target - start)
+        self._grow_heap(int(self.S[S_HN]) + len(ws) + 64)
+        hp = (self.ht, self.hs, self.hk, self.ha, self.hg)
+        _push_many(hp, self.S, times, K_WORKERS, ws.astype(np.int64), int(self.S[S_RAMP]))
+
+    def _partition(self, e) -> None:
+        entry = (float(self.rng.random()), e.fraction, e.failure, e.hang,
+                 INF if e.isolate_at is None else e.isolate_at)
+        self.partitions.append(entry)
+        self._partitions_changed()
+        self._at(e.at + e.duration, self._partition_end, entry)
+
+    def _partition_end(self, entry) -> None:
+        self.partitions.remove(entry)
+        self._partitions_changed()
+
+    def _partitions_changed(self) -> None:
+        self.S[S_NPART] = len(self.partitions)
+        for i, entry in enumerate(self.partitions):
+            self.PT[i] = entry
+
+    def _failover(self, e) -> None:
+        """The primary dies: in-flight requests fail, sessions drop, clients find the standby late.
+        Every client draws its propagation now (des draws those of later arrivals when they come)."""
+        m = len(self.st)
+        self.learned = e.at + np.broadcast_to(np.asarray(e.propagation.sample(self.rng, m), dtype=float), (m,)).copy()
+        existing = int(self.Q[Q_ABASE] + self.S[S_ARR])
+        if existing:
+            self.records.last_event_end = max(self.records.last_event_end, float(self.learned[:existing].max()))
+        self.control(CT_LOSE, 1)
+        self.drop_all_sessions()
+        self.control(CT_WORKERS, int(round(int(self.Q[Q_WORKERS]) * e.factor)))
+
+    def drop_all_sessions(self) -> None:
+        """Every ONLINE client loses its session now (hits before anything else at this instant)."""
+        ids = np.flatnonzero(self.st == ONLINE)
+        self._merge_hits(np.full(len(ids), self.now), ids, H_DISCONNECT, np.zeros(len(ids)))
+
+    def hit_clients(self, e) -> None:
         """A fraction event at its `at`: pick the clients now, draw their times, merge the hits."""
         st = self.st
         if e.kind == "login":
@@ -335,6 +490,9 @@ class Engine:
         if len(ids):
             self.records.last_event_end = max(self.records.last_event_end, float((times + downtimes).max()))
         kind = {"reboot": H_REBOOT, "disconnect": H_DISCONNECT, "login": H_LOGIN}[e.kind]
+        self._merge_hits(times, ids, kind, downtimes)
+
+    def _merge_hits(self, times: np.ndarray, ids: np.ndarray, kind: int, downtimes: np.ndarray) -> None:
         keep = times < self.end
         at = int(self.S[S_HIT])
         old_t, old_c, old_k, old_d = (a[at:] for a in self.hits)
@@ -357,18 +515,27 @@ def _grown(a: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def _arrival_times(rng: np.random.Generator, rate: float, end: float) -> np.ndarray:
-    """Poisson arrival times at a constant `rate` before `end` (what `sim.waves.next_arrival` gives
-    without surges): cumulative Exp(1) draws over the rate."""
-    if rate <= 0:
+def _arrival_times(rng: np.random.Generator, schedule: list[tuple[float, float]], end: float) -> np.ndarray:
+    """Poisson arrival times before `end` at a piecewise-constant rate (`sim.waves.rate_schedule`):
+    cumulative Exp(1) draws mapped through the inverse integrated rate, as `next_arrival` does one
+    at a time."""
+    starts = np.array([t for t, _ in schedule] + [INF])
+    rates = np.array([r for _, r in schedule])
+    lengths = np.minimum(starts[1:], end) - np.minimum(starts[:-1], end)
+    cum = np.concatenate([[0.0], np.cumsum(rates * lengths)])  # integrated rate at each step start
+    total = float(cum[-1])
+    if total <= 0:
         return np.empty(0)
-    chunks, t = [], 0.0
-    block = int(rate * end * 1.05) + 64
-    while t < end:
-        times = t + np.cumsum(rng.exponential(1.0, block)) / rate
-        chunks.append(times)
-        t = float(times[-1])
-    times = np.concatenate(chunks)
+    chunks, y = [], 0.0
+    block = int(total * 1.05) + 64
+    while y < total:
+        ys = y + np.cumsum(rng.exponential(1.0, block))
+        chunks.append(ys)
+        y = float(ys[-1])
+    ys = np.concatenate(chunks)
+    ys = ys[ys < total]
+    k = np.searchsorted(cum[:-1], ys, side="right") - 1  # the step in which each arrival falls
+    times = starts[k] + (ys - cum[k]) / rates[k]
     return times[times < end]
 
 
@@ -540,10 +707,37 @@ def _draw(draws, S, k):
 
 
 @njit(cache=True)
-def _start(P, Q, S, G, pool, draws, hp, rec, r, now):
-    """A request takes a worker: the service draw (times the overload factor), cut at the deadline
-    with cancel_on_timeout; its end goes on the heap."""
-    rsent, rdl, rstart = pool[2], pool[3], pool[4]
+def _push_many(hp, S, times, kind, values, g):
+    for i in range(times.shape[0]):
+        _push(hp, S, times[i], kind, values[i], g)
+
+
+@njit(cache=True)
+def _partition_of(S, PT, key):
+    """The active partition this client depends on (membership by its fixed key), or -1."""
+    for i in range(S[S_NPART]):
+        if (key + PT[i, 0]) % 1.0 < PT[i, 1]:
+            return i
+    return -1
+
+
+@njit(cache=True)
+def _partition_hang(S, PT, draws, key, now):
+    """0: no hang; 1: this attempt will hang if it is served; -1: fail fast (after isolate_at)."""
+    i = _partition_of(S, PT, key)
+    if i < 0:
+        return 0
+    if now >= PT[i, 4]:
+        return -1 if _draw(draws, S, D_U01) < PT[i, 2] else 0
+    return 1
+
+
+@njit(cache=True)
+def _start(P, Q, S, G, cl, pool, draws, PT, hp, rec, r, now):
+    """A request takes a worker: a partition hang (decided now), else the service draw times the
+    overload factor; cut at the deadline with cancel_on_timeout; its end goes on the heap."""
+    keys = cl[10]
+    rc, rsent, rdl, rstart, rstate, rhang = pool[0], pool[2], pool[3], pool[4], pool[7], pool[8]
     S[S_BUSY] += 1
     S[S_SERVING] += 1
     _level_add(rec, L_SERVING, now, 1.0, P[P_WIDTH], Q[Q_NBINS])
@@ -554,20 +748,47 @@ def _start(P, Q, S, G, pool, draws, hp, rec, r, now):
         if wait > 0:
             S[S_WAITS_POS] += 1
     rstart[r] = now
-    work = _draw(draws, S, D_SERVICE)
-    if Q[Q_OVERLOAD]:
-        work *= 1.0 + P[P_PER_REQ] * max(0.0, S[S_QN] + S[S_SERVING] - P[P_KNEE])
+    rstate[r] = R_SERVING
+    i = _partition_of(S, PT, keys[rc[r]]) if rhang[r] else -1
+    if i >= 0 and _draw(draws, S, D_U01) < PT[i, 2]:
+        work = PT[i, 3]
+    else:
+        rhang[r] = 0
+        work = _draw(draws, S, D_SERVICE)
+        if Q[Q_OVERLOAD]:
+            work *= 1.0 + P[P_PER_REQ] * max(0.0, S[S_QN] + S[S_SERVING] - P[P_KNEE])
     if Q[Q_CANCEL] and now + work > rdl[r]:
         work = max(0.0, rdl[r] - now)
     _push(hp, S, now + work, K_DONE, r, 0)
 
 
 @njit(cache=True)
-def _dispatch(P, Q, S, G, pool, draws, hp, rec, now):
-    """Free workers take queued requests by the discipline; expired ones are dropped at the head."""
-    rdl, free, queue = pool[3], pool[5], pool[6]
+def _low(S, hp, draws):
+    """Too few draws or heap slots left to start another request in this event."""
+    block = draws.shape[1]
+    return (S[S_POS + D_SERVICE] + 4 > block or S[S_POS + D_U01] + 4 > block
+            or S[S_HN] + 8 > hp[0].shape[0])
+
+
+@njit(cache=True)
+def _dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, now):
+    """Free workers take reject work first, then queued requests by the discipline; expired ones
+    are dropped at the head. Short of draws or heap, it stops and the loop resumes it at once."""
+    rdl, rstate, free, queue, rejects = pool[3], pool[7], pool[5], pool[6], pool[9]
     cap = queue.shape[0]
-    while S[S_BUSY] < Q[Q_WORKERS] and S[S_QN] > 0:
+    while S[S_BUSY] < Q[Q_WORKERS] and (S[S_RJN] > 0 or S[S_QN] > 0):
+        if _low(S, hp, draws):
+            S[S_REDISPATCH] = 1
+            G[G_REDISPATCH_AT] = now
+            return
+        if S[S_RJN] > 0:
+            r = rejects[S[S_RJH]]
+            S[S_RJH] = (S[S_RJH] + 1) % cap
+            S[S_RJN] -= 1
+            S[S_BUSY] += 1
+            _level_add(rec, L_REJECTING, now, 1.0, P[P_WIDTH], Q[Q_NBINS])
+            _push(hp, S, now + P[P_REJECT_COST], K_REJECT_DONE, r, 0)
+            continue
         if Q[Q_LIFO]:
             r = queue[(S[S_QH] + S[S_QN] - 1) % cap]
         else:
@@ -576,10 +797,80 @@ def _dispatch(P, Q, S, G, pool, draws, hp, rec, now):
         S[S_QN] -= 1
         _level_add(rec, L_QUEUE, now, -1.0, P[P_WIDTH], Q[Q_NBINS])
         if Q[Q_DROP] and now >= rdl[r]:
-            free[S[S_FREE]] = r
-            S[S_FREE] += 1
+            _free(S, pool, r)
             continue
-        _start(P, Q, S, G, pool, draws, hp, rec, r, now)
+        _start(P, Q, S, G, cl, pool, draws, PT, hp, rec, r, now)
+
+
+@njit(cache=True)
+def _free(S, pool, r):
+    pool[7][r] = R_FREE
+    pool[5][S[S_FREE]] = r
+    S[S_FREE] += 1
+
+
+@njit(cache=True)
+def _answer_refused(S, cl, hp, pool, r, now):
+    """An immediate connection error to the client still waiting for request `r` (ra 0)."""
+    gen, cra = cl[1], cl[9]
+    cid = pool[0][r]
+    if pool[1][r] == gen[cid]:
+        cra[cid] = 0.0
+        _push(hp, S, now, K_REFUSED, cid, gen[cid])
+
+
+@njit(cache=True)
+def _lose(P, Q, S, G, cl, hp, pool, rec, answer, now):
+    """`LoginServer.lose_everything`: queued, waiting reject work and in-service requests are lost
+    (rejected; killed work is wasted); answer=1: their clients learn at once, else they time out."""
+    rsent, rstart, rstate, queue, rejects = pool[2], pool[4], pool[7], pool[6], pool[9]
+    width, nbins = P[P_WIDTH], Q[Q_NBINS]
+    cap = queue.shape[0]
+    for j in range(S[S_RJN]):  # already counted as rejected when refused
+        r = rejects[(S[S_RJH] + j) % cap]
+        if answer:
+            _answer_refused(S, cl, hp, pool, r, now)
+        _free(S, pool, r)
+    S[S_RJN] = 0
+    for j in range(S[S_QN]):
+        r = queue[(S[S_QH] + j) % cap]
+        _count(rec, C_REJECTED, now, width, nbins)
+        _count_start(rec, SC_REFUSALS, rsent[r], width, nbins)
+        if answer:
+            _answer_refused(S, cl, hp, pool, r, now)
+        _free(S, pool, r)
+    _level_add(rec, L_QUEUE, now, -float(S[S_QN]), width, nbins)
+    S[S_QN] = 0
+    killed = 0
+    for r in range(rstate.shape[0]):
+        if rstate[r] != R_SERVING:
+            continue
+        rstate[r] = R_DEAD  # its end is still on the heap: the slot is freed there
+        killed += 1
+        G[G_BUSY_TIME] += now - rstart[r]
+        G[G_WASTED_TIME] += now - rstart[r]
+        _count(rec, C_WASTED, now, width, nbins)
+        _count(rec, C_REJECTED, now, width, nbins)
+        _count_start(rec, SC_REFUSALS, rsent[r], width, nbins)
+        if answer:
+            _answer_refused(S, cl, hp, pool, r, now)
+    S[S_SERVING] -= killed
+    S[S_BUSY] -= killed
+    _level_add(rec, L_SERVING, now, -float(killed), width, nbins)
+
+
+@njit(cache=True)
+def _control(code, x, now, P, Q, S, G, cl, hp, pool, draws, PT, rec):
+    """A server action between two stretches: set the workers, lose everything, or dispatch."""
+    if code == CT_WORKERS:
+        x = max(0, x)
+        _level_add(rec, L_WORKERS, now, float(x - Q[Q_WORKERS]), P[P_WIDTH], Q[Q_NBINS])
+        Q[Q_WORKERS] = x
+    elif code == CT_LOSE:
+        _lose(P, Q, S, G, cl, hp, pool, rec, x, now)
+        return
+    if S[S_REDISPATCH] == 0:
+        _dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, now)
 
 
 @njit(cache=True)
@@ -593,11 +884,11 @@ def _wake(P, Q, S, cl, rec, cid, now):
 
 
 @njit(cache=True)
-def _advance(until, P, Q, S, G, cl, hp, pool, draws, hits, arrivals, rec):
+def _advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec):
     """Process every event before `until`; returns DONE, or what Python must do before calling again."""
-    st, gen, rebooting, orbiting, begun, first, sent, prev, natt = cl
+    st, gen, rebooting, orbiting, begun, first, sent, prev, natt, cra, keys, learned = cl
     ht, hg = hp[0], hp[4]
-    rc, rg, rsent, rdl, rstart, free, queue = pool
+    rc, rg, rsent, rdl, rstart, free, queue, rstate, rhang, rejects = pool
     hit_t, hit_c, hit_k, hit_d = hits
     logins = rec[10]
     width, nbins = P[P_WIDTH], Q[Q_NBINS]
@@ -613,6 +904,10 @@ def _advance(until, P, Q, S, G, cl, hp, pool, draws, hits, arrivals, rec):
         for k in range(N_STREAMS):
             if S[S_POS + k] + SPARE > block:
                 return REFILL
+        if S[S_REDISPATCH]:  # a dispatch that ran short of draws or heap resumes at its instant
+            S[S_REDISPATCH] = 0
+            _dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, G[G_REDISPATCH_AT])
+            continue
         t_heap = ht[0] if S[S_HN] > 0 else INF
         t_hit = hit_t[S[S_HIT]] if S[S_HIT] < n_hits else INF
         t_arr = arrivals[S[S_ARR]] if S[S_ARR] < n_arr else INF
@@ -648,7 +943,29 @@ def _advance(until, P, Q, S, G, cl, hp, pool, draws, hits, arrivals, rec):
             action = A_EPISODE
         else:
             kind, a, g = _pop(hp, S)
-            if kind == K_DONE:  # a request leaves its worker
+            if kind == K_WORKERS:  # a capacity ramp's step, unless a newer capacity event replaced it
+                if g == S[S_RAMP]:
+                    _control(CT_WORKERS, a, now, P, Q, S, G, cl, hp, pool, draws, PT, rec)
+            elif kind == K_REJECT_DONE:  # a refusal's work is done: it goes back to the client
+                r = a
+                cid = rc[r]
+                G[G_BUSY_TIME] += P[P_REJECT_COST]
+                S[S_BUSY] -= 1
+                _level_add(rec, L_REJECTING, now, -1.0, width, nbins)
+                deliver = rg[r] == gen[cid]
+                late = now + P[P_RTT] >= rdl[r]  # then the client's own deadline answers it
+                _free(S, pool, r)
+                if deliver and not late and P[P_RTT] > 0:
+                    _push(hp, S, now + P[P_RTT], K_REFUSED, cid, gen[cid])
+                    deliver = False
+                _dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, now)
+                if deliver and not late:
+                    gen[cid] += 1
+                    action = A_FAIL
+                    ra = cra[cid]
+            elif kind == K_DONE and rstate[a] == R_DEAD:  # lost to an outage or failover: accounted
+                _free(S, pool, a)
+            elif kind == K_DONE:  # a request leaves its worker
                 r = a
                 cid = rc[r]
                 wasted = now >= rdl[r]
@@ -660,12 +977,12 @@ def _advance(until, P, Q, S, G, cl, hp, pool, draws, hits, arrivals, rec):
                 S[S_BUSY] -= 1
                 _level_add(rec, L_SERVING, now, -1.0, width, nbins)
                 deliver = not wasted and rg[r] == gen[cid]  # an orphan's reply reaches nobody
-                free[S[S_FREE]] = r
-                S[S_FREE] += 1
-                _dispatch(P, Q, S, G, pool, draws, hp, rec, now)
+                hung = rhang[r] != 0
+                _free(S, pool, r)
+                _dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, now)
                 if deliver:
                     gen[cid] += 1  # its deadline no longer concerns it
-                    action = A_SUCCESS
+                    action = A_ERROR if hung else A_SUCCESS
             else:
                 cid = a
                 if g != gen[cid]:
@@ -689,7 +1006,7 @@ def _advance(until, P, Q, S, G, cl, hp, pool, draws, hits, arrivals, rec):
                 else:  # a refusal arrives one round trip after it was sent
                     gen[cid] += 1
                     action = A_FAIL
-                    ra = P[P_RETRY_AFTER] if kind == K_REFUSED_503 else P[P_RL_RA]
+                    ra = cra[cid]
         S[S_EVENTS] += 1
         while action != A_NONE:  # the client's next steps at this instant (sim.des Model.life)
             if action == A_EPISODE:
@@ -711,34 +1028,51 @@ def _advance(until, P, Q, S, G, cl, hp, pool, draws, hits, arrivals, rec):
                 _count(rec, C_ATTEMPTS, now, width, nbins)
                 sent[cid] = now
                 timeout = _draw(draws, S, D_TIMEOUT)
-                refusal = -1
-                if Q[Q_RL]:  # token bucket: every attempt that gets this far takes a token
-                    tokens = min(P[P_RL_BURST], G[G_TOKENS] + (now - G[G_TOKENS_AT]) * P[P_RL_RATE])
-                    G[G_TOKENS_AT] = now
-                    if tokens >= 1.0:
-                        G[G_TOKENS] = tokens - 1.0
-                    else:
-                        G[G_TOKENS] = tokens
-                        refusal = K_REFUSED_429
-                if refusal < 0:
-                    if S[S_BUSY] < Q[Q_WORKERS] or S[S_QN] < P[P_QLIMIT]:
-                        S[S_FREE] -= 1
-                        r = free[S[S_FREE]]
-                        rc[r], rg[r], rsent[r], rdl[r] = cid, gen[cid], now, now + timeout
-                        if S[S_BUSY] < Q[Q_WORKERS]:
-                            _start(P, Q, S, G, pool, draws, hp, rec, r, now)
-                        else:  # the ring is as long as the pool: it never overflows
-                            queue[(S[S_QH] + S[S_QN]) % queue.shape[0]] = r
-                            S[S_QN] += 1
-                            _level_add(rec, L_QUEUE, now, 1.0, width, nbins)
-                        if timeout < INF:
-                            _push(hp, S, now + timeout, K_TIMEOUT, cid, gen[cid])
-                        action = A_NONE
-                    else:
-                        refusal = K_REFUSED_503
-                if refusal >= 0:
+                # the checks in the contract's order (LoginServer.submit); -1: no refusal
+                ra, costly, hang = -1.0, False, 0
+                if now < learned[cid] or S[S_OUTAGE] == OUT_REFUSE:
+                    ra = 0.0
+                elif S[S_OUTAGE] == OUT_BLACKHOLE:  # no answer: the attempt times out
+                    if timeout < INF:
+                        _push(hp, S, now + timeout, K_TIMEOUT, cid, gen[cid])
+                    action = A_NONE
+                    continue
+                elif keys[cid] >= P[P_ADMIT]:
+                    ra, costly = P[P_ADMIT_RA], True
+                elif Q[Q_RL] and not _take_token(P, G, now):
+                    ra, costly = P[P_RL_RA], True
+                else:
+                    hang = _partition_hang(S, PT, draws, keys[cid], now)
+                    if hang < 0:  # fail fast after isolate_at
+                        ra = 0.0
+                    elif not (S[S_BUSY] < Q[Q_WORKERS] and S[S_RJN] == 0) and S[S_QN] >= P[P_QLIMIT]:
+                        ra, costly = P[P_RETRY_AFTER], True
+                if ra < 0 or (costly and P[P_REJECT_COST] > 0):  # the request stays at the server
+                    S[S_FREE] -= 1
+                    r = free[S[S_FREE]]
+                    rc[r], rg[r], rsent[r], rdl[r], rhang[r] = cid, gen[cid], now, now + timeout, hang
+                    if ra >= 0:  # refused with work: the reply waits for a worker
+                        _count(rec, C_REJECTED, now, width, nbins)
+                        _count_start(rec, SC_REFUSALS, now, width, nbins)
+                        cra[cid] = ra
+                        rstate[r] = R_REJECT
+                        rejects[(S[S_RJH] + S[S_RJN]) % rejects.shape[0]] = r
+                        S[S_RJN] += 1
+                        _dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, now)
+                    elif S[S_BUSY] < Q[Q_WORKERS] and S[S_RJN] == 0:
+                        _start(P, Q, S, G, cl, pool, draws, PT, hp, rec, r, now)
+                    else:  # the ring is as long as the pool: it never overflows
+                        rstate[r] = R_QUEUED
+                        queue[(S[S_QH] + S[S_QN]) % queue.shape[0]] = r
+                        S[S_QN] += 1
+                        _level_add(rec, L_QUEUE, now, 1.0, width, nbins)
+                    if timeout < INF:
+                        _push(hp, S, now + timeout, K_TIMEOUT, cid, gen[cid])
+                    action = A_NONE
+                else:  # refused at once: the answer comes back one round trip later
                     _count(rec, C_REJECTED, now, width, nbins)
                     _count_start(rec, SC_REFUSALS, now, width, nbins)
+                    cra[cid] = ra
                     rtt = P[P_RTT]
                     if rtt >= timeout:  # the deadline comes first: a timeout
                         if timeout > 0:
@@ -747,11 +1081,10 @@ def _advance(until, P, Q, S, G, cl, hp, pool, draws, hits, arrivals, rec):
                         else:
                             action = A_TIMEOUT
                     elif rtt > 0:
-                        _push(hp, S, now + rtt, refusal, cid, gen[cid])
+                        _push(hp, S, now + rtt, K_REFUSED, cid, gen[cid])
                         action = A_NONE
                     else:
                         action = A_FAIL
-                        ra = P[P_RETRY_AFTER] if refusal == K_REFUSED_503 else P[P_RL_RA]
             elif action == A_TIMEOUT:
                 _count(rec, C_TIMEOUTS, now, width, nbins)
                 _count_start(rec, SC_TIMEOUTS, sent[cid], width, nbins)
@@ -776,6 +1109,10 @@ def _advance(until, P, Q, S, G, cl, hp, pool, draws, hits, arrivals, rec):
                 else:  # at once, as a new entry at this instant (bounds the work of one event)
                     _push(hp, S, now, K_ATTEMPT, cid, gen[cid])
                     action = A_NONE
+            elif action == A_ERROR:  # a partition hang ended in an error before the deadline
+                _count(rec, C_ERRORS, now, width, nbins)
+                ra = 0.0
+                action = A_FAIL
             elif action == A_SUCCESS:
                 logins[S[S_LOGINS]] = now - begun[cid]
                 S[S_LOGINS] += 1
@@ -807,3 +1144,15 @@ def _advance(until, P, Q, S, G, cl, hp, pool, draws, hits, arrivals, rec):
                 if wait < INF:
                     _push(hp, S, now + wait, K_WANT, cid, gen[cid])
                 action = A_NONE
+
+
+@njit(cache=True)
+def _take_token(P, G, now):
+    """`sim.bucket.TokenBucket.take`: every attempt that gets this far takes a token."""
+    tokens = min(P[P_RL_BURST], G[G_TOKENS] + (now - G[G_TOKENS_AT]) * P[P_RL_RATE])
+    G[G_TOKENS_AT] = now
+    if tokens >= 1.0:
+        G[G_TOKENS] = tokens - 1.0
+        return True
+    G[G_TOKENS] = tokens
+    return False

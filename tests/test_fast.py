@@ -2,8 +2,11 @@
 
 Agreement is statistical: each check runs the same scenario on both engines over independent
 replications (SeedSequence children) and compares the means of summary fields and of the online
-share of every bin with Welch's t-test, two-sided, 1 % family-wise per test (Bonferroni). The theory
-checks hold the fast engine alone to Erlang C, with the helpers of `test_theory`.
+share of every bin with Welch's t-test, two-sided, 1 % family-wise per test (Bonferroni): on
+scenarios built to exercise many features at once, and on the shipped scenarios scaled down. The
+precise-rule stories of `test_engine` (MODEL.md 3.1, exact outcomes of small timelines) run here
+on the fast engine too. The theory checks hold the fast engine alone to Erlang C, with the helpers
+of `test_theory`.
 
 The first test to run compiles the loop (about 10-15 s on 2 cores); numba caches it on disk
 (`cache=True`), so later runs start at once.
@@ -20,6 +23,7 @@ from sim import des, fast
 from sim.config import load_scenario, parse_scenario
 from sim.des import UnsupportedScenario
 from sim.policies import POLICIES, make_policy
+import test_engine
 from test_theory import MMC, check_mean, queue_scenario, seeds, steady
 from theory import erlang_c, t_quantile
 
@@ -80,6 +84,172 @@ fraction = 0.5
 spread = { dist = "uniform", low = "0s", high = "1m" }
 """
 
+# The server-side events under a storm: reject work, both outage modes (one dropping every
+# session), staged admission, a capacity ramp then a cut, a surge of new clients, a rate limit.
+SERVER_EVENTS = """
+name = "server-events"
+duration = "30m"
+seed = 5
+resolution = "30s"
+warmup = "5m"
+
+[population]
+clients = 1500
+online_at_start = 0.9
+login_rate = 0.3
+session = { dist = "exponential", mean = "30m" }
+offline = { dist = "lognormal", median = "3m", p99 = "15m" }
+
+[client]
+timeout = { dist = "uniform", low = "2s", high = "6s" }
+give_up_after = "10m"
+relaunch = "2m"
+rtt = "20ms"
+policy = { name = "full-jitter", base = "1s", cap = "1m" }
+
+[server]
+workers = 3
+service_time = { dist = "exponential", mean = "60ms" }
+queue_limit = 60
+reject_cost = "5ms"
+retry_after = "3s"
+rate_limit = { rate = 45, burst = 60, retry_after = "2s" }
+
+[[events]]
+at = "3m"
+kind = "outage"
+duration = "1m"
+drop_sessions = true
+
+[[events]]
+at = "3m"
+kind = "admit"
+fraction = 0.3
+retry_after = "20s"
+
+[[events]]
+at = "4m"
+kind = "capacity"
+factor = 2.0
+ramp = "3m"
+
+[[events]]
+at = "6m"
+kind = "admit"
+fraction = 0.7
+retry_after = "20s"
+
+[[events]]
+at = "9m"
+kind = "admit"
+fraction = 1.0
+
+[[events]]
+at = "12m"
+kind = "surge"
+duration = "3m"
+factor = 20.0
+
+[[events]]
+at = "16m"
+kind = "capacity"
+factor = 0.67
+
+[[events]]
+at = "20m"
+kind = "outage"
+duration = "1m"
+mode = "blackhole"
+
+[[events]]
+at = "22m"
+kind = "reboot"
+fraction = 0.3
+spread = { dist = "uniform", low = "0s", high = "30s" }
+"""
+
+# Failing back ends (a short hang that errors, a long one that outlives the timeout, a bulkhead),
+# two failovers (slow propagation, then IP takeover), a capacity ramp replaced halfway, overlapping
+# outages, deadline propagation and reject work on a bounded queue.
+FAILOVER_PARTITION = """
+name = "failover-partition"
+duration = "30m"
+seed = 6
+resolution = "30s"
+warmup = "5m"
+
+[population]
+clients = 1500
+online_at_start = 1.0
+session = { dist = "exponential", mean = "20m" }
+offline = "1m"
+
+[client]
+timeout = "5s"
+connect_delay = { dist = "uniform", low = "0s", high = "2s" }
+max_attempts = 10
+relaunch = "1m"
+policy = { name = "exponential", base = "1s", cap = "30s" }
+
+[server]
+workers = 4
+service_time = { dist = "lognormal", median = "50ms", p99 = "300ms" }
+queue_limit = 100
+cancel_on_timeout = true
+reject_cost = "2ms"
+retry_after = "2s"
+
+[[events]]
+at = "2m"
+kind = "partition"
+duration = "10m"
+fraction = 0.3
+failure = 0.5
+hang = "2s"
+isolate_at = "8m"
+
+[[events]]
+at = "5m"
+kind = "partition"
+duration = "5m"
+fraction = 0.2
+hang = "10s"
+
+[[events]]
+at = "14m"
+kind = "failover"
+factor = 1.5
+propagation = { dist = "lognormal", median = "20s", p99 = "2m" }
+
+[[events]]
+at = "18m"
+kind = "capacity"
+factor = 0.5
+ramp = "2m"
+
+[[events]]
+at = "19m"
+kind = "capacity"
+factor = 1.0
+
+[[events]]
+at = "22m"
+kind = "outage"
+duration = "1m"
+mode = "blackhole"
+drop_sessions = true
+
+[[events]]
+at = "22m30s"
+kind = "outage"
+duration = "1m"
+
+[[events]]
+at = "26m"
+kind = "failover"
+factor = 1.0
+"""
+
 FIELDS = ("episodes", "logins", "gave_up", "attempts", "amplification", "timeouts", "rejected", "wasted",
           "wasted_work_fraction", "lowest_online_share", "recovery_s.p90", "recovery_s.p99",
           "login_time_s.p50", "login_time_s.p95", "steady.utilization", "steady.mean_orbit")
@@ -114,6 +284,11 @@ def welch(what: str, a, b, alpha: float = ALPHA) -> float:
     assert abs(t) <= crit, (f"{what}: des mean {a.mean():.6g} vs fast {b.mean():.6g}, t = {t:.2f} "
                             f"(critical {crit:.2f}, df {df:.1f}); des {np.round(a, 4)}, fast {np.round(b, 4)}")
     return t
+
+
+def defined(runs: dict[str, list], fields) -> list[str]:
+    """The fields defined in every run of both engines."""
+    return [f for f in fields if all(field(r.summary, f) is not None for rs in runs.values() for r in rs)]
 
 
 def assert_agree(runs: dict[str, list], fields=FIELDS) -> dict[str, float]:
@@ -170,9 +345,48 @@ def test_mixed_features_agree_with_des():
     assert_agree(runs, FIELDS + ("steady.blocking", "steady.mean_wait_s"))
 
 
+EVENT_FIELDS = FIELDS + ("errors", "steady.blocking", "steady.mean_wait_s", "steady.abandonment")
+
+
+@pytest.mark.parametrize("text", [SERVER_EVENTS, FAILOVER_PARTITION], ids=["server-events", "failover-partition"])
+def test_server_events_agree_with_des(text):
+    runs = both_engines(parse_scenario(text, "test_fast"), reps=10)
+    fields = defined(runs, EVENT_FIELDS)
+    assert len(fields) >= 14, fields
+    assert_agree(runs, fields)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("text", [SERVER_EVENTS, FAILOVER_PARTITION], ids=["server-events", "failover-partition"])
+def test_server_events_agree_with_des_many_replications(text):
+    runs = both_engines(parse_scenario(text, "test_fast"), reps=14, base=11)
+    assert_agree(runs, defined(runs, EVENT_FIELDS))
+
+
+# The shipped scenarios whose events the fast engine models, scaled down (and shortened) so that
+# des runs a replication in well under a second.
+SHIPPED = {
+    "lync-2014": (0.001, ('duration="25m"', 'events.0.at="3m"', 'events.1.at="12m"', 'events.1.ramp="5m"')),
+    "discord-restart": (0.0006, ('duration="30m"', 'warmup="20m"')),
+    "roblox-2021": (0.0002, ()),
+    "failover-dns": (0.003, ('duration="1h"',)),
+    "failover-ip": (0.003, ('duration="45m"',)),
+    "exchange-2014": (0.001, ('duration="2h"', 'events.0.duration="1h"', 'events.0.isolate_at="1h30m"')),
+    "monday-morning": (0.0004, ()),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_shipped_scenarios_agree_with_des(name):
+    scale, sets = SHIPPED[name]
+    runs = both_engines(load_scenario(f"scenarios/{name}.toml", sets, scale=scale), reps=10)
+    assert_agree(runs, defined(runs, EVENT_FIELDS))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sets", [
-    ("client.policy.name=\"none\"", "server.queue_limit=1000", "duration=\"30m\""),
+    ("client.policy.name=\"none\"", "server.queue_limit=1000", "duration=\"15m\""),
     ("client.policy.name=\"full-jitter\"", "server.cancel_on_timeout=true", "server.queue_limit=\"inf\""),
     ("client.policy.name=\"grpc\"", "client.timeout={dist=\"exponential\", mean=\"5s\"}", "server.discipline=\"lifo\""),
 ], ids=["no-backoff", "full-jitter-cancel", "grpc-lifo"])
@@ -187,6 +401,30 @@ def test_quickstart_variants_agree_with_des_many_replications(sets):
 def test_mixed_features_agree_with_des_many_replications():
     runs = both_engines(parse_scenario(MIXED, "test_fast"), reps=20, base=1)
     assert_agree(runs, FIELDS + ("steady.blocking", "steady.mean_wait_s"))
+
+
+@pytest.mark.slow
+def test_a_dispatch_short_of_draws_resumes_at_its_instant(monkeypatch):
+    """Blocks of 40 draws: releasing a long queue to many new workers at once runs out of service
+    draws mid-dispatch again and again; the loop resumes it at the same instant and still agrees."""
+    monkeypatch.setattr(fast, "BLOCK", 40)
+    text = SERVER_EVENTS.replace("queue_limit = 60", "queue_limit = 400").replace("factor = 0.67", "factor = 40.0")
+    runs = both_engines(parse_scenario(text, "test_fast"), reps=10)
+    assert_agree(runs, defined(runs, EVENT_FIELDS))
+
+
+# --- the precise rules of MODEL.md 3.1, one story each (tests/test_engine.py), on this engine ---------
+
+@pytest.fixture(autouse=True)
+def _rules_on_the_fast_engine(request, monkeypatch):
+    if request.function.__module__ == "test_engine":
+        monkeypatch.setattr(test_engine, "run", fast.run)
+
+
+for _name, _test in list(vars(test_engine).items()):
+    # every story but the one that checks the summary names its engine "des"
+    if _name.startswith("test_") and callable(_test) and _name != "test_summary_invariants":
+        globals()["test_rule_" + _name[len("test_"):]] = _test
 
 
 # --- theory: M/M/c ----------------------------------------------------------------------------
@@ -234,25 +472,15 @@ def test_records_have_the_reference_shape_and_conserve_clients():
     assert f.summary["duration_s"] == 1200.0
 
 
-UNSUPPORTED = [
-    ('[[events]]\nat = "1m"\nkind = "outage"\nduration = "1m"', "outage"),
-    ('[[events]]\nat = "1m"\nkind = "capacity"\nfactor = 2.0', "capacity"),
-    ('[[events]]\nat = "1m"\nkind = "admit"\nfraction = 0.5', "admit"),
-    ('[[events]]\nat = "1m"\nkind = "partition"\nduration = "1m"\nhang = "5s"', "partition"),
-    ('[[events]]\nat = "1m"\nkind = "surge"\nduration = "1m"\nfactor = 2.0', "surge"),
-    ('[[events]]\nat = "1m"\nkind = "failover"\nfactor = 1.0', "failover"),
-]
-
-
-@pytest.mark.parametrize("extra, named", UNSUPPORTED, ids=[n for _, n in UNSUPPORTED])
-def test_unsupported_events_are_named(extra, named):
-    text = 'name = "u"\nduration = "10m"\n[population]\nclients = 10\n[server]\nworkers = 1\nservice_time = "10ms"\n'
-    with pytest.raises(UnsupportedScenario, match=rf'kind = "{named}"'):
-        fast.run(parse_scenario(text + extra + "\n", "test_fast"))
+def test_unsupported_events_are_named():
+    text = ('name = "u"\nduration = "10m"\n[population]\nclients = 10\n[server]\nworkers = 1\n'
+            'service_time = "10ms"\np2p = { supernode_ratio = 0.01, children = 50, slots = 1 }\n'
+            '[[events]]\nat = "1m"\nkind = "p2p-rules"\npromotion_rate = 0.1\n')
+    with pytest.raises(UnsupportedScenario, match='kind = "p2p-rules"'):
+        fast.run(parse_scenario(text, "test_fast"))
 
 
 @pytest.mark.parametrize("key, named", [
-    ('reject_cost = "5ms"', "reject_cost"),
     ("p2p = { supernode_ratio = 0.01, children = 50, slots = 1 }", "p2p"),
 ])
 def test_unsupported_server_features_are_named(key, named):
