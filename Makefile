@@ -14,11 +14,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Two workers, one test file each at a time (module fixtures stay whole): the load tests mostly
+# wait on real servers, the simulation tests compute, so together they fill the two cores.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 test-quick: $(STAMP)
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -n 2 --dist loadfile -m "not slow" -q
 
 demo: $(STAMP)
 	$(VENV)/bin/loginstorm validate scenarios/*.toml
