@@ -197,9 +197,12 @@ def test_ctrl_c_stops_gracefully_and_still_reports(tmp_path):
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.monotonic() + 30
-            while not list(out.glob("attempts*.csv")) and time.monotonic() < deadline:
+
+            def rows() -> int:      # attempts logged so far (the files start with a header)
+                return sum(len(f.read_text().splitlines()) - 1 for f in out.glob("attempts*.csv"))
+            while rows() < 5 and time.monotonic() < deadline:
                 time.sleep(0.2)
-            time.sleep(3)
+            time.sleep(2)
             proc.send_signal(signal.SIGINT)                   # what Ctrl-C sends
             _, stderr = proc.communicate(timeout=60)
         finally:
@@ -208,7 +211,7 @@ def test_ctrl_c_stops_gracefully_and_still_reports(tmp_path):
     assert proc.returncode == 0, stderr[-2000:]
     assert "interrupted" in stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["interrupted"] is True and 2 < summary["duration_s"] < 30 and summary["attempts"] > 0
+    assert summary["interrupted"] is True and 0 < summary["duration_s"] < 30 and summary["attempts"] >= 5
     assert (out / "report.html").exists() and (out / "locust_stats.csv").exists()
 
 
