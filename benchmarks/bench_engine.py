@@ -287,16 +287,22 @@ def extrapolate(measured: list[dict], clients: int) -> dict:
 
 # --- reporting --------------------------------------------------------------------------------
 
-def machine() -> dict:
-    import numpy
-    import simpy
-
+def git_state() -> tuple[str | None, bool | None]:
+    """The checkout's commit and whether tracked files differ from it (None, None without git)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                                     capture_output=True, text=True).stdout.strip())
     except OSError:
-        commit, dirty = None, None
+        return None, None
+    return commit, dirty
+
+
+def machine() -> dict:
+    import numpy
+    import simpy
+
+    commit, dirty = git_state()
     return {"nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "python": sys.version.split()[0], "implementation": platform.python_implementation(),
             "platform": platform.platform(), "simpy": simpy.__version__, "numpy": numpy.__version__,

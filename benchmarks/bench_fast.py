@@ -34,39 +34,15 @@ ROOT = HERE.parent
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
+from bench_engine import reboot_scenario as engine_reboot_scenario  # noqa: E402  (the same storm as there)
+
 RESULTS = HERE / "results" / "bench_fast.json"
 MIB = 1024 * 1024
 
 
 def reboot_scenario(clients: int, seed: int = 1) -> str:
-    workers = max(1, round(clients / 2000))
-    return f"""
-name = "bench-fast-reboot-wave"
-duration = "2h"
-seed = {seed}
-resolution = "1m"
-
-[population]
-clients = {clients}
-online_at_start = 1.0
-session = "inf"
-
-[client]
-timeout = "10s"
-policy = {{ name = "exponential", base = "1s", cap = "5m" }}
-
-[server]
-workers = {workers}
-service_time = {{ dist = "lognormal", median = "40ms", p99 = "300ms" }}
-queue_limit = 1_000_000_000
-
-[[events]]
-at = "60s"
-kind = "reboot"
-fraction = 1.0
-spread = {{ dist = "uniform", low = "0s", high = "10m" }}
-downtime = {{ dist = "lognormal", median = "1m", p99 = "5m" }}
-"""
+    """bench_engine's reboot wave, one worker per 2 000 clients."""
+    return engine_reboot_scenario(clients, 2000, seed)
 
 
 def bench_ratio(scale: float, repeats: int, log) -> dict:

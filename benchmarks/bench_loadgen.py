@@ -57,6 +57,7 @@ for path in (ROOT, ROOT / "tests"):
     if str(path) not in sys.path:  # run from a checkout without installing
         sys.path.insert(0, str(path))
 
+from bench_engine import git_state  # noqa: E402  (the benchmarks share how they record the checkout)
 from lab_process import running_lab  # noqa: E402  (tests/lab_process.py: start and stop the lab by PID)
 
 TARGET_RATIO = 0.85
@@ -336,12 +337,7 @@ def machine() -> dict:
     import geventhttpclient
     import locust
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                    capture_output=True, text=True).stdout.strip())
-    except OSError:
-        commit, dirty = None, None
+    commit, dirty = git_state()
     return {"nproc": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform(),
             "locust": locust.__version__, "gevent": gevent.__version__,
             "geventhttpclient": getattr(geventhttpclient, "__version__", "?"), "git_commit": commit,
