@@ -121,11 +121,9 @@ def run_loadtest(o: LoadtestOptions, show=None) -> LoadtestResult:
     if proc.returncode not in (0, None) and not interrupted and elapsed == 0:
         tail = (o.out / "locust.stderr.txt").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
         raise LoadtestError(f"Locust exited with code {proc.returncode} before the storm began:\n" + "\n".join(tail))
-    horizon = storm.plan.duration if not o.run_time else min(storm.plan.duration, o.run_time)
+    horizon = _horizon(o, storm)
     end = min(horizon, elapsed) if (stopped or interrupted) and elapsed > 0 else horizon
-    files = _write_measured(o, storm, end, stopped, interrupted, o.out)
-    summary = json.loads((o.out / "summary.json").read_text())
-    files += _write_versus(o, storm, summary)
+    summary, files = _write_outputs(o, storm, end, stopped, interrupted, o.out)
     return LoadtestResult(summary, files, stopped, interrupted, proc.returncode if proc.returncode is not None else -1)
 
 
@@ -154,29 +152,28 @@ def _from_logs(o: LoadtestOptions, storm: Storm) -> LoadtestResult:
     if not list(logs.glob("attempts*.csv")) or not list(logs.glob("states*.csv")):
         raise StormError(f"{logs}: no attempts*.csv and states*.csv (Locust's --attempt-log and --state-log) here")
     o.out.mkdir(parents=True, exist_ok=True)
-    end = storm.plan.duration if not o.run_time else min(storm.plan.duration, o.run_time)
-    files = _write_measured(o, storm, end, None, False, logs)
-    summary = json.loads((o.out / "summary.json").read_text())
-    files += _write_versus(o, storm, summary)
+    summary, files = _write_outputs(o, storm, _horizon(o, storm), None, False, logs)
     return LoadtestResult(summary, files, None, False, 0)
 
 
-def _write_measured(o: LoadtestOptions, storm: Storm, end: float, stopped, interrupted, logs: Path) -> list[Path]:
-    from sim.runner import finite_json
+def _horizon(o: LoadtestOptions, storm: Storm) -> float:
+    """Where the story ends in real seconds: its (compressed) duration, or --run-time if shorter."""
+    return storm.plan.duration if not o.run_time else min(storm.plan.duration, o.run_time)
+
+
+def _write_outputs(o: LoadtestOptions, storm: Storm, end: float, stopped, interrupted,
+                   logs: Path) -> tuple[dict, list[Path]]:
+    """summary.json and timeseries.csv from the logs in `logs`, then the report beside the simulation."""
+    from sim.runner import finite_json, write_timeseries
     attempts, states = read_logs(logs / "attempts.csv", logs / "states.csv")
     run = measured_run(_story_scenario(storm), end, attempts, states)
     summary = {k: run.summary[k] for k in CLIENT_FIELDS}
     summary.update(target=o.host, speed=storm.plan.speed, policy=storm.policy.name, devices=storm.plan.devices,
                    stopped=stopped, interrupted=interrupted)
-    (o.out / "summary.json").write_text(json.dumps(finite_json(summary), indent=2) + "\n")
-    ts = run.timeseries
-    columns = list(ts)
-    with (o.out / "timeseries.csv").open("w", encoding="utf-8") as handle:
-        handle.write(",".join(columns) + "\n")
-        for i in range(len(ts["t"])):
-            handle.write(",".join(f"{ts[c][i]:.6g}" for c in columns) + "\n")
-    (o.out / "measured.json").write_text(json.dumps({"timeseries": {k: v.tolist() for k, v in ts.items()}}))
-    return [o.out / "summary.json", o.out / "timeseries.csv"]
+    summary = finite_json(summary)
+    (o.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    files = [o.out / "summary.json", write_timeseries(run.timeseries, o.out / "timeseries.csv")]
+    return summary, files + _write_versus(o, storm, summary, run.timeseries)
 
 
 def lab_capacity(host: str) -> dict | None:
@@ -189,10 +186,8 @@ def lab_capacity(host: str) -> dict | None:
     return published if isinstance(published, dict) and "server" in published else None
 
 
-def _write_versus(o: LoadtestOptions, storm: Storm, measured_summary: dict) -> list[Path]:
+def _write_versus(o: LoadtestOptions, storm: Storm, measured_summary: dict, measured_ts: dict) -> list[Path]:
     """The simulation of what the load test did, and the report that sets the two side by side."""
-    import numpy as np
-
     from loadtests import versus
     from sim.scenario import Server
     notes, capacity = [], None
@@ -209,8 +204,6 @@ def _write_versus(o: LoadtestOptions, storm: Storm, measured_summary: dict) -> l
     elif o.capacity != "none":
         capacity = versus.parse_capacity(o.capacity)
         notes.append(f"capacity: --capacity {o.capacity}")
-    measured = json.loads((o.out / "measured.json").read_text())["timeseries"]
-    measured_ts = {k: np.array(v) for k, v in measured.items()}
     if capacity is None:
         notes.append("no capacity known (--capacity): the report shows the measured storm only")
         return _measured_only_report(o, storm, measured_summary, measured_ts, notes)

@@ -20,8 +20,8 @@ from sim import des
 from sim.record import COLUMNS, COUNTS
 from sim.scenario import Scenario
 
-__all__ = ["Outcome", "simulate", "choose_engine", "write_outputs", "combine", "finite_json", "ENGINES",
-           "AUTO_FAST_CLIENTS"]
+__all__ = ["Outcome", "simulate", "choose_engine", "write_outputs", "write_timeseries", "combine", "finite_json",
+           "ENGINES", "AUTO_FAST_CLIENTS"]
 
 ENGINES = ("auto", "des", "fast")
 #: `auto` runs the `fast` engine for populations of at least this many clients (MODEL.md section 6)
@@ -153,19 +153,24 @@ def write_outputs(outcome: Outcome, out_dir: Path, report: bool = True) -> list[
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_path = out_dir / "summary.json"
     summary_path.write_text(json.dumps(finite_json(outcome.summary), indent=2, default=_json_default) + "\n")
-    series_path = out_dir / "timeseries.csv"
+    series_path = write_timeseries(outcome.timeseries, out_dir / "timeseries.csv",
+                                   whole_counts=len(outcome.runs) == 1)
     ts = outcome.timeseries
-    whole_counts = len(outcome.runs) == 1
-    with series_path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(COLUMNS)
-        for i in range(len(ts["t"])):
-            writer.writerow([_cell(name, ts[name][i], whole_counts) for name in COLUMNS])
     written = [summary_path, series_path]
     if report:
         from sim.report import write_run_report  # matplotlib only when a report is wanted
         written += write_run_report(outcome.summary, ts, outcome.runs[0].scenario, out_dir, written)
     return written
+
+
+def write_timeseries(ts: dict[str, np.ndarray], path: Path, whole_counts: bool = True) -> Path:
+    """timeseries.csv (MODEL.md section 5): counts as whole numbers unless they are means."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(COLUMNS)
+        for i in range(len(ts["t"])):
+            writer.writerow([_cell(name, ts[name][i], whole_counts) for name in COLUMNS])
+    return path
 
 
 def _cell(name: str, value: float, whole_counts: bool) -> str:
