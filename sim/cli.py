@@ -25,6 +25,7 @@ from sim.compare import write_outputs as write_comparison
 from sim.config import ScenarioError, load_scenario, shipped_scenarios
 from sim.des import UnsupportedScenario
 from sim.describe import policy_rows, scenario_line, summary_lines
+from sim.options import ScaleOption, SeedOption, SetOption
 from sim.runner import finite_json, write_outputs
 from sim.runner import simulate as run_simulation
 from sim.units import format_duration, parse_duration
@@ -38,14 +39,6 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
-
-SetOption = Annotated[Optional[list[str]], typer.Option(
-    "--set", metavar="KEY=VALUE", help="Override any key by its dotted path, e.g. server.workers=800 "
-                                       "or events.0.fraction=0.3 (repeatable).")]
-ScaleOption = Annotated[float, typer.Option(
-    "--scale", min=0.0, help="Run a population S times the size: clients, login_rate, workers, "
-                             "queue_limit and rate-limit rate/burst are multiplied by S.")]
-SeedOption = Annotated[Optional[int], typer.Option("--seed", min=0, help="Override the scenario's seed.")]
 
 
 def _duration(value: str) -> float:

@@ -48,6 +48,7 @@ from sim import des
 from sim.compare import _cores, _policy_list, split_outside_brackets
 from sim.config import ScenarioError, load_scenario
 from sim.metrics import STEADY_FIELDS, SUMMARY_FIELDS
+from sim.options import ScaleOption, SeedOption, SetOption
 from sim.runner import choose_engine, combine, finite_json
 from sim.scenario import Scenario
 from sim.units import format_duration, parse_duration
@@ -769,10 +770,6 @@ def format_value(key: str, value: float | None, duration: bool = False) -> str:
 
 # --- the commands (registered by sim.cli) -------------------------------------------------
 
-SetOption = Annotated[Optional[list[str]], typer.Option(
-    "--set", metavar="KEY=VALUE", help="Override any key by its dotted path, e.g. server.workers=800 (repeatable).")]
-ScaleOption = Annotated[float, typer.Option("--scale", min=0.0, help="Run a population S times the size.")]
-SeedOption = Annotated[Optional[int], typer.Option("--seed", min=0, help="Override the scenario's seed.")]
 EngineOption = Annotated[str, typer.Option(help="des, fast or auto (fast from 100,000 clients).")]
 JobsOption = Annotated[Optional[int], typer.Option(min=1, help="Runs in parallel (default: one per core; 1 = here).")]
 DaskOption = Annotated[Optional[str], typer.Option(
