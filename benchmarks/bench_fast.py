@@ -8,11 +8,15 @@
    endless session, one `reboot` of fraction 1 at 60 s, spread uniform 0-10 min, downtime
    lognormal median 1 min / p99 5 min, 10 s timeout, exponential backoff, one worker per 2 000
    clients) for 2 simulated hours on `fast`: wall time of the run, peak RSS from `os.wait4`.
-3. **Compile time.** A child with an empty numba cache directory times its first run (compile
+3. **The Skype 2007 storm** (`scenarios/skype-2007.toml`, 72 h, supernodes) on `fast`, one child
+   per `--skype` scale (1.0 is the full 7 M clients): wall time, events/s, attempts, peak RSS.
+   At `--skype-ratio` (a size both engines handle) `des` and `fast` run the same storm once
+   each: attempts per second and their ratio.
+4. **Compile time.** A child with an empty numba cache directory times its first run (compile
    + run) against a second run in the same process.
 
-    .venv/bin/python benchmarks/bench_fast.py                 # 10^5 and 10^6 clients
-    .venv/bin/python benchmarks/bench_fast.py --sizes 100000 1000000 10000000
+    .venv/bin/python benchmarks/bench_fast.py                 # 10^5 and 10^6 clients, Skype to 10^6
+    .venv/bin/python benchmarks/bench_fast.py --sizes 100000 1000000 10000000 --skype 0.0143 0.143 1.0
 
 Results go to stdout and to benchmarks/results/bench_fast.json.
 """
@@ -78,6 +82,37 @@ def child_scale(clients: int) -> None:
                       "recovery_p99_s": summary["recovery_s"]["p99"]}))
 
 
+def child_skype(scale: float) -> None:
+    """In the child: the Skype 2007 storm at `scale`, its timings as JSON on stdout."""
+    from sim import fast
+    from sim.config import load_scenario
+
+    s = load_scenario("skype-2007", scale=scale)
+    warm = fast.warm_up()
+    t0 = time.perf_counter()
+    summary = fast.run(s).summary
+    wall = time.perf_counter() - t0
+    print(json.dumps({"scale": scale, "clients": s.population.clients, "wall_s": wall, "warm_up_s": warm,
+                      "loop_s": summary["wallclock_s"], "attempts": summary["attempts"],
+                      "events": summary["events_processed"], "lowest_online_share": summary["lowest_online_share"]}))
+
+
+def bench_skype_ratio(scale: float, log) -> dict:
+    from sim import des, fast
+    from sim.config import load_scenario
+
+    s = load_scenario("skype-2007", scale=scale)
+    fast.warm_up()
+    rates = {}
+    for name, engine in (("des", des), ("fast", fast)):
+        t0 = time.perf_counter()
+        summary = engine.run(s).summary
+        wall = time.perf_counter() - t0
+        rates[name] = summary["attempts"] / wall
+        log(f"  {name:4s}: {summary['attempts']:,} attempts, {summary['events_processed']:,} events in {wall:.2f} s")
+    return {"scenario": "skype-2007", "scale": scale, "attempts_per_s": rates, "ratio": rates["fast"] / rates["des"]}
+
+
 def child_compile() -> None:
     from sim import fast
     from sim.config import load_scenario
@@ -111,10 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
     ap.add_argument("--scale", type=float, default=1.0, help="quickstart scale for the ratio")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skype", type=float, nargs="*", default=[0.0143, 0.143],
+                    help="skype-2007 scales to run on fast (1.0: 7 M clients)")
+    ap.add_argument("--skype-ratio", type=float, default=0.002, help="skype-2007 scale for des against fast")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child == "compile":
         child_compile()
+        return 0
+    if args.child and args.child.startswith("skype:"):
+        child_skype(float(args.child.split(":")[1]))
         return 0
     if args.child:
         child_scale(int(args.child))
@@ -138,8 +179,20 @@ def main(argv: list[str] | None = None) -> int:
         scale.append(r)
         log(f"  {n:>10,d} clients: {r['wall_s']:7.2f} s total ({r['loop_s']:.2f} s loop), {r['attempts']:>12,d} "
             f"attempts = {r['attempts'] / r['loop_s']:,.0f}/s, peak RSS {r['peak_rss_bytes'] / MIB:,.0f} MiB")
+    log(f"skype-2007 x{args.skype_ratio:g}, des against fast:")
+    skype_ratio = bench_skype_ratio(args.skype_ratio, log)
+    log(f"  des {skype_ratio['attempts_per_s']['des']:,.0f} attempts/s, fast "
+        f"{skype_ratio['attempts_per_s']['fast']:,.0f} attempts/s: ratio {skype_ratio['ratio']:.0f}x")
+    skype = []
+    log("skype-2007, 72 h, fast engine (child per scale; cache warm):")
+    for scale_ in args.skype:
+        r = in_child(["--child", f"skype:{scale_}"])
+        skype.append(r)
+        log(f"  {r['clients']:>10,d} clients: {r['wall_s']:8.1f} s ({r['loop_s']:.1f} s loop), {r['events']:>13,d} events "
+            f"= {r['events'] / r['loop_s']:,.0f}/s, {r['attempts']:,} attempts, peak RSS {r['peak_rss_bytes'] / MIB:,.0f} MiB")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"compile": compiled, "ratio": ratio, "scale": scale}, indent=2) + "\n")
+    RESULTS.write_text(json.dumps({"compile": compiled, "ratio": ratio, "scale": scale,
+                                   "skype_ratio": skype_ratio, "skype": skype}, indent=2) + "\n")
     log(f"written {RESULTS.relative_to(ROOT)}")
     return 0
 

@@ -1,7 +1,7 @@
 """The population-scale engine (`fast`): MODEL.md section 3 as a compiled event loop.
 
 The same model as the reference engine (`sim.des`), executed by a different scheduler: per-client
-state lives in numpy arrays, and one numba-compiled loop pops a binary heap of (time, seq, kind,
+state lives in numpy arrays, and one numba-compiled loop pops a 4-ary heap of (time, seq, kind,
 client) entries and moves clients through the same steps as `Model.life` (episode, attempt,
 retry timer, online, offline, reboot, give-up). Agreement with `des` is statistical equality,
 not an approximation; `tests/test_fast.py` holds the two engines against each other.
@@ -22,10 +22,15 @@ stretches of the loop, at their `at` and at their ends, in the order `des` fires
 at the same instant, an end after the events scheduled before it); a capacity ramp's steps are
 heap entries of the loop.
 
-Supported so far (anything else raises `UnsupportedScenario` naming it): the population with
-`login_rate` arrivals and their surges; every `[client]` key; `[server]` without `p2p`; the
-events `reboot`, `disconnect`, `login`, `outage`, `capacity`, `admit`, `partition`, `surge` and
-`failover`.
+Supernodes (MODEL.md 3.2) live in the loop too: per client its supernode slot, home and place
+in its home's child list (a doubly linked list through two arrays), so a leaving supernode finds
+its orphans in O(children); the minute's tick is a heap entry. Promotion picks are uniform among
+the ripe ONLINE ordinary clients by rejection from all of them (exact, and an exact full scan
+when rejection is slow); these picks, home choices and the tick's stochastic rounding draw from
+numba's generator, seeded from the run's generator, so a seed still fixes the run.
+
+Everything in the scenario format is supported but more than 64 partition events (anything
+unsupported raises `UnsupportedScenario` naming it, and `--engine auto` falls back to des).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from numba import njit
 from numba.extending import register_jitable
 
 from sim import policies
-from sim.des import RunResult, UnsupportedScenario
+from sim.des import Progress, RunResult, UnsupportedScenario
 from sim.metrics import summarize, timeseries
 from sim.record import COUNTS, LEVELS, RunRecords
 from sim.scenario import Scenario
@@ -51,14 +56,15 @@ __all__ = ["run", "policy_delay", "SUPPORTED_EVENTS"]
 for _kernel in policies.KERNELS:  # the formulas become callable from compiled code, unchanged for Python
     register_jitable(_kernel)
 
-SUPPORTED_EVENTS = ("reboot", "disconnect", "login", "outage", "capacity", "admit", "partition", "surge", "failover")
+SUPPORTED_EVENTS = ("reboot", "disconnect", "login", "outage", "capacity", "admit", "partition", "surge", "failover",
+                    "p2p-rules")
 INF = math.inf
 
 # client states (as in sim.des), plus a slot for a login_rate client that has not arrived yet
 OFFLINE, CONNECTING, ONLINE, GAVE_UP, NOT_YET = 0, 1, 2, 3, 4
 STATE_LEVEL = np.array([LEVELS.index(n) for n in ("offline", "connecting", "online", "gave_up")], dtype=np.int64)
-L_QUEUE, L_SERVING, L_REJECTING, L_WORKERS, L_ORBIT = (
-    LEVELS.index(n) for n in ("queue", "serving", "rejecting", "workers", "orbit"))
+L_QUEUE, L_SERVING, L_REJECTING, L_WORKERS, L_SUPERNODES, L_ORBIT = (
+    LEVELS.index(n) for n in ("queue", "serving", "rejecting", "workers", "supernodes", "orbit"))
 C_ATTEMPTS, C_SUCCESSES, C_REJECTED, C_TIMEOUTS, C_ERRORS, C_WASTED = (
     COUNTS.index(n) for n in ("attempts", "successes", "rejected", "timeouts", "errors", "wasted"))
 SC_REFUSALS, SC_TIMEOUTS = 0, 1  # start counters: steady_refusals, steady_timeouts
@@ -66,7 +72,8 @@ SC_REFUSALS, SC_TIMEOUTS = 0, 1  # start counters: steady_refusals, steady_timeo
 # heap entry kinds: a client's timer or reply (valid while its generation matches; a refusal's
 # Retry-After waits in `cra`), a service or reject-work end (by pool slot), a ramp step (by ramp id)
 (K_SESSION_END, K_WANT, K_REBOOT_END, K_ATTEMPT, K_RETRY, K_REFUSED, K_TIMEOUT, K_DONE, K_REJECT_DONE,
- K_WORKERS) = range(10)
+ K_WORKERS, K_TICK) = range(11)
+P2P_TICK = 60.0  # MODEL.md 3.2: the supernode rules act every minute
 # pool slot states: what a request slot holds
 R_FREE, R_QUEUED, R_SERVING, R_REJECT, R_DEAD = range(5)
 # hit kinds (the sorted stream of fraction-event hits)
@@ -87,13 +94,14 @@ N_STREAMS, BLOCK, SPARE = 8, 1 << 15, 8
 # float parameters
 (P_WIDTH, P_STEADY0, P_STEADY1, P_TAIL0, P_RTT, P_GIVE_UP, P_RETRY_AFTER, P_QLIMIT, P_BASE, P_CAP, P_MULT,
  P_TOP, P_KNEE, P_PER_REQ, P_RL_RATE, P_RL_BURST, P_RL_RA, P_W_START, P_THR0, P_THR1, P_REJECT_COST,
- P_ADMIT, P_ADMIT_RA) = range(23)
+ P_ADMIT, P_ADMIT_RA, P_RATIO, P_PROMO_DELAY, P_PROMO_RATE, P_SHUTDOWN_AT, P_SHUTDOWN_RATE, P_PER_WORKER) = range(29)
 # int parameters
-Q_WORKERS, Q_POLICY, Q_RANDOM, Q_MAX_ATT, Q_LIFO, Q_DROP, Q_CANCEL, Q_HONOR, Q_NBINS, Q_OVERLOAD, Q_RL, Q_ABASE = range(12)
+(Q_WORKERS, Q_POLICY, Q_RANDOM, Q_MAX_ATT, Q_LIFO, Q_DROP, Q_CANCEL, Q_HONOR, Q_NBINS, Q_OVERLOAD, Q_RL, Q_ABASE,
+ Q_DEDICATED, Q_EXTRA, Q_P2P, Q_CHILDREN, Q_SLOTS, Q_MARGIN) = range(18)
 # int state
 (S_HN, S_SEQ, S_QH, S_QN, S_FREE, S_BUSY, S_SERVING, S_HIT, S_ARR, S_EVENTS, S_N0, S_N1, S_N2, S_N3, S_EPISODES,
  S_GAVE_UP, S_WAITS_STARTED, S_WAITS_POS, S_LOGINS, S_OUTAGE, S_RJH, S_RJN, S_REDISPATCH, S_RAMP, S_NPART,
- S_POS) = range(26)
+ S_NSN, S_NROOM, S_NONS, S_SFREE, S_POS) = range(30)
 N_S = S_POS + N_STREAMS
 # float state
 (G_BUSY_TIME, G_WASTED_TIME, G_WAITS_SUM, G_TOKENS, G_TOKENS_AT, G_SHARE, G_SINCE, G_TAIL_MAX, G_LOWEST,
@@ -105,32 +113,73 @@ DONE, GROW_HEAP, REFILL, GROW_POOL, GROW_LOGINS = range(5)
 POLICY_CODES = {k: i for i, k in enumerate(policies.KERNELS[1:])}  # none_delay -> 0, ... grpc_delay -> 7
 
 
-def run(scenario: Scenario, *, until: float | None = None, rng: np.random.Generator | None = None) -> RunResult:
-    """Simulate one scenario to its `duration` (or `until`), as `sim.des.run` does, compiled."""
+def run(scenario: Scenario, *, until: float | None = None, rng: np.random.Generator | None = None,
+        progress: Progress | None = None) -> RunResult:
+    """Simulate one scenario to its `duration` (or `until`), as `sim.des.run` does, compiled.
+
+    The compiled code is loaded (or compiled, the first time) before the clock starts: its cost
+    is `warm_up()`'s, not the run's `wallclock_s`.
+    """
     end = scenario.duration if until is None else min(until, scenario.duration)
     if end <= 0:
         raise UnsupportedScenario(f"--until must be > 0, got {until}")
     check_supported(scenario)
+    warm_up()
     engine = Engine(scenario, end, rng if rng is not None else np.random.default_rng(scenario.seed))
     started = time.perf_counter()
-    events = engine.run()
+    events = engine.run(progress)
     wallclock = time.perf_counter() - started
     rec = engine.records
     summary = summarize(rec, events=events, wallclock=wallclock, engine="fast")
     return RunResult(scenario, summary, timeseries(rec))
 
 
+# A scenario that reaches every compiled function: supernodes, a capacity ramp, an outage.
+_WARM_UP = """
+name = "warm-up"
+duration = "3m"
+[population]
+clients = 40
+[client]
+timeout = "1s"
+policy = { name = "full-jitter" }
+[server]
+workers = 1
+service_time = "10ms"
+p2p = { supernode_ratio = 0.1, children = 10, slots = 1, overload_shutdown = 0.0, shutdown_rate = 0.5 }
+[[events]]
+at = "10s"
+kind = "capacity"
+factor = 3.0
+ramp = "10s"
+[[events]]
+at = "30s"
+kind = "outage"
+duration = "5s"
+drop_sessions = true
+"""
+_warm: list[float] = []  # seconds the first warm_up() took in this process
+
+
+def warm_up() -> float:
+    """Load the compiled loop from numba's cache, compiling it the first time (~30-60 s on 2
+    cores; cached on disk for every later process). Returns the seconds it took in this process."""
+    if not _warm:
+        from sim.config import parse_scenario
+        started = time.perf_counter()
+        s = parse_scenario(_WARM_UP, "sim.fast warm-up")
+        Engine(s, s.duration, np.random.default_rng(0)).run()
+        _warm.append(time.perf_counter() - started)
+    return _warm[0]
+
+
 def check_supported(s: Scenario) -> None:
     """UnsupportedScenario naming the first thing this engine does not model yet."""
     srv = s.server
     missing = []
-    if srv.p2p is not None:
-        missing.append("server.p2p (supernodes)")
     for i, e in enumerate(s.events):
         if e.kind not in SUPPORTED_EVENTS:
             missing.append(f"events.{i}: kind = \"{e.kind}\"")
-        elif getattr(e, "supernode_fraction", None) is not None:
-            missing.append(f"events.{i}.supernode_fraction")
     if sum(e.kind == "partition" for e in s.events) > MAX_PARTITIONS:
         missing.append(f"more than {MAX_PARTITIONS} partition events")
     if missing:
@@ -169,9 +218,7 @@ class Engine:
         self.now = 0.0                              # the time of the event acting (Python side)
         rec.levels["online"].set(0.0, online)
         rec.levels["offline"].set(0.0, n - online)
-        rec.levels["workers"].set(0.0, srv.workers)
         rec.watch.update(0.0, online, 0, 0)
-        rec.capacity_at_start = INF if srv.service_time.mean == 0 else srv.workers / srv.service_time.mean
         self._init_heap(pop, n, online, m)
         self._init_pool(min(m, srv.queue_limit) + srv.workers + 64)
         self.policy = c.build_policy()
@@ -182,6 +229,10 @@ class Engine:
         self.hits = (np.empty(0), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0))
         self.logins = np.empty(max(1024, m))
         self._init_params(s, rec, m, n)
+        self._start_p2p(srv.p2p, m)
+        workers = int(self.Q[Q_WORKERS])
+        rec.levels["workers"].set(0.0, workers)
+        rec.capacity_at_start = INF if srv.service_time.mean == 0 else workers / srv.service_time.mean
         self._export_records(rec)
 
     # --- setup ----------------------------------------------------------------------------
@@ -201,11 +252,8 @@ class Engine:
         order = np.argsort(t, kind="stable")
         size = len(t)
         cap = size + 2 * m + 1024
-        self.ht, self.hs, self.hk, self.ha, self.hg = (np.zeros(cap), np.zeros(cap, dtype=np.int64),
-                                                       np.zeros(cap, dtype=np.int64), np.zeros(cap, dtype=np.int64),
-                                                       np.zeros(cap, dtype=np.int64))
-        self.ht[:size], self.hk[:size], self.ha[:size] = t[order], k[order], a[order]
-        self.hs[:size] = np.arange(size)
+        self.H = np.zeros((cap, 4))  # a sorted array is already a heap
+        self.H[:size, 0], self.H[:size, 1], self.H[:size, 2] = t[order], np.arange(size), a[order] * 16 + k[order]
         self.heap_size = size
 
     def _init_pool(self, cap: int) -> None:
@@ -226,11 +274,15 @@ class Engine:
             s.bin_width, rec.steady.start, rec.steady.end, rec.tail.start, c.rtt, c.give_up_after, srv.retry_after,
             srv.queue_limit, base, cap, mult, top, ov.knee if ov else 0.0, ov.per_request if ov else 0.0,
             rl.rate if rl else 0.0, rl.bucket if rl else 0.0, rl.retry_after if rl else 0.0,
-            rec.watch.start, thresholds[0], thresholds[1], srv.reject_cost, INF, 0.0], dtype=float)
+            rec.watch.start, thresholds[0], thresholds[1], srv.reject_cost, INF, 0.0, 0.0, 0.0, 0.0, INF, 0.0, 0.0],
+            dtype=float)
+        p2p = srv.p2p
         self.Q = np.array([srv.workers, POLICY_CODES[type(pol).kernel], int(pol.random), pol.max_attempts,
                            int(srv.discipline == "lifo"), int(srv.drop_expired or srv.cancel_on_timeout),
                            int(srv.cancel_on_timeout), int(c.honor_retry_after), len(rec.counts["attempts"].bins),
-                           int(ov is not None), int(rl is not None), n], dtype=np.int64)
+                           int(ov is not None), int(rl is not None), n, srv.workers, 0, int(p2p is not None),
+                           p2p.children if p2p else 0, p2p.slots if p2p else 0, 16 + (p2p.children if p2p else 0)],
+                          dtype=np.int64)
         self.S = np.zeros(N_S, dtype=np.int64)
         self.S[S_HN], self.S[S_SEQ] = self.heap_size, self.heap_size
         self.S[S_FREE] = len(self.free)
@@ -238,6 +290,48 @@ class Engine:
         self.S[S_N0 + OFFLINE], self.S[S_N0 + ONLINE] = int((self.st == OFFLINE).sum()), online
         self.G = np.zeros(17)
         self.G[G_TOKENS], self.G[G_TOKENS_AT] = (rl.bucket if rl else 0.0), 0.0
+
+    def _start_p2p(self, cfg, m: int) -> None:
+        """MODEL.md 3.2 at t = 0 (as `Model._start_p2p`): the wanted supernodes among the clients
+        online, every other one homed on a uniformly chosen supernode with room; ticks from 60 s."""
+        i4 = np.int32
+        if cfg is None:
+            self.pp = (np.zeros(1, i4), np.zeros(1), *(np.zeros(1, i4) for _ in range(14)))
+            return
+        slots = int(math.ceil(cfg.supernode_ratio * m)) + 2  # never more supernodes than that
+        since = np.full(m, -INF)  # online at t = 0 means online long before: ripe at once
+        online = np.flatnonzero(self.st == ONLINE)
+        onpos = np.full(m, -1, dtype=i4)
+        onpos[online] = np.arange(len(online), dtype=i4)
+        ons = np.zeros(m, dtype=i4)
+        ons[: len(online)] = online
+        self.pp = (np.full(m, -1, i4), since, np.full(m, -1, i4), np.full(m, -1, i4), np.full(m, -1, i4), onpos, ons,
+                   np.full(slots, -1, i4), np.full(slots, -1, i4), np.zeros(slots, i4), np.full(slots, -1, i4),
+                   np.zeros(slots, i4), np.full(slots, -1, i4), np.zeros(slots, i4),
+                   np.arange(slots - 1, -1, -1, dtype=i4), np.zeros(slots, i4))
+        S, P = self.S, self.P
+        S[S_NONS], S[S_SFREE] = len(online), slots
+        self._set_rules(cfg)
+        self.P[P_PER_WORKER] = cfg.children / cfg.slots if cfg.slots else 0.0
+        _p2p_seed(int(self.rng.integers(2**63)))
+        rng = self.rng
+        chosen = (rng.choice(online, size=min(len(online), round(cfg.supernode_ratio * len(online))), replace=False)
+                  if len(online) else online)
+        others = rng.permutation(np.setdiff1d(online, chosen, assume_unique=True))
+        _p2p_start(self.Q, S, self.pp, chosen.astype(i4), others.astype(i4))
+        nsn = int(S[S_NSN])
+        self.Q[Q_EXTRA] = cfg.slots * nsn
+        self.Q[Q_WORKERS] = self.Q[Q_DEDICATED] + self.Q[Q_EXTRA]
+        self.records.levels["supernodes"].set(0.0, nsn)
+        if P2P_TICK < self.end:
+            self._grow_heap(int(S[S_HN]) + 64)
+            _push(self.H, S, P2P_TICK, K_TICK, 0, 0)
+
+    def _set_rules(self, cfg) -> None:
+        self.rules = cfg
+        P = self.P
+        P[P_RATIO], P[P_PROMO_DELAY], P[P_PROMO_RATE] = cfg.supernode_ratio, cfg.promotion_delay, cfg.promotion_rate
+        P[P_SHUTDOWN_AT], P[P_SHUTDOWN_RATE] = cfg.overload_shutdown, cfg.shutdown_rate
 
     def _sample(self, k: int, size: int) -> np.ndarray:
         dist = self.streams[k]
@@ -300,8 +394,10 @@ class Engine:
 
     # --- the run --------------------------------------------------------------------------
 
-    def run(self) -> int:
+    def run(self, progress: Progress | None = None) -> int:
         """Loop stretches between the events' actions; returns the number of events processed.
+
+        `progress(sim_time, events)` is called about 200 times over the run.
 
         The actions wait in a heap ordered as SimPy orders them: by time, then by when they were
         scheduled (every event's `at` at the start, in file order; an end when its event fired).
@@ -310,11 +406,15 @@ class Engine:
         self.actions = [(e.at, next(seq), self.fire, e) for e in self.s.events if e.at < self.end]
         heapq.heapify(self.actions)
         self._seq = seq
+        self.progress = progress
+        self.reported = 0.0
         while self.actions and self.actions[0][0] < self.end:
             at, _, act, arg = heapq.heappop(self.actions)
             self.advance(at)
             act(arg)
         self.advance(self.end)
+        if progress is not None:
+            progress(self.end, int(self.S[S_EVENTS]))
         self._import_records()
         return int(self.S[S_EVENTS])
 
@@ -325,7 +425,7 @@ class Engine:
         return (self.P, self.Q, self.S, self.G,
                 (self.st, self.gen, self.rebooting, self.orbiting, self.begun, self.first, self.sent,
                  self.prev, self.natt, self.cra, self.keys, self.learned),
-                (self.ht, self.hs, self.hk, self.ha, self.hg),
+                self.H,
                 (self.rc, self.rg, self.rsent, self.rdl, self.rstart, self.free, self.queue, self.rstate,
                  self.rhang, self.rejects),
                 self.draws, self.PT,
@@ -333,16 +433,25 @@ class Engine:
                  self.SCS, self.logins))
 
     def advance(self, until: float) -> None:
+        """Run the loop to just before `until`, in slices of 1/200 of the run when reporting."""
+        step = self.end / 200
+        while self.progress is not None and self.reported + step < until:
+            self.reported += step
+            self._advance(self.reported)
+            self.progress(self.reported, int(self.S[S_EVENTS]))
+        self._advance(until)
+
+    def _advance(self, until: float) -> None:
         while True:
             P, Q, S, G, cl, hp, pool, draws, PT, rec = self._loop_args()
-            status = _advance(until, P, Q, S, G, cl, hp, pool, draws, PT, self.hits, self.arrivals, rec)
+            status = _advance(until, P, Q, S, G, cl, hp, pool, draws, PT, self.hits, self.arrivals, rec, self.pp)
             if status == DONE:
                 return
             self._make_room(status)
 
     def _make_room(self, status: int) -> None:
         if status == GROW_HEAP:
-            self._grow_heap(2 * len(self.ht))
+            self._grow_heap(2 * len(self.H))
         elif status == REFILL:
             self._refill()
         elif status == GROW_POOL:
@@ -351,9 +460,8 @@ class Engine:
             self.logins = _grown(self.logins, 2 * len(self.logins))
 
     def _grow_heap(self, size: int) -> None:
-        if size > len(self.ht):
-            self.ht, self.hs, self.hk, self.ha, self.hg = (_grown(a, size) for a in
-                                                           (self.ht, self.hs, self.hk, self.ha, self.hg))
+        if size > len(self.H):
+            self.H = _grown(self.H, size)
 
     def control(self, code: int, x: int) -> None:
         """A server action at the current time (the `at` the loop stopped before)."""
@@ -393,7 +501,7 @@ class Engine:
 
     def fire(self, e) -> None:
         self.now = e.at
-        getattr(self, "_" + e.kind)(e)
+        getattr(self, "_" + e.kind.replace("-", "_"))(e)
 
     def _at(self, t: float, act, arg=None) -> None:
         """An action at `t` (an event's end); it never happens at or after the end of the run."""
@@ -406,6 +514,10 @@ class Engine:
         self.hit_clients(e)
 
     _disconnect = _login = _reboot
+
+    def _p2p_rules(self, e) -> None:
+        """A `p2p-rules` event: the tick's parameters change from now (the block's others stay)."""
+        self._set_rules(self.rules.model_copy(update=e.changes()))
 
     def _surge(self, e) -> None:
         """Read by the arrival times (`_arrival_times`)."""
@@ -432,7 +544,7 @@ class Engine:
         """Workers become factor x configured, linearly over `ramp` (steps as heap entries);
         a newer event replaces a ramp."""
         self.S[S_RAMP] += 1
-        start, target = int(self.Q[Q_WORKERS]), int(round(self.configured * e.factor))
+        start, target = int(self.Q[Q_DEDICATED]), int(round(self.configured * e.factor))
         if e.ramp <= 0 or start == target:
             self.control(CT_WORKERS, target)
             return
@@ -440,7 +552,7 @@ class Engine:
         ws = np.arange(start + step, target + step, step)
         times = e.at + e.ramp * (ws - start) / (target - start)
         self._grow_heap(int(self.S[S_HN]) + len(ws) + 64)
-        hp = (self.ht, self.hs, self.hk, self.ha, self.hg)
+        hp = self.H
         _push_many(hp, self.S, times, K_WORKERS, ws.astype(np.int64), int(self.S[S_RAMP]))
 
     def _partition(self, e) -> None:
@@ -469,7 +581,7 @@ class Engine:
             self.records.last_event_end = max(self.records.last_event_end, float(self.learned[:existing].max()))
         self.control(CT_LOSE, 1)
         self.drop_all_sessions()
-        self.control(CT_WORKERS, int(round(int(self.Q[Q_WORKERS]) * e.factor)))
+        self.control(CT_WORKERS, int(round(int(self.Q[Q_DEDICATED]) * e.factor)))
 
     def drop_all_sessions(self) -> None:
         """Every ONLINE client loses its session now (hits before anything else at this instant)."""
@@ -480,10 +592,13 @@ class Engine:
         """A fraction event at its `at`: pick the clients now, draw their times, merge the hits."""
         st = self.st
         if e.kind == "login":
-            eligible = np.flatnonzero((st == OFFLINE) & (self.rebooting == 0))
+            ids = pick(self.rng, np.flatnonzero((st == OFFLINE) & (self.rebooting == 0)), e.fraction)
+        elif self.s.server.p2p is not None and e.supernode_fraction is not None:
+            role = self.pp[0] >= 0
+            ids = np.concatenate([pick(self.rng, np.flatnonzero((st == ONLINE) & ~role), e.fraction),
+                                  pick(self.rng, np.flatnonzero((st == ONLINE) & role), e.supernode_fraction)])
         else:
-            eligible = np.flatnonzero(st == ONLINE)
-        ids = pick(self.rng, eligible, e.fraction)
+            ids = pick(self.rng, np.flatnonzero(st == ONLINE), e.fraction)
         times = wave_times(self.rng, e.at, len(ids), e.spread, e.wave_table())
         downtimes = (np.asarray(e.downtime.sample(self.rng, len(ids)), dtype=float) if e.kind == "reboot"
                      else np.zeros(len(ids)))
@@ -510,7 +625,7 @@ def _restore_pending(x, windows) -> None:
 
 
 def _grown(a: np.ndarray, size: int) -> np.ndarray:
-    out = np.zeros(size, dtype=a.dtype)
+    out = np.zeros((size,) + a.shape[1:], dtype=a.dtype)
     out[: len(a)] = a
     return out
 
@@ -561,47 +676,57 @@ def policy_delay(code, n, u, previous, base, cap, multiplier, top):
     return policies.grpc_delay(n, u, previous, base, cap, multiplier, top)
 
 
-@njit(cache=True)
+# The heap: a 4-ary min-heap of rows (time, seq, client x 16 + kind, generation), ordered by time
+# then by seq (the order entries were pushed, as SimPy breaks ties); a row is 32 bytes and a
+# node's 4 children are adjacent, so a step down touches two cache lines, not five arrays.
+
+@njit(cache=True, inline="always")
 def _push(hp, S, t, kind, a, g):
-    ht, hs, hk, ha, hg = hp
     i = S[S_HN]
-    seq = S[S_SEQ]
+    seq = float(S[S_SEQ])
     S[S_HN] = i + 1
-    S[S_SEQ] = seq + 1
+    S[S_SEQ] += 1
     while i > 0:
-        p = (i - 1) >> 1
-        if ht[p] < t or (ht[p] == t and hs[p] < seq):
+        p = (i - 1) >> 2
+        if hp[p, 0] < t or (hp[p, 0] == t and hp[p, 1] < seq):
             break
-        ht[i], hs[i], hk[i], ha[i], hg[i] = ht[p], hs[p], hk[p], ha[p], hg[p]
+        hp[i, 0], hp[i, 1], hp[i, 2], hp[i, 3] = hp[p, 0], hp[p, 1], hp[p, 2], hp[p, 3]
         i = p
-    ht[i], hs[i], hk[i], ha[i], hg[i] = t, seq, kind, a, g
+    hp[i, 0], hp[i, 1], hp[i, 2], hp[i, 3] = t, seq, float(a * 16 + kind), float(g)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _top_kind(hp):
+    return int(hp[0, 2]) & 15
+
+
+@njit(cache=True, inline="always")
 def _pop(hp, S):
     """Removes the earliest entry; returns its (kind, a, g)."""
-    ht, hs, hk, ha, hg = hp
-    kind, a, g = hk[0], ha[0], hg[0]
+    code, g = int(hp[0, 2]), int(hp[0, 3])
     n = S[S_HN] - 1
     S[S_HN] = n
-    t, seq, lk, la, lg = ht[n], hs[n], hk[n], ha[n], hg[n]
+    t, seq, lc, lg = hp[n, 0], hp[n, 1], hp[n, 2], hp[n, 3]
     i = 0
     while True:
-        c = 2 * i + 1
+        c = 4 * i + 1
         if c >= n:
             break
-        if c + 1 < n and (ht[c + 1] < ht[c] or (ht[c + 1] == ht[c] and hs[c + 1] < hs[c])):
-            c += 1
-        if t < ht[c] or (t == ht[c] and seq < hs[c]):
+        best, bt, bs = c, hp[c, 0], hp[c, 1]
+        for j in range(c + 1, min(c + 4, n)):
+            tj = hp[j, 0]
+            if tj < bt or (tj == bt and hp[j, 1] < bs):
+                best, bt, bs = j, tj, hp[j, 1]
+        if t < bt or (t == bt and seq < bs):
             break
-        ht[i], hs[i], hk[i], ha[i], hg[i] = ht[c], hs[c], hk[c], ha[c], hg[c]
-        i = c
+        hp[i, 0], hp[i, 1], hp[i, 2], hp[i, 3] = bt, bs, hp[best, 2], hp[best, 3]
+        i = best
     if n > 0:
-        ht[i], hs[i], hk[i], ha[i], hg[i] = t, seq, lk, la, lg
-    return kind, a, g
+        hp[i, 0], hp[i, 1], hp[i, 2], hp[i, 3] = t, seq, lc, lg
+    return code & 15, code >> 4, g
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _level_add(rec, k, t, delta, width, nbins):
     """`sim.record.Level.add` over arrays: integrate the old value into bins and windows."""
     LV, LB, LS, WS = rec[0], rec[1], rec[2], rec[3]
@@ -628,7 +753,7 @@ def _level_add(rec, k, t, delta, width, nbins):
         LB[k, j] += v * (t - j * width)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _count(rec, k, t, width, nbins):
     """`sim.record.Counter.add(t)`: an event at a window's start is in it."""
     WS, CT, CB, CS = rec[3], rec[4], rec[5], rec[6]
@@ -640,7 +765,7 @@ def _count(rec, k, t, width, nbins):
     CB[k, i if i < nbins else nbins - 1] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _count_start(rec, k, t, width, nbins):
     """`sim.record.StartCounter.add(t)` with the steady window only."""
     WS, SCB, SCT, SCS = rec[3], rec[7], rec[8], rec[9]
@@ -651,7 +776,7 @@ def _count_start(rec, k, t, width, nbins):
         SCS[k] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _watch(P, G, t, online, connecting, gave_up):
     """`sim.record.ShareWatch.update` over the float state."""
     wanting = online + connecting + gave_up
@@ -675,7 +800,7 @@ def _watch(P, G, t, online, connecting, gave_up):
     G[G_SINCE] = t
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _set_state(P, Q, S, G, st, rec, cid, new, t):
     old = st[cid]
     if old == new:
@@ -689,7 +814,7 @@ def _set_state(P, Q, S, G, st, rec, cid, new, t):
     _watch(P, G, t, S[S_N0 + ONLINE], S[S_N0 + CONNECTING], S[S_N0 + GAVE_UP])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _state_level(state):
     # LEVELS = online, connecting, offline, gave_up, ...; states are offline, connecting, online, gave_up
     if state == OFFLINE:
@@ -699,7 +824,7 @@ def _state_level(state):
     return state  # connecting 1, gave_up 3
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _draw(draws, S, k):
     i = S[S_POS + k]
     S[S_POS + k] = i + 1
@@ -767,7 +892,7 @@ def _low(S, hp, draws):
     """Too few draws or heap slots left to start another request in this event."""
     block = draws.shape[1]
     return (S[S_POS + D_SERVICE] + 4 > block or S[S_POS + D_U01] + 4 > block
-            or S[S_HN] + 8 > hp[0].shape[0])
+            or S[S_HN] + 8 > hp.shape[0])
 
 
 @njit(cache=True)
@@ -802,7 +927,7 @@ def _dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, now):
         _start(P, Q, S, G, cl, pool, draws, PT, hp, rec, r, now)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _free(S, pool, r):
     pool[7][r] = R_FREE
     pool[5][S[S_FREE]] = r
@@ -863,8 +988,9 @@ def _lose(P, Q, S, G, cl, hp, pool, rec, answer, now):
 def _control(code, x, now, P, Q, S, G, cl, hp, pool, draws, PT, rec):
     """A server action between two stretches: set the workers, lose everything, or dispatch."""
     if code == CT_WORKERS:
-        x = max(0, x)
+        x = max(0, x) + Q[Q_EXTRA]  # the dedicated workers; supernode slots stay
         _level_add(rec, L_WORKERS, now, float(x - Q[Q_WORKERS]), P[P_WIDTH], Q[Q_NBINS])
+        Q[Q_DEDICATED] = x - Q[Q_EXTRA]
         Q[Q_WORKERS] = x
     elif code == CT_LOSE:
         _lose(P, Q, S, G, cl, hp, pool, rec, x, now)
@@ -873,7 +999,7 @@ def _control(code, x, now, P, Q, S, G, cl, hp, pool, draws, PT, rec):
         _dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, now)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _wake(P, Q, S, cl, rec, cid, now):
     """An event interrupts the client: whatever it waited for no longer concerns it."""
     gen, orbiting = cl[1], cl[3]
@@ -883,11 +1009,251 @@ def _wake(P, Q, S, cl, rec, cid, now):
         _level_add(rec, L_ORBIT, now, -1.0, P[P_WIDTH], Q[Q_NBINS])
 
 
+# --- supernodes (MODEL.md 3.2), compiled: `sim.p2p.Supernodes` and `sim.des.Model`'s p2p part ---
+# pp: per client: its supernode slot or -1, online since, home slot or -1, the home's child list
+# (next, previous), and its place in `ons` (the ONLINE non-supernodes, the promotion candidates);
+# per supernode slot: its client, first child, child count, place in `room` (or -1), `room` (the
+# slots with room), place in `active`, `active` (the slots in use), free slots, a scratch list.
+# Picks draw from numba's generator, seeded from the run's generator (`Engine._start_p2p`).
+
+
 @njit(cache=True)
-def _advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec):
+def _p2p_seed(seed):
+    np.random.seed(seed)
+
+
+@njit(cache=True)
+def _pick(n):
+    """A uniform index in [0, n)."""
+    return min(n - 1, int(np.random.random() * n))
+
+
+@njit(cache=True)
+def _stochastic_round(x):
+    """`sim.p2p.stochastic_round`: floor(x) plus one with probability frac(x)."""
+    whole = math.floor(x)
+    return int(whole) + (1 if np.random.random() < x - whole else 0)
+
+
+@njit(cache=True)
+def _list_add(items, pos, S, count, x):
+    pos[x] = S[count]
+    items[S[count]] = x
+    S[count] += 1
+
+
+@njit(cache=True)
+def _list_remove(items, pos, S, count, x):
+    """Swap-remove `x` from a list with positions (a no-op when it is not in it)."""
+    i = pos[x]
+    if i < 0:
+        return
+    last = items[S[count] - 1]
+    items[i] = last
+    pos[last] = i
+    pos[x] = -1
+    S[count] -= 1
+
+
+@njit(cache=True)
+def _home(Q, S, pp, cid, slot):
+    home, nxt, prv, head, nkids = pp[2], pp[3], pp[4], pp[8], pp[9]
+    home[cid] = slot
+    first = head[slot]
+    nxt[cid] = first
+    prv[cid] = -1
+    if first >= 0:
+        prv[first] = cid
+    head[slot] = cid
+    nkids[slot] += 1
+    if nkids[slot] >= Q[Q_CHILDREN]:
+        _list_remove(pp[11], pp[10], S, S_NROOM, slot)
+
+
+@njit(cache=True)
+def _unhome(Q, S, pp, cid):
+    """`cid` leaves its home (offline or promoted); a no-op when it has none."""
+    home, nxt, prv, head, nkids, rpos = pp[2], pp[3], pp[4], pp[8], pp[9], pp[10]
+    slot = home[cid]
+    if slot < 0:
+        return
+    home[cid] = -1
+    if prv[cid] >= 0:
+        nxt[prv[cid]] = nxt[cid]
+    else:
+        head[slot] = nxt[cid]
+    if nxt[cid] >= 0:
+        prv[nxt[cid]] = prv[cid]
+    nkids[slot] -= 1
+    if nkids[slot] < Q[Q_CHILDREN] and rpos[slot] < 0:
+        _list_add(pp[11], rpos, S, S_NROOM, slot)
+
+
+@njit(cache=True)
+def _place(Q, S, pp, cid):
+    """Home `cid` on a supernode chosen uniformly among those with room (none: it stays unhomed)."""
+    if S[S_NROOM] > 0:
+        _home(Q, S, pp, cid, pp[11][_pick(S[S_NROOM])])
+
+
+@njit(cache=True)
+def _promote(Q, S, pp, cid):
+    """An ONLINE ordinary client becomes a supernode with no children, leaving its own home."""
+    sidx, scid, head, nkids = pp[0], pp[7], pp[8], pp[9]
+    _unhome(Q, S, pp, cid)
+    _list_remove(pp[6], pp[5], S, S_NONS, cid)
+    S[S_SFREE] -= 1
+    slot = pp[14][S[S_SFREE]]
+    sidx[cid], scid[slot], head[slot], nkids[slot] = slot, cid, -1, 0
+    _list_add(pp[13], pp[12], S, S_NSN, slot)
+    _list_add(pp[11], pp[10], S, S_NROOM, slot)
+
+
+@njit(cache=True)
+def _demote(P, Q, S, G, cl, hp, pp, rec, cid, now):
+    """`cid` stops being a supernode: its children lose their sessions and start episodes now."""
+    st, gen = cl[0], cl[1]
+    sidx, home, nxt = pp[0], pp[2], pp[3]
+    slot = sidx[cid]
+    child = pp[8][slot]
+    while child >= 0:
+        after = nxt[child]
+        home[child] = -1
+        if st[child] == ONLINE:  # homed clients are online: it is dropped (as `Model.drop`)
+            _wake(P, Q, S, cl, rec, child, now)
+            _set_state(P, Q, S, G, st, rec, child, CONNECTING, now)
+            _list_remove(pp[6], pp[5], S, S_NONS, child)
+            _push(hp, S, now, K_WANT, child, gen[child])
+        child = after
+    pp[8][slot], pp[9][slot] = -1, 0
+    _list_remove(pp[11], pp[10], S, S_NROOM, slot)
+    _list_remove(pp[13], pp[12], S, S_NSN, slot)
+    sidx[cid] = -1
+    pp[14][S[S_SFREE]] = slot
+    S[S_SFREE] += 1
+
+
+@njit(cache=True)
+def _supernodes_changed(P, Q, S, G, rec, now):
+    """Supernode slots are workers (`LoginServer.set_extra`); more of them dispatch at once."""
+    width, nbins = P[P_WIDTH], Q[Q_NBINS]
+    LV = rec[0]
+    _level_add(rec, L_SUPERNODES, now, float(S[S_NSN]) - LV[L_SUPERNODES, 0], width, nbins)
+    extra = Q[Q_SLOTS] * S[S_NSN]
+    workers = Q[Q_DEDICATED] + extra
+    if workers != Q[Q_WORKERS]:
+        _level_add(rec, L_WORKERS, now, float(workers - Q[Q_WORKERS]), width, nbins)
+        if workers > Q[Q_WORKERS]:
+            S[S_REDISPATCH] = 1  # the loop dispatches before anything else happens
+            G[G_REDISPATCH_AT] = now
+    Q[Q_EXTRA], Q[Q_WORKERS] = extra, workers
+
+
+@njit(cache=True)
+def _become(P, Q, S, G, cl, hp, pp, rec, cid, new, now):
+    """`Model.set_state`: the state levels, and with p2p a login's home or a leaving client's."""
+    st = cl[0]
+    old = st[cid]
+    if old == new:
+        return
+    _set_state(P, Q, S, G, st, rec, cid, new, now)
+    if not Q[Q_P2P]:
+        return
+    if new == ONLINE:
+        pp[1][cid] = now
+        _list_add(pp[6], pp[5], S, S_NONS, cid)
+        _place(Q, S, pp, cid)  # no room: online unhomed
+    elif old == ONLINE:
+        if pp[0][cid] >= 0:  # a supernode takes its children with it
+            _demote(P, Q, S, G, cl, hp, pp, rec, cid, now)
+            _supernodes_changed(P, Q, S, G, rec, now)
+        else:
+            _list_remove(pp[6], pp[5], S, S_NONS, cid)
+            _unhome(Q, S, pp, cid)
+
+
+@njit(cache=True, inline="always")
+def _home_full(P, Q, S):
+    """No supernode (nor the dedicated workers' share of homes) can home another client."""
+    homes = S[S_NSN] * Q[Q_CHILDREN] + Q[Q_DEDICATED] * P[P_PER_WORKER]
+    return S[S_N0 + ONLINE] >= homes
+
+
+@njit(cache=True)
+def _waiting(S, pool, now):
+    """Queued requests whose client still waits for them (`LoginServer.waiting`)."""
+    rdl, queue = pool[3], pool[6]
+    cap = queue.shape[0]
+    n = 0
+    for j in range(S[S_QN]):
+        if rdl[queue[(S[S_QH] + j) % cap]] > now:
+            n += 1
+    return n
+
+
+@njit(cache=True)
+def _tick(P, Q, S, G, cl, hp, pp, pool, rec, now):
+    """The minute's rules: promote towards the wanted count, then shut down under overload."""
+    ons, since, active, scid, buf = pp[6], pp[1], pp[13], pp[7], pp[15]
+    wanted = P[P_RATIO] * S[S_N0 + ONLINE]
+    have = S[S_NSN]
+    if have < wanted:
+        k = min(_stochastic_round(P[P_PROMO_RATE] * wanted), math.ceil(wanted - have), S[S_SFREE])
+        if k > 0:
+            ripe = now - P[P_PROMO_DELAY]
+            # uniform among the ripe ONLINE ordinary clients, without replacement: draws from all
+            # of them kept when ripe, then (if that is slow) an exact pick among a full scan
+            tries, budget = 0, 8 * k + 64
+            while k > 0 and S[S_NONS] > 0 and tries < budget:
+                tries += 1
+                c = ons[_pick(S[S_NONS])]
+                if since[c] <= ripe:
+                    _promote(Q, S, pp, c)
+                    k -= 1
+            if k > 0 and S[S_NONS] > 0:
+                ripe_ids = np.empty(S[S_NONS], dtype=np.int32)
+                n = 0
+                for j in range(S[S_NONS]):
+                    if since[ons[j]] <= ripe:
+                        ripe_ids[n] = ons[j]
+                        n += 1
+                for i in range(min(k, n)):
+                    j = i + _pick(n - i)
+                    ripe_ids[i], ripe_ids[j] = ripe_ids[j], ripe_ids[i]
+                    _promote(Q, S, pp, ripe_ids[i])
+            _supernodes_changed(P, Q, S, G, rec, now)
+    have = S[S_NSN]
+    if have > 0 and Q[Q_SLOTS] > 0 and P[P_SHUTDOWN_AT] < INF:
+        if _waiting(S, pool, now) / (Q[Q_SLOTS] * have) > P[P_SHUTDOWN_AT]:
+            k = min(_stochastic_round(P[P_SHUTDOWN_RATE] * have), have)
+            if k > 0:
+                for i in range(have):
+                    buf[i] = scid[active[i]]
+                for i in range(k):
+                    j = i + _pick(have - i)
+                    buf[i], buf[j] = buf[j], buf[i]
+                for i in range(k):
+                    _demote(P, Q, S, G, cl, hp, pp, rec, buf[i], now)
+                _supernodes_changed(P, Q, S, G, rec, now)
+                for i in range(k):  # an ordinary online client now: its promotion clock restarts
+                    since[buf[i]] = now
+                    _list_add(ons, pp[5], S, S_NONS, buf[i])
+                    _place(Q, S, pp, buf[i])
+
+
+@njit(cache=True)
+def _p2p_start(Q, S, pp, chosen, others):
+    """t = 0: the chosen supernodes, then every other online client homed in the given order."""
+    for i in range(chosen.shape[0]):
+        _promote(Q, S, pp, chosen[i])
+    for i in range(others.shape[0]):
+        _place(Q, S, pp, others[i])
+
+
+@njit(cache=True)
+def _advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp):
     """Process every event before `until`; returns DONE, or what Python must do before calling again."""
     st, gen, rebooting, orbiting, begun, first, sent, prev, natt, cra, keys, learned = cl
-    ht, hg = hp[0], hp[4]
     rc, rg, rsent, rdl, rstart, free, queue, rstate, rhang, rejects = pool
     hit_t, hit_c, hit_k, hit_d = hits
     logins = rec[10]
@@ -895,7 +1261,9 @@ def _advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec):
     n_hits, n_arr = hit_t.shape[0], arrivals.shape[0]
     block = draws.shape[1]
     while True:
-        if S[S_HN] + 16 > ht.shape[0]:
+        if S[S_HN] + Q[Q_MARGIN] > hp.shape[0]:  # the margin: a supernode's orphans
+            return GROW_HEAP
+        if S[S_HN] > 0 and _top_kind(hp) == K_TICK and S[S_HN] + S[S_N0 + ONLINE] + 16 > hp.shape[0]:
             return GROW_HEAP
         if S[S_FREE] < 4:
             return GROW_POOL
@@ -908,7 +1276,7 @@ def _advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec):
             S[S_REDISPATCH] = 0
             _dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, G[G_REDISPATCH_AT])
             continue
-        t_heap = ht[0] if S[S_HN] > 0 else INF
+        t_heap = hp[0, 0] if S[S_HN] > 0 else INF
         t_hit = hit_t[S[S_HIT]] if S[S_HIT] < n_hits else INF
         t_arr = arrivals[S[S_ARR]] if S[S_ARR] < n_arr else INF
         now = min(t_heap, t_hit, t_arr)
@@ -922,16 +1290,16 @@ def _advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec):
             cur = st[cid]
             if kind == H_REBOOT and cur != OFFLINE:
                 _wake(P, Q, S, cl, rec, cid, now)
-                _set_state(P, Q, S, G, st, rec, cid, OFFLINE, now)
+                _become(P, Q, S, G, cl, hp, pp, rec, cid, OFFLINE, now)
                 rebooting[cid] = 1
                 action, arg = A_REBOOT, hit_d[i]
             elif kind == H_DISCONNECT and cur == ONLINE:
                 _wake(P, Q, S, cl, rec, cid, now)
-                _set_state(P, Q, S, G, st, rec, cid, CONNECTING, now)
+                _become(P, Q, S, G, cl, hp, pp, rec, cid, CONNECTING, now)
                 action = A_EPISODE
             elif kind == H_LOGIN and cur == OFFLINE and rebooting[cid] == 0:
                 _wake(P, Q, S, cl, rec, cid, now)
-                _set_state(P, Q, S, G, st, rec, cid, CONNECTING, now)
+                _become(P, Q, S, G, cl, hp, pp, rec, cid, CONNECTING, now)
                 action = A_EPISODE
         elif t_arr == now:  # a new client from login_rate: connecting at once
             cid = Q[Q_ABASE] + S[S_ARR]
@@ -946,6 +1314,9 @@ def _advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec):
             if kind == K_WORKERS:  # a capacity ramp's step, unless a newer capacity event replaced it
                 if g == S[S_RAMP]:
                     _control(CT_WORKERS, a, now, P, Q, S, G, cl, hp, pool, draws, PT, rec)
+            elif kind == K_TICK:  # the supernode rules' minute
+                _tick(P, Q, S, G, cl, hp, pp, pool, rec, now)
+                _push(hp, S, now + P2P_TICK, K_TICK, 0, 0)
             elif kind == K_REJECT_DONE:  # a refusal's work is done: it goes back to the client
                 r = a
                 cid = rc[r]
@@ -1010,7 +1381,7 @@ def _advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec):
         S[S_EVENTS] += 1
         while action != A_NONE:  # the client's next steps at this instant (sim.des Model.life)
             if action == A_EPISODE:
-                _set_state(P, Q, S, G, st, rec, cid, CONNECTING, now)
+                _become(P, Q, S, G, cl, hp, pp, rec, cid, CONNECTING, now)
                 S[S_EPISODES] += 1
                 begun[cid] = now
                 natt[cid] = 0
@@ -1045,6 +1416,8 @@ def _advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec):
                     hang = _partition_hang(S, PT, draws, keys[cid], now)
                     if hang < 0:  # fail fast after isolate_at
                         ra = 0.0
+                    elif Q[Q_P2P] and _home_full(P, Q, S):  # p2p: no supernode can home it
+                        ra, costly = P[P_RETRY_AFTER], True
                     elif not (S[S_BUSY] < Q[Q_WORKERS] and S[S_RJN] == 0) and S[S_QN] >= P[P_QLIMIT]:
                         ra, costly = P[P_RETRY_AFTER], True
                 if ra < 0 or (costly and P[P_REJECT_COST] > 0):  # the request stays at the server
@@ -1119,13 +1492,13 @@ def _advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec):
                 _count(rec, C_SUCCESSES, now, width, nbins)
                 action = A_ONLINE
             elif action == A_ONLINE:
-                _set_state(P, Q, S, G, st, rec, cid, ONLINE, now)
+                _become(P, Q, S, G, cl, hp, pp, rec, cid, ONLINE, now)
                 session = _draw(draws, S, D_SESSION)
                 if session < INF:
                     _push(hp, S, now + session, K_SESSION_END, cid, gen[cid])
                 action = A_NONE
             elif action == A_OFFLINE:
-                _set_state(P, Q, S, G, st, rec, cid, OFFLINE, now)
+                _become(P, Q, S, G, cl, hp, pp, rec, cid, OFFLINE, now)
                 wait = _draw(draws, S, D_OFFLINE)
                 if wait < INF:
                     _push(hp, S, now + wait, K_WANT, cid, gen[cid])
@@ -1139,14 +1512,14 @@ def _advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec):
                     action = A_EPISODE
             else:  # A_GIVE_UP: the episode ends; the user relaunches later (or never)
                 S[S_GAVE_UP] += 1
-                _set_state(P, Q, S, G, st, rec, cid, GAVE_UP, now)
+                _become(P, Q, S, G, cl, hp, pp, rec, cid, GAVE_UP, now)
                 wait = _draw(draws, S, D_RELAUNCH)
                 if wait < INF:
                     _push(hp, S, now + wait, K_WANT, cid, gen[cid])
                 action = A_NONE
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _take_token(P, G, now):
     """`sim.bucket.TokenBucket.take`: every attempt that gets this far takes a token."""
     tokens = min(P[P_RL_BURST], G[G_TOKENS] + (now - G[G_TOKENS_AT]) * P[P_RL_RATE])

@@ -40,6 +40,7 @@ class Outcome:
     timeseries: dict[str, np.ndarray]
     runs: list[des.RunResult]
     note: str | None = None          # why `auto` chose the engine it did
+    warm_up_s: float | None = None   # fast: loading (or, the first time, compiling) the compiled loop
 
 
 def simulate(scenario: Scenario, *, engine: str = "auto", until: float | None = None,
@@ -56,16 +57,20 @@ def simulate(scenario: Scenario, *, engine: str = "auto", until: float | None = 
     else:
         rngs = [np.random.default_rng(child) for child in np.random.SeedSequence(scenario.seed).spawn(replications)]
     runs = []
+    warm = None
+    if engine == "fast":
+        from sim import fast
+        warm = fast.warm_up()
     for k, rng in enumerate(rngs):
         report = None if progress is None else (lambda t, n, k=k: progress(k, t, n))
         if engine == "fast":
             from sim import fast
-            runs.append(fast.run(scenario, until=until, rng=rng))
+            runs.append(fast.run(scenario, until=until, rng=rng, progress=report))
         else:
             runs.append(des.run(scenario, until=until, progress=report, rng=rng))
     if replications == 1:
-        return Outcome(runs[0].summary, runs[0].timeseries, runs, note)
-    return Outcome(combine([r.summary for r in runs]), _mean_series([r.timeseries for r in runs]), runs, note)
+        return Outcome(runs[0].summary, runs[0].timeseries, runs, note, warm)
+    return Outcome(combine([r.summary for r in runs]), _mean_series([r.timeseries for r in runs]), runs, note, warm)
 
 
 def choose_engine(scenario: Scenario, engine: str) -> tuple[str, str | None]:

@@ -472,22 +472,19 @@ def test_records_have_the_reference_shape_and_conserve_clients():
     assert f.summary["duration_s"] == 1200.0
 
 
-def test_unsupported_events_are_named():
+def test_more_partitions_than_the_compiled_table_are_named():
+    parts = "".join(f'[[events]]\nat = "{i + 1}s"\nkind = "partition"\nduration = "1s"\nfraction = 0.1\nhang = "1s"\n'
+                    for i in range(fast.MAX_PARTITIONS + 1))
     text = ('name = "u"\nduration = "10m"\n[population]\nclients = 10\n[server]\nworkers = 1\n'
-            'service_time = "10ms"\np2p = { supernode_ratio = 0.01, children = 50, slots = 1 }\n'
-            '[[events]]\nat = "1m"\nkind = "p2p-rules"\npromotion_rate = 0.1\n')
-    with pytest.raises(UnsupportedScenario, match='kind = "p2p-rules"'):
+            'service_time = "10ms"\n' + parts)
+    with pytest.raises(UnsupportedScenario, match=f"more than {fast.MAX_PARTITIONS} partition events"):
         fast.run(parse_scenario(text, "test_fast"))
 
 
-@pytest.mark.parametrize("key, named", [
-    ("p2p = { supernode_ratio = 0.01, children = 50, slots = 1 }", "p2p"),
-])
-def test_unsupported_server_features_are_named(key, named):
-    text = ('name = "u"\nduration = "10m"\n[population]\nclients = 10\n[server]\nworkers = 1\n'
-            f'service_time = "10ms"\n{key}\n')
-    with pytest.raises(UnsupportedScenario, match=named):
-        fast.run(parse_scenario(text, "test_fast"))
+def test_every_event_kind_is_supported():
+    from sim.scenario import EVENT_KINDS
+    assert set(EVENT_KINDS) == set(fast.SUPPORTED_EVENTS)
+    fast.check_supported(load_scenario("scenarios/every-key.toml"))  # p2p, supernode_fraction, p2p-rules
 
 
 # --- the engine choice (`--engine auto`) -------------------------------------------------------------
@@ -500,9 +497,11 @@ def test_auto_takes_fast_for_large_supported_populations_and_says_so():
     assert choose_engine(small, "auto") == ("des", None)
     engine, note = choose_engine(large, "auto")
     assert engine == "fast" and "fast for 100,000 clients" in note
-    p2p = load_scenario("scenarios/skype-2007.toml")                  # millions of clients, p2p: not yet fast
-    engine, note = choose_engine(p2p, "auto")
-    assert engine == "des" and "cannot run this yet" in note and "p2p" in note
-    assert choose_engine(p2p, "fast") == ("fast", None)               # asked for: run() raises, naming it
-    with pytest.raises(UnsupportedScenario, match="p2p"):
-        fast.run(p2p, until=1.0)
+    p2p = load_scenario("scenarios/skype-2007.toml")                  # millions of clients, supernodes
+    assert choose_engine(p2p, "auto") == ("fast", "engine auto: fast for 7,000,000 clients (des below 100,000)")
+    parts = "".join(f'[[events]]\nat = "{i + 1}s"\nkind = "partition"\nduration = "1s"\nfraction = 0.1\nhang = "1s"\n'
+                    for i in range(fast.MAX_PARTITIONS + 1))
+    many = parse_scenario('name = "u"\nduration = "10m"\n[population]\nclients = 200000\n[server]\nworkers = 1\n'
+                          'service_time = "10ms"\n' + parts, "test_fast")
+    engine, note = choose_engine(many, "auto")
+    assert engine == "des" and "cannot run this yet" in note and "partition" in note
