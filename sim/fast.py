@@ -200,17 +200,20 @@ class Engine:
         m = n + len(self.arrivals)
         self.st = np.full(m, NOT_YET, dtype=np.int8)
         self.st[:online], self.st[online:n] = ONLINE, OFFLINE
-        self.gen = np.zeros(m, dtype=np.int64)
+        # What an attempt reads and writes, one 64-byte row per client (one cache line: at millions
+        # of clients a miss per array would dominate): generation, attempts in the episode, its
+        # first attempt, this attempt's send time, the previous delay, the Retry-After of the
+        # refusal on its way, when it knows the standby (failover), on a retry timer or not.
+        self.rows = _rows(m)
+        (self.gen, self.natt, self.first, self.sent, self.prev, self.cra, self.learned,
+         self.orbiting) = (self.rows[:, k] for k in range(8))
+        self.prev[:] = np.nan
+        self.learned[:] = -INF
         self.rebooting = np.zeros(m, dtype=np.uint8)
-        self.orbiting = np.zeros(m, dtype=np.uint8)
-        self.begun, self.first, self.sent = (np.zeros(m) for _ in range(3))
-        self.prev = np.full(m, np.nan)
-        self.natt = np.zeros(m, dtype=np.int64)
-        self.cra = np.zeros(m)                      # Retry-After of the refusal on its way to the client
+        self.begun = np.zeros(m)
         # the fixed uniform key of each client (admit and partition membership), as des draws it
         gated = any(e.kind in ("admit", "partition") for e in s.events)
         self.keys = rng.random(m) if gated else np.zeros(m)
-        self.learned = np.full(m, -INF)             # when each client knows the standby (failover)
         self.partitions: list[tuple[float, float, float, float, float]] = []
         self.PT = np.zeros((MAX_PARTITIONS, 5))
         self.outages: list[int] = []
@@ -258,7 +261,7 @@ class Engine:
 
     def _init_pool(self, cap: int) -> None:
         cap = int(cap)
-        self.rc, self.rg = np.zeros(cap, dtype=np.int64), np.zeros(cap, dtype=np.int64)
+        self.rc, self.rg = np.zeros(cap, dtype=np.int64), np.zeros(cap)  # client, its generation
         self.rsent, self.rdl, self.rstart = np.zeros(cap), np.zeros(cap), np.zeros(cap)
         self.rstate, self.rhang = np.zeros(cap, dtype=np.int8), np.zeros(cap, dtype=np.uint8)
         self.free = np.arange(cap - 1, -1, -1, dtype=np.int64)
@@ -575,7 +578,7 @@ class Engine:
         """The primary dies: in-flight requests fail, sessions drop, clients find the standby late.
         Every client draws its propagation now (des draws those of later arrivals when they come)."""
         m = len(self.st)
-        self.learned = e.at + np.broadcast_to(np.asarray(e.propagation.sample(self.rng, m), dtype=float), (m,)).copy()
+        self.learned[:] = e.at + np.broadcast_to(np.asarray(e.propagation.sample(self.rng, m), dtype=float), (m,))
         existing = int(self.Q[Q_ABASE] + self.S[S_ARR])
         if existing:
             self.records.last_event_end = max(self.records.last_event_end, float(self.learned[:existing].max()))
@@ -617,6 +620,14 @@ class Engine:
                      np.concatenate([old_k, np.full(int(keep.sum()), kind, dtype=np.int64)])[order],
                      np.concatenate([old_d, downtimes[keep]])[order])
         self.S[S_HIT] = 0
+
+
+def _rows(m: int, width: int = 8) -> np.ndarray:
+    """An (m, width) float array whose rows start on 64-byte boundaries (a row is a cache line)."""
+    pad = 64 // 8
+    buf = np.zeros(m * width + pad)
+    skip = (-buf.ctypes.data % 64) // 8
+    return buf[skip: skip + m * width].reshape(m, width)
 
 
 def _restore_pending(x, windows) -> None:
@@ -1408,7 +1419,7 @@ def _advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp
                         _push(hp, S, now + timeout, K_TIMEOUT, cid, gen[cid])
                     action = A_NONE
                     continue
-                elif keys[cid] >= P[P_ADMIT]:
+                elif P[P_ADMIT] < 1.0 and keys[cid] >= P[P_ADMIT]:
                     ra, costly = P[P_ADMIT_RA], True
                 elif Q[Q_RL] and not _take_token(P, G, now):
                     ra, costly = P[P_RL_RA], True
