@@ -869,10 +869,9 @@ def _partition_hang(S, PT, draws, key, now):
 
 
 @njit(cache=True)
-def _start(P, Q, S, G, cl, pool, draws, PT, hp, rec, r, now):
+def _start(P, Q, S, G, keys, pool, draws, PT, hp, rec, r, now):
     """A request takes a worker: a partition hang (decided now), else the service draw times the
     overload factor; cut at the deadline with cancel_on_timeout; its end goes on the heap."""
-    keys = cl[10]
     rc, rsent, rdl, rstart, rstate, rhang = pool[0], pool[2], pool[3], pool[4], pool[7], pool[8]
     S[S_BUSY] += 1
     S[S_SERVING] += 1
@@ -907,7 +906,7 @@ def _low(S, hp, draws):
 
 
 @njit(cache=True)
-def _dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, now):
+def _dispatch(P, Q, S, G, keys, pool, draws, PT, hp, rec, now):
     """Free workers take reject work first, then queued requests by the discipline; expired ones
     are dropped at the head. Short of draws or heap, it stops and the loop resumes it at once."""
     rdl, rstate, free, queue, rejects = pool[3], pool[7], pool[5], pool[6], pool[9]
@@ -935,7 +934,7 @@ def _dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, now):
         if Q[Q_DROP] and now >= rdl[r]:
             _free(S, pool, r)
             continue
-        _start(P, Q, S, G, cl, pool, draws, PT, hp, rec, r, now)
+        _start(P, Q, S, G, keys, pool, draws, PT, hp, rec, r, now)
 
 
 @njit(cache=True, inline="always")
@@ -1007,7 +1006,7 @@ def _control(code, x, now, P, Q, S, G, cl, hp, pool, draws, PT, rec):
         _lose(P, Q, S, G, cl, hp, pool, rec, x, now)
         return
     if S[S_REDISPATCH] == 0:
-        _dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, now)
+        _dispatch(P, Q, S, G, cl[10], pool, draws, PT, hp, rec, now)
 
 
 @njit(cache=True, inline="always")
@@ -1285,7 +1284,7 @@ def _advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp
                 return REFILL
         if S[S_REDISPATCH]:  # a dispatch that ran short of draws or heap resumes at its instant
             S[S_REDISPATCH] = 0
-            _dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, G[G_REDISPATCH_AT])
+            _dispatch(P, Q, S, G, cl[10], pool, draws, PT, hp, rec, G[G_REDISPATCH_AT])
             continue
         t_heap = hp[0, 0] if S[S_HN] > 0 else INF
         t_hit = hit_t[S[S_HIT]] if S[S_HIT] < n_hits else INF
@@ -1340,7 +1339,7 @@ def _advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp
                 if deliver and not late and P[P_RTT] > 0:
                     _push(hp, S, now + P[P_RTT], K_REFUSED, cid, gen[cid])
                     deliver = False
-                _dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, now)
+                _dispatch(P, Q, S, G, cl[10], pool, draws, PT, hp, rec, now)
                 if deliver and not late:
                     gen[cid] += 1
                     action = A_FAIL
@@ -1361,7 +1360,7 @@ def _advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp
                 deliver = not wasted and rg[r] == gen[cid]  # an orphan's reply reaches nobody
                 hung = rhang[r] != 0
                 _free(S, pool, r)
-                _dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, now)
+                _dispatch(P, Q, S, G, cl[10], pool, draws, PT, hp, rec, now)
                 if deliver:
                     gen[cid] += 1  # its deadline no longer concerns it
                     action = A_ERROR if hung else A_SUCCESS
@@ -1442,9 +1441,9 @@ def _advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp
                         rstate[r] = R_REJECT
                         rejects[(S[S_RJH] + S[S_RJN]) % rejects.shape[0]] = r
                         S[S_RJN] += 1
-                        _dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, now)
+                        _dispatch(P, Q, S, G, cl[10], pool, draws, PT, hp, rec, now)
                     elif S[S_BUSY] < Q[Q_WORKERS] and S[S_RJN] == 0:
-                        _start(P, Q, S, G, cl, pool, draws, PT, hp, rec, r, now)
+                        _start(P, Q, S, G, keys, pool, draws, PT, hp, rec, r, now)
                     else:  # the ring is as long as the pool: it never overflows
                         rstate[r] = R_QUEUED
                         queue[(S[S_QH] + S[S_QN]) % queue.shape[0]] = r
