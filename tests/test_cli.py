@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -185,6 +186,18 @@ def test_simulate_every_key_with_supernodes(tmp_path):
         rows = list(csv.DictReader(fh))
     # the supernode slots are part of the workers: workers - supernodes * slots is the dedicated tier
     assert float(rows[0]["supernodes"]) > 0
+
+
+def test_simulate_skype_at_full_size_picks_fast_and_reports_its_warm_up_apart(tmp_path):
+    """7 M clients: auto takes the fast engine and says so; the compiled code's load (or first
+    compile) is a line of its own, and the run's wallclock_s leaves it out."""
+    result = invoke("simulate", "skype-2007", "--until", "2m", "--out", str(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["engine"] == "fast" and summary["clients"] == 7_000_000
+    assert "engine auto: fast for 7,000,000 clients" in result.stderr
+    ready = re.search(r"fast engine ready in ([0-9.]+) s", result.stderr)
+    assert ready and "not part of wallclock_s" in result.stderr
 
 
 def test_simulate_bad_input_exit_2(tmp_path):

@@ -461,6 +461,19 @@ def test_same_seed_same_summary_different_seed_different():
     assert a.summary["engine"] == "fast" and a.summary["events_processed"] > 0
 
 
+def test_progress_reports_the_run_in_slices_and_changes_nothing():
+    """Stopping the loop every 1/200 of the run to report is invisible in the outputs."""
+    s = parse_scenario(MIXED, "test_fast")
+    seen = []
+    a = fast.run(s, progress=lambda t, n: seen.append((t, n)))
+    b = fast.run(s)
+    assert _comparable(a.summary) == _comparable(b.summary)
+    times, counts = zip(*seen)
+    assert len(seen) >= 150 and list(times) == sorted(times) and list(counts) == sorted(counts)
+    assert times[-1] == s.duration and counts[-1] == a.summary["events_processed"]
+    assert fast.warm_up() >= 0.0 and fast.warm_up() == fast.warm_up()  # paid once per process
+
+
 def test_records_have_the_reference_shape_and_conserve_clients():
     s = load_scenario("scenarios/quickstart.toml")
     f, d = fast.run(s, until=1200.0), des.run(s, until=1200.0)
