@@ -17,9 +17,11 @@ install: $(STAMP)
 # Two workers, one test file each at a time (module fixtures stay whole): the load tests mostly
 # wait on real servers, the simulation tests compute, so together they fill the two cores.
 test: $(STAMP)
+	$(PY) -c "from sim import fast; fast.warm_up()"   # compile the fast engine once, not in each worker
 	$(PY) -m pytest -n 2 --dist loadfile
 
 test-quick: $(STAMP)
+	$(PY) -c "from sim import fast; fast.warm_up()"
 	$(PY) -m pytest -n 2 --dist loadfile -m "not slow" -q
 
 # The flagship: Skype's 2007 Patch Tuesday storm at full size (7 M clients, 72 h) on the compiled

@@ -194,7 +194,10 @@ def test_ctrl_c_stops_gracefully_and_still_reports(tmp_path):
     with running_lab(str(scenario), "--users", "3") as lab:
         cmd = [sys.executable, "-m", "sim.cli", "loadtest", str(scenario), "--host", lab.url, "--out", str(out),
                "--credentials", str(users), "--capacity", "none"]
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # a background job (make test under nohup, some CI runners) inherits SIGINT ignored, and
+        # Python then never raises KeyboardInterrupt: give the command Ctrl-C's default disposition
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.monotonic() + 30
 
