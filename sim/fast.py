@@ -204,7 +204,7 @@ class Engine:
         # of clients a miss per array would dominate): generation, attempts in the episode, its
         # first attempt, this attempt's send time, the previous delay, the Retry-After of the
         # refusal on its way, when it knows the standby (failover), on a retry timer or not.
-        self.rows = _rows(m)
+        self.rows = _rows(m + 2)  # two spare rows: the column views are strided even for 0 or 1 client
         (self.gen, self.natt, self.first, self.sent, self.prev, self.cra, self.learned,
          self.orbiting) = (self.rows[:, k] for k in range(8))
         self.prev[:] = np.nan
@@ -447,7 +447,8 @@ class Engine:
     def _advance(self, until: float) -> None:
         while True:
             P, Q, S, G, cl, hp, pool, draws, PT, rec = self._loop_args()
-            status = _advance(until, P, Q, S, G, cl, hp, pool, draws, PT, self.hits, self.arrivals, rec, self.pp)
+            status = _advance(float(until), P, Q, S, G, cl, hp, pool, draws, PT, self.hits, self.arrivals, rec,
+                              self.pp)
             if status == DONE:
                 return
             self._make_room(status)
@@ -578,7 +579,7 @@ class Engine:
         """The primary dies: in-flight requests fail, sessions drop, clients find the standby late.
         Every client draws its propagation now (des draws those of later arrivals when they come)."""
         m = len(self.st)
-        self.learned[:] = e.at + np.broadcast_to(np.asarray(e.propagation.sample(self.rng, m), dtype=float), (m,))
+        self.learned[:m] = e.at + np.broadcast_to(np.asarray(e.propagation.sample(self.rng, m), dtype=float), (m,))
         existing = int(self.Q[Q_ABASE] + self.S[S_ARR])
         if existing:
             self.records.last_event_end = max(self.records.last_event_end, float(self.learned[:existing].max()))
@@ -623,7 +624,8 @@ class Engine:
 
 
 def _rows(m: int, width: int = 8) -> np.ndarray:
-    """An (m, width) float array whose rows start on 64-byte boundaries (a row is a cache line)."""
+    """An (m, width) float array whose rows start on 64-byte boundaries (a row is a cache line).
+    Its columns are strided views, one compiled signature for any m >= 2."""
     pad = 64 // 8
     buf = np.zeros(m * width + pad)
     skip = (-buf.ctypes.data % 64) // 8

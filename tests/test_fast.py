@@ -474,6 +474,18 @@ def test_progress_reports_the_run_in_slices_and_changes_nothing():
     assert fast.warm_up() >= 0.0 and fast.warm_up() == fast.warm_up()  # paid once per process
 
 
+@pytest.mark.parametrize("clients", [0, 1, 2, 50])
+def test_one_compiled_signature_for_any_population(clients):
+    """Every population size reuses the warm-up's compiled loop: a second signature would be a
+    second compilation (about a minute) in the middle of someone's run."""
+    fast.warm_up()
+    text = test_engine.scenario_text(duration=60, population={"clients": clients}, server={"workers": 2},
+                                     events=[{"at": 5, "kind": "capacity", "factor": 2.0, "ramp": 10}])
+    fast.run(parse_scenario(text, "test_fast"))
+    fast.run(parse_scenario(text, "test_fast"), until=30)  # an int `until` too
+    assert len(fast._advance.signatures) == 1, fast._advance.signatures
+
+
 def test_records_have_the_reference_shape_and_conserve_clients():
     s = load_scenario("scenarios/quickstart.toml")
     f, d = fast.run(s, until=1200.0), des.run(s, until=1200.0)
