@@ -201,6 +201,9 @@ def compare(path: str | Path, variants: Sequence[Variant], *, sets: Sequence[str
     base = load_scenario(path, sets=sets, scale=scale, seed=seed)
     scenarios = [_load_variant(path, v, sets, scale, seed) for v in variants]
     engines = [choose_engine(s, engine)[0] for s in scenarios]
+    if "fast" in engines:  # compile once here, not in every worker process at once
+        from sim import fast
+        fast.warm_up()
     tasks = [(i, k, s, until, child, engines[i]) for i, s in enumerate(scenarios)
              for k, child in enumerate(_seeds(s, replications))]
     runs = _run_all(tasks, jobs, progress)

@@ -175,7 +175,6 @@ def warm_up() -> float:
 
 def check_supported(s: Scenario) -> None:
     """UnsupportedScenario naming the first thing this engine does not model yet."""
-    srv = s.server
     missing = []
     for i, e in enumerate(s.events):
         if e.kind not in SUPPORTED_EVENTS:
@@ -312,7 +311,7 @@ class Engine:
                    np.full(slots, -1, i4), np.full(slots, -1, i4), np.zeros(slots, i4), np.full(slots, -1, i4),
                    np.zeros(slots, i4), np.full(slots, -1, i4), np.zeros(slots, i4),
                    np.arange(slots - 1, -1, -1, dtype=i4), np.zeros(slots, i4))
-        S, P = self.S, self.P
+        S = self.S
         S[S_NONS], S[S_SFREE] = len(online), slots
         self._set_rules(cfg)
         self.P[P_PER_WORKER] = cfg.children / cfg.slots if cfg.slots else 0.0
@@ -911,7 +910,7 @@ def _low(S, hp, draws):
 def _dispatch(P, Q, S, G, keys, pool, draws, PT, hp, rec, now):
     """Free workers take reject work first, then queued requests by the discipline; expired ones
     are dropped at the head. Short of draws or heap, it stops and the loop resumes it at once."""
-    rdl, rstate, free, queue, rejects = pool[3], pool[7], pool[5], pool[6], pool[9]
+    rdl, queue, rejects = pool[3], pool[6], pool[9]
     cap = queue.shape[0]
     while S[S_BUSY] < Q[Q_WORKERS] and (S[S_RJN] > 0 or S[S_QN] > 0):
         if _low(S, hp, draws):

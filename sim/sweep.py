@@ -421,6 +421,9 @@ def run_sweep(scenario_path: str | Path, grids: Sequence[str | tuple[str, Sequen
 
         if progress is not None:
             progress(resumed, total, None)
+        if any(task[-1] == "fast" for task in tasks):  # compile once here, not in every worker at once
+            from sim import fast
+            fast.warm_up()
         if tasks:
             with _executor(executor, jobs) as run_all:
                 run_all(tasks, record)
