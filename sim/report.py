@@ -14,7 +14,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from sim import __version__
-from sim.describe import capacity_rps, dist_text, plain_lines, policy_text
+from sim.describe import capacity_rps, dist_text, plain_lines, policy_text, supernode_slots
 from sim.plots import run_figure, save_figure
 from sim.scenario import Scenario
 from sim.units import format_duration
@@ -101,7 +101,8 @@ def _parameters(s: Scenario) -> list[list[str]]:
     rows = [
         ["clients", f"{pop.clients:,}" + (f" (scale {s.scale:g})" if s.scale != 1 else "")],
         ["online at start", f"{pop.online_at_start:.0%}"],
-        ["workers", f"{srv.workers:,} (~{capacity_rps(s):,.1f} logins/s)"],
+        ["workers", f"{srv.workers:,}" + (f" + {supernode_slots(s):,} supernode slots" if srv.p2p else "")
+         + f" (~{capacity_rps(s):,.1f} logins/s)"],
         ["service time", dist_text(srv.service_time)],
         ["queue limit", _fmt(srv.queue_limit if srv.queue_limit != float("inf") else "unlimited")],
         ["discipline", srv.discipline + (", drop expired" if srv.drop_expired else "")

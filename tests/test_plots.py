@@ -119,3 +119,15 @@ def test_compare_figure_draws_one_capacity_line_per_distinct_capacity(result):
     np.testing.assert_allclose(_line(load, "capacity:a").get_ydata(), capacity_series(ts, result.scenario))
     np.testing.assert_allclose(_line(load, "capacity:b").get_ydata(), 2 * capacity_series(ts, result.scenario))
     assert "a, c" in _line(load, "capacity:a").get_label()
+
+
+def test_report_counts_supernode_slots_among_the_workers(tmp_path):
+    """With [server.p2p] the workers row names the dedicated workers and the slots, whose sum
+    makes the capacity it states: 3 + round(0.02 x 1 000) x 2 = 43 workers at 0.125 s."""
+    text = ('name = "p2p-report"\nduration = "2m"\nresolution = "1m"\n[population]\nclients = 1000\n'
+            '[server]\nworkers = 3\nservice_time = "125ms"\n'
+            '[server.p2p]\nsupernode_ratio = 0.02\nchildren = 100\nslots = 2\n')
+    r = run(parse_scenario(text, "test_plots"))
+    write_outputs(Outcome(r.summary, r.timeseries, [r]), tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert f"3 + 40 supernode slots (~{43 / 0.125:,.1f} logins/s)" in page
