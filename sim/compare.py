@@ -31,10 +31,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from sim import des
 from sim.config import ScenarioError, load_scenario
 from sim.policies import make_policy, policy_names
-from sim.runner import choose_engine, combine, finite_json
+from sim.runner import choose_engine, combine, finite_json, run_engine, warm_up
 from sim.scenario import Scenario
 from sim.units import format_duration
 
@@ -201,9 +200,7 @@ def compare(path: str | Path, variants: Sequence[Variant], *, sets: Sequence[str
     base = load_scenario(path, sets=sets, scale=scale, seed=seed)
     scenarios = [_load_variant(path, v, sets, scale, seed) for v in variants]
     engines = [choose_engine(s, engine)[0] for s in scenarios]
-    if "fast" in engines:  # compile once here, not in every worker process at once
-        from sim import fast
-        fast.warm_up()
+    warm_up(engines)  # here, once, not in every worker process at once
     tasks = [(i, k, s, until, child, engines[i]) for i, s in enumerate(scenarios)
              for k, child in enumerate(_seeds(s, replications))]
     runs = _run_all(tasks, jobs, progress)
@@ -232,11 +229,7 @@ def _seeds(s: Scenario, replications: int) -> list[Any]:
 def _run_task(task: tuple) -> tuple[int, int, dict[str, Any], dict[str, np.ndarray]]:
     """One replication of one variant; module-level so that a worker process can unpickle it."""
     i, k, scenario, until, seed, engine = task
-    if engine == "fast":
-        from sim import fast
-        result = fast.run(scenario, until=until, rng=np.random.default_rng(seed))
-    else:
-        result = des.run(scenario, until=until, rng=np.random.default_rng(seed))
+    result = run_engine(engine, scenario, until=until, rng=np.random.default_rng(seed))
     return i, k, result.summary, result.timeseries
 
 

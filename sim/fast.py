@@ -62,7 +62,6 @@ INF = math.inf
 
 # client states (as in sim.des), plus a slot for a login_rate client that has not arrived yet
 OFFLINE, CONNECTING, ONLINE, GAVE_UP, NOT_YET = 0, 1, 2, 3, 4
-STATE_LEVEL = np.array([LEVELS.index(n) for n in ("offline", "connecting", "online", "gave_up")], dtype=np.int64)
 L_QUEUE, L_SERVING, L_REJECTING, L_WORKERS, L_SUPERNODES, L_ORBIT = (
     LEVELS.index(n) for n in ("queue", "serving", "rejecting", "workers", "supernodes", "orbit"))
 C_ATTEMPTS, C_SUCCESSES, C_REJECTED, C_TIMEOUTS, C_ERRORS, C_WASTED = (
@@ -1130,7 +1129,9 @@ def _demote(P, Q, S, G, cl, hp, pp, rec, cid, now):
     while child >= 0:
         after = nxt[child]
         home[child] = -1
-        if st[child] == ONLINE:  # homed clients are online: it is dropped (as `Model.drop`)
+        # homed clients are online: each is dropped (as `Model.drop`), by hand rather than by
+        # `_become`, which calls this function: numba compiles no recursion
+        if st[child] == ONLINE:
             _wake(P, Q, S, cl, rec, child, now)
             _set_state(P, Q, S, G, st, rec, child, CONNECTING, now)
             _list_remove(pp[6], pp[5], S, S_NONS, child)

@@ -20,8 +20,8 @@ from sim import des
 from sim.record import COLUMNS, COUNTS
 from sim.scenario import Scenario
 
-__all__ = ["Outcome", "simulate", "choose_engine", "write_outputs", "write_timeseries", "combine", "finite_json",
-           "ENGINES", "AUTO_FAST_CLIENTS"]
+__all__ = ["Outcome", "simulate", "choose_engine", "run_engine", "warm_up", "write_outputs", "write_timeseries",
+           "combine", "finite_json", "ENGINES", "AUTO_FAST_CLIENTS"]
 
 ENGINES = ("auto", "des", "fast")
 #: `auto` runs the `fast` engine for populations of at least this many clients (MODEL.md section 6)
@@ -57,20 +57,31 @@ def simulate(scenario: Scenario, *, engine: str = "auto", until: float | None = 
     else:
         rngs = [np.random.default_rng(child) for child in np.random.SeedSequence(scenario.seed).spawn(replications)]
     runs = []
-    warm = None
-    if engine == "fast":
-        from sim import fast
-        warm = fast.warm_up()
+    warm = warm_up([engine])
     for k, rng in enumerate(rngs):
         report = None if progress is None else (lambda t, n, k=k: progress(k, t, n))
-        if engine == "fast":
-            from sim import fast
-            runs.append(fast.run(scenario, until=until, rng=rng, progress=report))
-        else:
-            runs.append(des.run(scenario, until=until, progress=report, rng=rng))
+        runs.append(run_engine(engine, scenario, until=until, rng=rng, progress=report))
     if replications == 1:
         return Outcome(runs[0].summary, runs[0].timeseries, runs, note, warm)
     return Outcome(combine([r.summary for r in runs]), _mean_series([r.timeseries for r in runs]), runs, note, warm)
+
+
+def run_engine(engine: str, scenario: Scenario, *, until: float | None = None,
+               rng: np.random.Generator | None = None, progress=None) -> des.RunResult:
+    """One run on a resolved engine (`des` or `fast`, see `choose_engine`)."""
+    if engine == "fast":
+        from sim import fast
+        return fast.run(scenario, until=until, rng=rng, progress=progress)
+    return des.run(scenario, until=until, progress=progress, rng=rng)
+
+
+def warm_up(engines) -> float | None:
+    """When any of the resolved `engines` is `fast`: load (or, the first time, compile) it once in
+    this process, before runs or worker processes start; its seconds. None when none is."""
+    if "fast" not in engines:
+        return None
+    from sim import fast
+    return fast.warm_up()
 
 
 def choose_engine(scenario: Scenario, engine: str) -> tuple[str, str | None]:

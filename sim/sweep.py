@@ -49,7 +49,7 @@ from sim.compare import _cores, _policy_list, split_outside_brackets
 from sim.config import ScenarioError, load_scenario
 from sim.metrics import STEADY_FIELDS, SUMMARY_FIELDS
 from sim.options import ScaleOption, SeedOption, SetOption
-from sim.runner import choose_engine, combine, finite_json
+from sim.runner import choose_engine, combine, finite_json, run_engine, warm_up
 from sim.scenario import Scenario
 from sim.units import format_duration, parse_duration
 
@@ -260,12 +260,7 @@ def plan_points(grids: Sequence[tuple[str, Sequence[Any]]] | Mapping[str, Sequen
 def _run_task(task: tuple) -> tuple[str, int, dict[str, Any]]:
     """One replication of one point; module-level so that a worker process or Dask can unpickle it."""
     point_id, k, scenario, until, seed, engine = task
-    rng = np.random.default_rng(seed)
-    if engine == "fast":
-        from sim import fast
-        result = fast.run(scenario, until=until, rng=rng)
-    else:
-        result = des.run(scenario, until=until, rng=rng)
+    result = run_engine(engine, scenario, until=until, rng=np.random.default_rng(seed))
     return point_id, k, result.summary
 
 
@@ -421,9 +416,7 @@ def run_sweep(scenario_path: str | Path, grids: Sequence[str | tuple[str, Sequen
 
         if progress is not None:
             progress(resumed, total, None)
-        if any(task[-1] == "fast" for task in tasks):  # compile once here, not in every worker at once
-            from sim import fast
-            fast.warm_up()
+        warm_up([task[-1] for task in tasks])  # here, once, not in every worker at once
         if tasks:
             with _executor(executor, jobs) as run_all:
                 run_all(tasks, record)

@@ -497,13 +497,17 @@ def test_records_have_the_reference_shape_and_conserve_clients():
     assert f.summary["duration_s"] == 1200.0
 
 
-def test_more_partitions_than_the_compiled_table_are_named():
+def too_many_partitions(clients: int):
+    """A scenario with one partition event more than the compiled table holds."""
     parts = "".join(f'[[events]]\nat = "{i + 1}s"\nkind = "partition"\nduration = "1s"\nfraction = 0.1\nhang = "1s"\n'
                     for i in range(fast.MAX_PARTITIONS + 1))
-    text = ('name = "u"\nduration = "10m"\n[population]\nclients = 10\n[server]\nworkers = 1\n'
-            'service_time = "10ms"\n' + parts)
+    return parse_scenario(f'name = "u"\nduration = "10m"\n[population]\nclients = {clients}\n[server]\nworkers = 1\n'
+                          'service_time = "10ms"\n' + parts, "test_fast")
+
+
+def test_more_partitions_than_the_compiled_table_are_named():
     with pytest.raises(UnsupportedScenario, match=f"more than {fast.MAX_PARTITIONS} partition events"):
-        fast.run(parse_scenario(text, "test_fast"))
+        fast.run(too_many_partitions(10))
 
 
 def test_every_event_kind_is_supported():
@@ -524,9 +528,5 @@ def test_auto_takes_fast_for_large_supported_populations_and_says_so():
     assert engine == "fast" and "fast for 100,000 clients" in note
     p2p = load_scenario("scenarios/skype-2007.toml")                  # millions of clients, supernodes
     assert choose_engine(p2p, "auto") == ("fast", "engine auto: fast for 7,000,000 clients (des below 100,000)")
-    parts = "".join(f'[[events]]\nat = "{i + 1}s"\nkind = "partition"\nduration = "1s"\nfraction = 0.1\nhang = "1s"\n'
-                    for i in range(fast.MAX_PARTITIONS + 1))
-    many = parse_scenario('name = "u"\nduration = "10m"\n[population]\nclients = 200000\n[server]\nworkers = 1\n'
-                          'service_time = "10ms"\n' + parts, "test_fast")
-    engine, note = choose_engine(many, "auto")
+    engine, note = choose_engine(too_many_partitions(200_000), "auto")
     assert engine == "des" and "cannot run this yet" in note and "partition" in note
