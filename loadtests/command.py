@@ -4,26 +4,30 @@ beside the simulation (MODEL.md section 7).
 Locust runs as a subprocess on `loadtests/locustfile.py` (its own interpreter: gevent patches
 the one it runs in), headless, with the device users' attempt and state logs in the output
 folder. This process checks the target before anything is sent, shows a live progress line
-from the run's `loginstorm-progress` lines, stops the run on Ctrl-C (SIGTERM to Locust, by its
-PID), and afterwards turns the logs into the simulator's `timeseries.csv` and `summary.json`
+from the run's `loginstorm-progress` lines, stops the run on Ctrl-C, SIGTERM or SIGHUP (SIGINT to
+Locust, by its PID: its own Ctrl-C path, which still writes its statistics and HTML report;
+Locust also gets it if this process dies anyhow), and afterwards turns the logs into the simulator's `timeseries.csv` and `summary.json`
 (`loadtests.measure`) and the measured-versus-simulated report (`loadtests.versus`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtests.attemptlog import PROGRESS, STOPPED
 from loadtests.measure import CLIENT_FIELDS, measured_run, read_logs
-from loadtests.storm import Storm, StormError, StormOptions, host_allowed, load_storm
+from loadtests.storm import Storm, StormError, StormOptions, host_allowed, host_error, load_storm
 
 __all__ = ["LoadtestOptions", "LoadtestResult", "LoadtestError", "run_loadtest", "lab_capacity"]
 
@@ -90,34 +94,37 @@ def _locust_command(o: LoadtestOptions, storm: Storm) -> list[str]:
 def run_loadtest(o: LoadtestOptions, show=None) -> LoadtestResult:
     """Run the load test; `show(progress_dict)` is called at each progress line. Raises StormError
     (nothing sent) on a bad scenario, target, credentials or a host that is not allowed."""
-    storm = load_storm(o.storm)
+    storm = load_storm(o.storm, accounts=o.from_logs is None)
+    _check_capacity(o.capacity)
     if o.from_logs is not None:
         return _from_logs(o, storm)
-    if not host_allowed(o.host, storm.target.allowed_hosts):
-        raise StormError(f"{o.host} is not on the scenario's target.allowed_hosts (loopback is always allowed); "
-                         "add its host name there to load-test it")
+    problem = host_error(o.host, storm.target.allowed_hosts)
+    if problem:
+        raise StormError(problem)
     o.out.mkdir(parents=True, exist_ok=True)
     for stale in list(o.out.glob("attempts*.csv")) + list(o.out.glob("states*.csv")):
         stale.unlink()
     errors = (o.out / "locust.stderr.txt").open("w", encoding="utf-8")
-    proc = subprocess.Popen(_locust_command(o, storm), stdout=subprocess.PIPE, stderr=errors,
-                            text=True, env={**os.environ, **o.extra_env}, start_new_session=True)
     stopped, interrupted, elapsed = None, False, 0.0
-    try:
-        for line in proc.stdout:
-            if line.startswith(PROGRESS):
-                progress = json.loads(line[len(PROGRESS):])
-                elapsed = max(elapsed, float(progress["elapsed_s"]))
-                if show is not None:
-                    show(progress)
-            elif line.startswith(STOPPED):
-                stopped = json.loads(line[len(STOPPED):])["reason"]
-        proc.wait()
-    except KeyboardInterrupt:
-        interrupted = True
-        _stop(proc)
-    finally:
-        errors.close()
+    with _terminate_as_interrupt():
+        proc = subprocess.Popen(_locust_command(o, storm), stdout=subprocess.PIPE, stderr=errors, text=True,
+                                env={**os.environ, **o.extra_env}, start_new_session=True,
+                                preexec_fn=_locust_preexec(os.getpid()))
+        try:
+            for line in proc.stdout:
+                if line.startswith(PROGRESS):
+                    progress = json.loads(line[len(PROGRESS):])
+                    elapsed = max(elapsed, float(progress["elapsed_s"]))
+                    if show is not None:
+                        show(progress)
+                elif line.startswith(STOPPED):
+                    stopped = json.loads(line[len(STOPPED):])["reason"]
+            proc.wait()
+        except KeyboardInterrupt:
+            interrupted = True
+            _stop(proc)
+        finally:
+            errors.close()
     if proc.returncode not in (0, None) and not interrupted and elapsed == 0:
         tail = (o.out / "locust.stderr.txt").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
         raise LoadtestError(f"Locust exited with code {proc.returncode} before the storm began:\n" + "\n".join(tail))
@@ -127,10 +134,57 @@ def run_loadtest(o: LoadtestOptions, show=None) -> LoadtestResult:
     return LoadtestResult(summary, files, stopped, interrupted, proc.returncode if proc.returncode is not None else -1)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Ctrl-C: let Locust stop gracefully (it writes its statistics), then make sure it is gone."""
+@contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM and SIGHUP (`kill`, `timeout`, a closed terminal, a CI job's end) stop the run as
+    Ctrl-C does: Locust is stopped and the outputs are written, rather than this process dying
+    and leaving Locust to go on sending."""
+    if threading.current_thread() is not threading.main_thread():
+        yield                                   # signal handlers can only be set on the main thread
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        proc.send_signal(signal.SIGTERM)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _locust_preexec(parent: int):
+    """For Popen's preexec_fn: Locust handles SIGINT as Ctrl-C even if this process runs with it
+    ignored (a background job, nohup, some CI runners: the child would inherit that), and on
+    Linux gets SIGINT when this process dies, even by SIGKILL (prctl PR_SET_PDEATHSIG), so that
+    no load outlives the command."""
+    linux = sys.platform.startswith("linux")
+
+    def arm() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if linux:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)      # 1: PR_SET_PDEATHSIG
+            if os.getppid() != parent:          # the parent died before the line above
+                os._exit(1)
+    return arm
+
+
+def _check_capacity(capacity: str) -> None:
+    """A bad --capacity stops the command before the load test, not after it."""
+    if capacity not in ("auto", "lab", "none"):
+        from loadtests.versus import parse_capacity
+        try:
+            parse_capacity(capacity)
+        except ValueError as exc:
+            raise StormError(str(exc)) from None
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Ctrl-C: let Locust stop gracefully (SIGINT: it writes its statistics and HTML report; on
+    SIGTERM it would skip the report), then make sure it is gone."""
+    try:
+        proc.send_signal(signal.SIGINT)
         proc.wait(STOP_GRACE_S)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)     # the session started for it: Locust and its workers

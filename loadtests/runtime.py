@@ -21,7 +21,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from loadtests.attemptlog import PROGRESS, STOPPED, AttemptLog, StateLog, worker_path
 from loadtests.coordination import Rows, install
 from loadtests.flows import Outcome
-from loadtests.storm import Storm, StormError, StormOptions, host_allowed, load_storm
+from loadtests.storm import Storm, StormError, StormOptions, host_error, load_storm
 
 __all__ = ["StormContext", "StormShape", "add_options"]
 
@@ -74,20 +74,24 @@ class StormContext:
         self.peers: dict[str, dict] = {}             # master: the latest counts of each worker
         self.rps = 0.0                               # this process's share of --max-rps (0: no cap)
         self._slot = 0.0
+        # this machine's own log paths, read before a master's options (which arrive with its
+        # first spawn message and replace a worker's) can overwrite them
+        parsed = environment.parsed_options
+        self.own_logs = (getattr(parsed, "attempt_log", ""), getattr(parsed, "state_log", ""))
 
     def build(self) -> Storm:
         self.storm = load_storm(options_of(self.environment.parsed_options))
         return self.storm
 
     def open_log(self) -> None:
-        path = getattr(self.environment.parsed_options, "attempt_log", "")
-        if isinstance(self.environment.runner, MasterRunner):
-            path = ""                        # the master runs no devices
-        index = self.environment.runner.worker_index if isinstance(self.environment.runner, WorkerRunner) else None
+        """The attempt and state logs: a worker's own --attempt-log and --state-log, else the
+        master's; the master runs no devices and writes neither."""
+        parsed, runner = self.environment.parsed_options, self.environment.runner
+        path, states = ("", "") if isinstance(runner, MasterRunner) else (
+            self.own_logs[0] or getattr(parsed, "attempt_log", ""), self.own_logs[1] or getattr(parsed, "state_log", ""))
+        index = runner.worker_index if isinstance(runner, WorkerRunner) else None
         self.log.close()
         self.log = AttemptLog(worker_path(path, index) if path else None)
-        states = "" if isinstance(self.environment.runner, MasterRunner) else \
-            getattr(self.environment.parsed_options, "state_log", "")
         self.states.close()
         self.states = StateLog(worker_path(states, index) if states else None)
         self.counts = dict.fromkeys(STATES, 0)
@@ -154,9 +158,9 @@ def _on_init(environment, **_) -> None:
         _fail(str(exc))
     if not environment.host:
         environment.host = storm.target.host
-    if not host_allowed(environment.host, storm.target.allowed_hosts):
-        _fail(f"{environment.host} is not on the scenario's target.allowed_hosts (loopback is always allowed); "
-              "add its host name there to load-test it")
+    problem = host_error(environment.host, storm.target.allowed_hosts)
+    if problem:
+        _fail(problem)
     if storm.plan.server_side:
         log.warning("the server under test plays these events itself, the devices do not: %s",
                     ", ".join(storm.plan.server_side))

@@ -27,7 +27,7 @@ from sim.config import ScenarioError, load_scenario, parse_target
 from sim.policies import Policy
 from sim.scenario import Scenario, Target
 
-__all__ = ["StormOptions", "Storm", "load_storm", "LAB_TARGET", "host_allowed", "StormError"]
+__all__ = ["StormOptions", "Storm", "load_storm", "LAB_TARGET", "host_allowed", "host_error", "StormError"]
 
 #: the target when neither the scenario nor --target names one: the lab server's OAuth2 password grant
 LAB_TARGET = Target(host="http://127.0.0.1:8080", flow="oauth2-password", path="/oauth/token",
@@ -70,11 +70,13 @@ class Storm:
         return self.scenario.client.timeout
 
 
-def load_storm(options: StormOptions, plan: bool = True) -> Storm:
+def load_storm(options: StormOptions, plan: bool = True, accounts: bool = True) -> Storm:
     """Read and check everything up front, so that a mistake stops the run before any request.
 
     `plan=False` skips the devices' plan (`Storm.plan` is None): for a caller that needs only the
-    target and the accounts, such as `calibrate`.
+    target and the accounts, such as `calibrate`. `accounts=False` skips the credentials
+    (`Storm.accounts` and `Storm.client` are None): for a caller that sends nothing, such as
+    `loadtest --from-logs`.
     """
     sets = tuple(options.sets) + ((f"client.policy.name={options.policy}",) if options.policy else ())
     try:
@@ -85,11 +87,11 @@ def load_storm(options: StormOptions, plan: bool = True) -> Storm:
     if not options.speed > 0 or math.isinf(options.speed):
         raise StormError(f"--speed must be a positive number, got {options.speed}")
     try:
-        accounts, client = _credentials(target, scenario, options)
+        users, client = _credentials(target, scenario, options) if accounts else (None, None)
     except CredentialsError as exc:
         raise StormError(str(exc)) from None
     return Storm(scenario, build_plan(scenario, options.speed) if plan else None, scenario.client.build_policy(),
-                 target, accounts, client)
+                 target, users, client)
 
 
 def _target(scenario: Scenario, path: str | None) -> Target:
@@ -135,3 +137,22 @@ def host_allowed(host: str, allowed: list[str]) -> bool:
     """
     name = urlsplit(host).hostname or ""
     return name in LOOPBACK or name in {urlsplit(a).hostname if "//" in a else a for a in allowed}
+
+
+def host_error(host: str, allowed: list[str]) -> str | None:
+    """Why load may not be sent to `host` (None if it may): not an http(s) URL, or not allowed.
+
+        >>> host_error("127.0.0.1:8089", [])
+        "--host '127.0.0.1:8089': give a URL with its scheme, such as http://127.0.0.1:8089"
+        >>> host_error("http://127.0.0.1:8089", []) is None
+        True
+    """
+    url = urlsplit(host)
+    if "@" in url.netloc:      # never repeat what may be a user:password
+        return "--host must not carry user:password@: give the accounts with --credentials"
+    if url.scheme not in ("http", "https") or not url.hostname:
+        return f"--host {host!r}: give a URL with its scheme, such as http://{host.split('://')[-1]}"
+    if not host_allowed(host, allowed):
+        return (f"{host} is not on the scenario's target.allowed_hosts (loopback is always allowed); "
+                "add its host name there to load-test it")
+    return None

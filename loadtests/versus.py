@@ -130,9 +130,9 @@ def smooth(x: np.ndarray, bins: int = 3) -> np.ndarray:
         raise ValueError(f"smooth_bins must be an odd number >= 1, got {bins}")
     x = np.asarray(x, dtype=float)
     known = np.isfinite(x)
-    kernel = np.ones(bins)
-    total = np.convolve(np.where(known, x, 0.0), kernel, mode="same")
-    count = np.convolve(known.astype(float), kernel, mode="same")
+    kernel, centre = np.ones(bins), slice(bins // 2, bins // 2 + len(x))   # "same", even if x is shorter
+    total = np.convolve(np.where(known, x, 0.0), kernel)[centre]
+    count = np.convolve(known.astype(float), kernel)[centre]
     return np.divide(total, count, out=np.full(len(x), np.nan), where=count > 0)
 
 

@@ -394,18 +394,19 @@ def loadtest(
                        ] = None,
     sets: SetOption = None,
     scale: ScaleOption = 1.0,
-    speed: Annotated[float, typer.Option(min=0.0, help="Divide the story's times by K (events, sessions, "
+    speed: Annotated[float, typer.Option(help="Divide the story's times by K > 0 (events, sessions, "
                                                        "downtimes); not the client's timeout or policy.")] = 1.0,
     policy: Annotated[Optional[str], typer.Option(help="Retry policy instead of the scenario's.")] = None,
     credentials: Annotated[Optional[Path], typer.Option(help="CSV of username,password rows, one per device.")
                            ] = None,
-    target_file: Annotated[Optional[Path], typer.Option("--target", help="TOML file with a [target] table.")
+    target_file: Annotated[Optional[Path], typer.Option("--target", help="TOML file with a \\[target] table.")
                            ] = None,
     run_time: Annotated[Optional[str], typer.Option(help="Stop after this long (e.g. 60s); default: the story.")
                         ] = None,
     processes: Annotated[int, typer.Option(min=1, help="Locust processes (one core each).")] = 1,
-    max_rps: Annotated[float, typer.Option(min=0.0, help="Cap login attempts per second across all devices "
-                                                         "(default: target.max_rps).")] = 0.0,
+    max_rps: Annotated[float, typer.Option(min=0.0, show_default=False, help="Cap login attempts per second "
+                                                         "across all devices (default: target.max_rps, else "
+                                                         "none).")] = 0.0,
     stop_on_error_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="Stop when this share of the "
                                                       "attempts of the last --stop-after failed.")] = 0.0,
     stop_after: Annotated[Optional[str], typer.Option(help="Window of the stop rules, and no stop before it "

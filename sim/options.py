@@ -16,6 +16,6 @@ SetOption = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY=VALUE", help="Override any key by its dotted path, e.g. server.workers=800 "
                                        "or events.0.fraction=0.3 (repeatable).")]
 ScaleOption = Annotated[float, typer.Option(
-    "--scale", min=0.0, help="Run a population S times the size: clients, login_rate, workers, "
-                             "queue_limit and rate-limit rate/burst are multiplied by S.")]
+    "--scale", help="Run a population S (> 0) times the size: clients, login_rate, workers, "
+                    "queue_limit and rate-limit rate/burst are multiplied by S.")]
 SeedOption = Annotated[Optional[int], typer.Option("--seed", min=0, help="Override the scenario's seed.")]

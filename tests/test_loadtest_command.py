@@ -67,15 +67,21 @@ def wrong_users(path: Path, n: int) -> Path:
 
 # -- safety rails -----------------------------------------------------------------------------------
 
-def test_a_host_not_on_allowed_hosts_is_refused_before_any_request(tmp_path):
+@pytest.mark.parametrize("host, args, message", [
+    (lambda url: url.replace("127.0.0.1", "0.0.0.0"), (),          # the same machine, but not a loopback name
+     "not on the scenario's target.allowed_hosts"),
+    (lambda url: url.removeprefix("http://"), (), "give a URL with its scheme, such as http://127.0.0.1:"),
+    (lambda url: url, ("--capacity", "workers=x"), "--capacity workers: Input should be a valid integer"),
+    (lambda url: url, ("--capacity", "wrokers=8"), "did you mean 'workers'?"),
+], ids=["not-allowed", "no-scheme", "bad-capacity-value", "bad-capacity-key"])
+def test_a_bad_host_or_capacity_is_refused_before_any_request(tmp_path, host, args, message):
     scenario = write(tmp_path / "loop.toml", LOOP.format(duration=10, clients=5))
     users = wrong_users(tmp_path / "u.csv", 5)
     with running_lab(str(scenario), "--users", "3") as lab:
-        other = lab.url.replace("127.0.0.1", "0.0.0.0")     # the same machine, but not a loopback name
-        done = loadtest(scenario, other, tmp_path / "out", "--credentials", str(users), timeout=60)
+        done = loadtest(scenario, host(lab.url), tmp_path / "out", "--credentials", str(users), *args, timeout=60)
         requests = {k: v for k, v in lab.metrics().items() if k.startswith("loginstorm_lab_requests_total")}
-    assert done.returncode == 2
-    assert "not on the scenario's target.allowed_hosts" in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert message in done.stderr, done.stderr
     assert len(requests) == 4 and sum(requests.values()) == 0
     assert not (tmp_path / "out").exists()
 
@@ -183,7 +189,24 @@ def test_measured_and_simulated_storms_agree_and_rank_the_policies_alike(tmp_pat
     assert (measured["none"] > measured["full-jitter"]) == (simulated["none"] > simulated["full-jitter"])
 
 
-def test_ctrl_c_stops_gracefully_and_still_reports(tmp_path):
+def _children(pid: int) -> list[int]:
+    """The processes `pid` started (Linux /proc)."""
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie nobody has reaped yet (it no longer runs)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGKILL"])
+def test_a_stopped_command_stops_its_locust_and_still_reports(tmp_path, how):
+    """Ctrl-C (SIGINT) and `kill` or `timeout` (SIGTERM) stop the run gracefully and still write
+    the outputs; even SIGKILL, which nothing can catch, leaves no Locust sending load."""
+    import os
     import signal
     import time
 
@@ -191,13 +214,16 @@ def test_ctrl_c_stops_gracefully_and_still_reports(tmp_path):
         'policy = "none"', 'policy = { name = "constant", base = "0.5s" }'))
     users = wrong_users(tmp_path / "u.csv", 10)
     out = tmp_path / "out"
+    locust = []
     with running_lab(str(scenario), "--users", "3") as lab:
         cmd = [sys.executable, "-m", "sim.cli", "loadtest", str(scenario), "--host", lab.url, "--out", str(out),
                "--credentials", str(users), "--capacity", "none"]
         # a background job (make test under nohup, some CI runners) inherits SIGINT ignored, and
         # Python then never raises KeyboardInterrupt: give the command Ctrl-C's default disposition
+        # for Ctrl-C, and for the others a background job's (Locust must not inherit it)
+        sigint = signal.SIG_DFL if how == "SIGINT" else signal.SIG_IGN
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
         try:
             deadline = time.monotonic() + 30
 
@@ -206,16 +232,29 @@ def test_ctrl_c_stops_gracefully_and_still_reports(tmp_path):
             while rows() < 5 and time.monotonic() < deadline:
                 time.sleep(0.2)
             time.sleep(2)
-            proc.send_signal(signal.SIGINT)                   # what Ctrl-C sends
+            locust = _children(proc.pid)
+            assert len(locust) == 1
+            proc.send_signal(getattr(signal, how))
             _, stderr = proc.communicate(timeout=60)
+            deadline = time.monotonic() + 40                 # Locust's own graceful stop, after SIGKILL
+            while not _gone(locust[0]) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert _gone(locust[0]), f"Locust (pid {locust[0]}) still runs after the command got {how}"
         finally:
             if proc.poll() is None:
                 proc.kill()
+            for pid in locust:                                # a failed check must not leave load behind
+                if not _gone(pid):
+                    os.kill(pid, signal.SIGKILL)
+    if how == "SIGKILL":
+        assert proc.returncode == -signal.SIGKILL
+        return
     assert proc.returncode == 0, stderr[-2000:]
     assert "interrupted" in stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] is True and 0 < summary["duration_s"] < 30 and summary["attempts"] >= 5
     assert (out / "report.html").exists() and (out / "locust_stats.csv").exists()
+    assert "<html" in (out / "locust.html").read_text()[:2000].lower()
 
 
 def test_the_command_process_does_not_import_locust_or_gevent():
@@ -262,7 +301,7 @@ def test_from_logs_measures_a_run_made_elsewhere_the_same_way(tmp_path):
         done = loadtest(scenario, lab.url, tmp_path / "run", "--credentials", str(users), "--capacity", "none", "-q")
     assert done.returncode == 0, done.stderr[-2000:]
     again = loadtest(scenario, "http://127.0.0.1:1", tmp_path / "again", "--from-logs", str(tmp_path / "run"),
-                     "--credentials", str(users), "--capacity", "none", "-q")   # port 1: nothing may be sent
+                     "--capacity", "none", "-q")   # port 1: nothing may be sent; no credentials needed
     assert again.returncode == 0, again.stderr[-2000:]
     first, second = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("run", "again"))
     assert first["attempts"] > 0 and {k: v for k, v in first.items() if k != "target"} == \
@@ -271,3 +310,45 @@ def test_from_logs_measures_a_run_made_elsewhere_the_same_way(tmp_path):
     empty = loadtest(scenario, "http://127.0.0.1:1", tmp_path / "x", "--from-logs", str(tmp_path), "-q",
                      "--credentials", str(users))
     assert empty.returncode == 2 and "no attempts*.csv" in empty.stderr
+
+
+def test_a_master_and_a_worker_as_the_readme_shows_then_from_logs_without_credentials(tmp_path):
+    """The README's several-machines recipe on one: the worker's own --attempt-log and --state-log
+    survive the master's options (Locust sends those to every worker at spawn), and --from-logs,
+    which sends nothing, needs no credentials."""
+    import socket
+
+    scenario = write(tmp_path / "loop.toml", LOOP.format(duration=6, clients=10).replace(
+        'policy = "none"', 'policy = { name = "constant", base = "0.5s" }'))
+    users = wrong_users(tmp_path / "u.csv", 10)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    locust = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"),
+              "--scenario", str(scenario), "--credentials", str(users)]
+    with running_lab(str(scenario), "--users", "3") as lab:
+        master = subprocess.Popen(locust + ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", port,
+                                            "--expect-workers", "1", "--headless", "-t", "6s", "--host", lab.url,
+                                            "--csv", str(tmp_path / "master" / "locust"), "--exit-code-on-error", "0"],
+                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        worker = subprocess.Popen(locust + ["--worker", "--master-host", "127.0.0.1", "--master-port", port,
+                                            "--attempt-log", str(tmp_path / "w" / "attempts.csv"),
+                                            "--state-log", str(tmp_path / "w" / "states.csv")],
+                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            _, master_err = master.communicate(timeout=90)
+            _, worker_err = worker.communicate(timeout=30)
+        finally:
+            for proc in (master, worker):
+                if proc.poll() is None:
+                    proc.kill()
+    assert master.returncode == 0 and worker.returncode == 0, (master_err[-1500:], worker_err[-1500:])
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["attempts.w0.csv", "states.w0.csv"]
+    rows = list(csv.DictReader((tmp_path / "w" / "attempts.w0.csv").open()))
+    assert {int(r["device"]) for r in rows if r["attempt"] == "1"} == set(range(10))
+    measured = loadtest(scenario, "http://127.0.0.1:1", tmp_path / "out", "--from-logs", str(tmp_path / "w"),
+                        "--capacity", "none", "-q")                  # port 1: nothing may be sent
+    assert measured.returncode == 0, measured.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["attempts"] == len(rows) and summary["devices"] == 10
+

@@ -10,7 +10,7 @@ import pytest
 
 from loadtests.plan import build_plan
 from loadtests.versus import (RECOVERY_TOLERANCE, SHARE_TOLERANCE, divergence, parse_capacity, simulated_twin,
-                              versus_figure, write_versus_report)
+                              smooth, versus_figure, write_versus_report)
 from sim.config import compress_scenario, load_scenario, parse_scenario
 from sim.distributions import Constant, Empirical, Exponential, Lognormal, Normal, Uniform
 from sim.runner import simulate
@@ -165,6 +165,14 @@ def _moving_average(x: list[float], bins: int) -> list[float]:
     """A second, plain computation of the centred moving average (fewer bins at the edges)."""
     h = bins // 2
     return [sum(x[max(0, i - h):i + h + 1]) / len(x[max(0, i - h):i + h + 1]) for i in range(len(x))]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 9])
+@pytest.mark.parametrize("bins", [1, 3, 5])
+def test_smooth_is_the_centred_moving_average_even_for_series_shorter_than_the_window(n, bins):
+    # a 3-second load test has fewer bins than the window: it once crashed the report
+    x = np.random.default_rng(n * 10 + bins).uniform(0.0, 1.0, n)
+    assert smooth(x, bins).tolist() == pytest.approx(_moving_average(list(x), bins))
 
 
 @pytest.mark.parametrize("shift, bins", [(2, 3), (1, 3), (2, 1), (5, 3), (3, 5)])
