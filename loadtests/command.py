@@ -29,7 +29,8 @@ from loadtests.attemptlog import PROGRESS, STOPPED
 from loadtests.measure import CLIENT_FIELDS, measured_run, read_logs
 from loadtests.storm import Storm, StormError, StormOptions, host_allowed, host_error, load_storm
 
-__all__ = ["LoadtestOptions", "LoadtestResult", "LoadtestError", "run_loadtest", "lab_capacity"]
+__all__ = ["LoadtestOptions", "LoadtestResult", "LoadtestError", "run_loadtest", "lab_capacity",
+           "terminate_as_interrupt"]
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 STOP_GRACE_S = 30.0
@@ -106,7 +107,7 @@ def run_loadtest(o: LoadtestOptions, show=None) -> LoadtestResult:
         stale.unlink()
     errors = (o.out / "locust.stderr.txt").open("w", encoding="utf-8")
     stopped, interrupted, elapsed = None, False, 0.0
-    with _terminate_as_interrupt():
+    with terminate_as_interrupt():
         proc = subprocess.Popen(_locust_command(o, storm), stdout=subprocess.PIPE, stderr=errors, text=True,
                                 env={**os.environ, **o.extra_env}, start_new_session=True,
                                 preexec_fn=_locust_preexec(os.getpid()))
@@ -135,7 +136,7 @@ def run_loadtest(o: LoadtestOptions, show=None) -> LoadtestResult:
 
 
 @contextmanager
-def _terminate_as_interrupt():
+def terminate_as_interrupt():
     """SIGTERM and SIGHUP (`kill`, `timeout`, a closed terminal, a CI job's end) stop the run as
     Ctrl-C does: Locust is stopped and the outputs are written, rather than this process dying
     and leaving Locust to go on sending."""

@@ -21,6 +21,7 @@ import sys
 import threading
 from pathlib import Path
 
+from loadtests.command import terminate_as_interrupt
 from sim.report import html_page, table_html, write_html
 
 POLICIES = ("none", "full-jitter")
@@ -55,6 +56,15 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with terminate_as_interrupt():       # `kill` stops the lab and the load test, as Ctrl-C does
+        try:
+            return _demo(argv)
+        except KeyboardInterrupt:
+            print("loginstorm demo: interrupted; the lab and the load test are stopped", file=sys.stderr)
+            return 130
+
+
+def _demo(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/demo-loadtest"))
     parser.add_argument("--scenario", default="quickstart")
