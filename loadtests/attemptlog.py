@@ -11,12 +11,13 @@ of the load test); rows hold no credentials and no tokens.
 from __future__ import annotations
 
 import csv
+from collections import deque
 from pathlib import Path
 
 from loadtests.flows import Outcome
 
 __all__ = ["AttemptLog", "StateLog", "COLUMNS", "STATE_COLUMNS", "worker_path", "worker_files", "PROGRESS",
-           "STOPPED"]
+           "STOPPED", "recent_rates"]
 
 COLUMNS = ("device", "episode", "attempt", "start_s", "seconds", "outcome", "status", "retry_after_s",
            "wait_s", "message")
@@ -24,6 +25,22 @@ STATE_COLUMNS = ("t_s", "device", "from", "to")
 #: with --progress, the master (or local) process prints these lines on stdout, one JSON object
 #: after the prefix; `loginstorm loadtest` reads them (this module is gevent-free, so it can import them)
 PROGRESS, STOPPED = "loginstorm-progress ", "loginstorm-stopped "
+
+
+def recent_rates(samples: deque, span: float = 10.0) -> tuple[float, float]:
+    """Attempts/s and failures/s over the last `span` seconds of (t, attempts, failures) samples,
+    dropping older ones. (Locust's own current_rps is measured back from the last request, so it
+    holds its last value once the attempts stop.)
+
+        >>> recent_rates(deque([(0.0, 0, 0), (1.0, 50, 10), (2.0, 60, 10)]))
+        (30.0, 5.0)
+        >>> recent_rates(deque([(0.0, 0, 0), (1.0, 50, 10), (12.0, 50, 10)]))    # no attempt since 1 s
+        (0.0, 0.0)
+    """
+    while len(samples) > 2 and samples[1][0] <= samples[-1][0] - span:
+        samples.popleft()
+    (t0, n0, f0), (t1, n1, f1) = samples[0], samples[-1]
+    return ((n1 - n0) / (t1 - t0), (f1 - f0) / (t1 - t0)) if t1 > t0 else (0.0, 0.0)
 
 
 def worker_path(path: str, worker_index: int | None) -> Path:

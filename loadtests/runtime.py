@@ -3,7 +3,7 @@
 Every process (local, master, each worker) holds one `StormContext` as `environment.loginstorm`.
 The master or local runner checks everything when Locust starts (a bad scenario, target, host or
 credentials file ends the run with exit code 2 before any request); workers build the same
-storm from the options the master forwards at test start.
+storm from the options the master forwards at test start, but keep their own log paths.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import gevent
 from locust import LoadTestShape, events
 from locust.runners import MasterRunner, WorkerRunner
 
-from loadtests.attemptlog import PROGRESS, STOPPED, AttemptLog, StateLog, worker_path
+from loadtests.attemptlog import PROGRESS, STOPPED, AttemptLog, StateLog, recent_rates, worker_path
 from loadtests.coordination import Rows, install
 from loadtests.flows import Outcome
 from loadtests.storm import Storm, StormError, StormOptions, host_error, load_storm
@@ -74,6 +74,7 @@ class StormContext:
         self.peers: dict[str, dict] = {}             # master: the latest counts of each worker
         self.rps = 0.0                               # this process's share of --max-rps (0: no cap)
         self._slot = 0.0
+        self.rates = (0.0, 0.0)                      # attempts/s and failures/s over the last 10 s
         # this machine's own log paths, read before a master's options (which arrive with its
         # first spawn message and replace a worker's) can overwrite them
         parsed = environment.parsed_options
@@ -226,7 +227,7 @@ def _progress(environment, context, final: bool = False) -> None:
     start = context.rows.start or time.time()
     line = {"elapsed_s": round(time.time() - start, 2), **context.all_counts(),
             "attempts": entry.num_requests, "failures": entry.num_failures,
-            "attempts_per_s": round(entry.current_rps, 2), "failures_per_s": round(entry.current_fail_per_sec, 2),
+            "attempts_per_s": round(context.rates[0], 2), "failures_per_s": round(context.rates[1], 2),
             "final": final}
     print(PROGRESS + json.dumps(line), flush=True)
 
@@ -254,10 +255,13 @@ def _watch(environment, context) -> None:
     p99_limit = getattr(options, "stop_on_p99", 0.0) or (rule.p99 or 0.0)
     after = getattr(options, "stop_after", 0.0) or rule.after
     window: deque = deque()
+    recent: deque = deque([(time.monotonic(), 0, 0)])
     while True:
         gevent.sleep(1.0)
         entry, now = _attempt_stats(environment), time.monotonic()
         window.append((now, entry.num_requests, entry.num_failures))
+        recent.append(window[-1])
+        context.rates = recent_rates(recent)
         _progress(environment, context)
         p99 = entry.get_current_response_time_percentile(0.99)
         reason = stop_reason(window, now, None if p99 is None else p99 / 1000.0, error_rate, after, p99_limit)

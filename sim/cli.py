@@ -476,7 +476,7 @@ def _seconds_text(value: float | None) -> str:
 
 def _live_line(enabled: bool):
     """One progress line on stderr: rewritten in place on a terminal, every 10 s otherwise."""
-    last = [0.0]
+    last = [0.0, ""]          # when the last line was written, and what it said
 
     def show(p: dict | None) -> None:
         if not enabled:
@@ -492,8 +492,8 @@ def _live_line(enabled: bool):
         if err.is_terminal:
             sys.stderr.write("\r" + line[:err.width - 1].ljust(err.width - 1))
             sys.stderr.flush()
-        elif p["elapsed_s"] - last[0] >= 10 or p.get("final"):
-            last[0] = p["elapsed_s"]
+        elif (p["elapsed_s"] - last[0] >= 10 or p.get("final")) and line != last[1]:
+            last[:] = p["elapsed_s"], line
             sys.stderr.write(line + "\n")
 
     return show

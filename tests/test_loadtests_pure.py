@@ -6,11 +6,13 @@ import base64
 import email.utils
 import json
 import time
+from collections import deque
 from urllib.parse import parse_qs, unquote
 
 import numpy as np
 import pytest
 
+from loadtests.attemptlog import recent_rates
 from loadtests.credentials import Account, Accounts, CredentialsError, Secret, load_accounts, resolve
 from loadtests.flows import (ERROR, FAILED, OK, REJECTED, Reply, build_flow, find_input, judge,
                              parse_retry_after)
@@ -280,3 +282,22 @@ def test_storm_target_file(tmp_path):
     with pytest.raises(StormError) as err:
         load_storm(StormOptions("quickstart", scale=0.01, target=str(path)))
     assert "plain" not in str(err.value)
+
+
+def test_the_progress_rates_cover_the_last_ten_seconds_and_fall_to_zero_when_attempts_stop():
+    rng = np.random.default_rng(5)
+    t = np.cumsum(rng.uniform(0.5, 1.5, 60))                       # the watcher's ~1 s samples
+    attempts = np.cumsum(rng.integers(0, 40, 60))
+    attempts[40:] = attempts[39]                                    # the storm is over
+    failures = np.minimum(attempts, np.cumsum(rng.integers(0, 15, 60)))
+    failures[40:] = failures[39]
+    samples = deque([(0.0, 0, 0)])
+    times, n, f = np.r_[0.0, t], np.r_[0, attempts], np.r_[0, failures]
+    for k in range(1, 61):
+        samples.append((times[k], n[k], f[k]))
+        rate, fail_rate = recent_rates(samples)
+        i = max([0] + [j for j in range(k) if times[j] <= times[k] - 10.0])   # the newest sample 10 s back
+        assert rate == pytest.approx((n[k] - n[i]) / (times[k] - times[i]))
+        assert fail_rate == pytest.approx((f[k] - f[i]) / (times[k] - times[i]))
+    assert rate == 0.0 and fail_rate == 0.0
+
