@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,12 @@ def write_html(path: Path, page: str) -> Path:
 
 
 def _fmt(value: Any) -> str:
+    """A summary value as the report's tables show it: counts with thousands separators, never
+    in scientific notation (a mean over replications is a float), other numbers to 4 digits.
+
+        >>> [_fmt(v) for v in (13610.0, 13610.25, 0.61234, 1.4e-05, 3, None, True)]
+        ['13,610', '13,610', '0.6123', '1.4e-05', '3', 'n/a', 'yes']
+    """
     if value is None:
         return "n/a"
     if isinstance(value, bool):
@@ -79,7 +86,7 @@ def _fmt(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        return f"{value:,.4g}" if abs(value) < 1e6 else f"{value:,.0f}"
+        return f"{value:,.4g}" if abs(value) < 1000 or not math.isfinite(value) else f"{value:,.0f}"
     return str(value)
 
 

@@ -107,6 +107,16 @@ def test_report_is_self_contained_and_holds_the_summary(result, tmp_path):
     assert (tmp_path / "storm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_report_writes_mean_counts_with_separators_not_in_scientific_notation(result, tmp_path):
+    # the mean over replications makes every count a float: 13,610.5 must not read 1.361e+04
+    mean = {k: (v * 1000.5 if isinstance(v, int) and not isinstance(v, bool) and v > 0 else v)
+            for k, v in result.summary.items()}
+    write_outputs(Outcome(mean, result.timeseries, [result]), tmp_path)
+    page = re.sub(r'src="data:[^"]*"', "", (tmp_path / "report.html").read_text())      # not the figure's bytes
+    assert re.findall(r"\d\.\d+e[+-]?\d+", page) == []
+    assert f"{round(mean['attempts']):,}" in page and mean["attempts"] >= 1000
+
+
 def test_compare_figure_draws_one_capacity_line_per_distinct_capacity(result):
     ts = result.timeseries
     doubled = result.scenario.model_copy(update={"server": result.scenario.server.model_copy(update={"workers": 4})})
