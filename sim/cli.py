@@ -184,8 +184,9 @@ def simulate(
     if outcome.note and not quiet:
         err.print(outcome.note, highlight=False, markup=False, soft_wrap=True)
     if outcome.warm_up_s is not None and not quiet:
-        err.print(f"fast engine ready in {outcome.warm_up_s:.1f} s (compiled code loaded from numba's cache, or "
-                  f"compiled on first use; not part of wallclock_s)", highlight=False, markup=False, soft_wrap=True)
+        from sim.fast import warm_up_source
+        err.print(f"fast engine ready in {outcome.warm_up_s:.1f} s ({warm_up_source()}; not part of wallclock_s)",
+                  highlight=False, markup=False, soft_wrap=True)
     if json_out:
         out.print_json(data=finite_json(outcome.summary))
     if not quiet:

@@ -172,6 +172,13 @@ def warm_up() -> float:
     return _warm[0]
 
 
+def warm_up_source() -> str:
+    """How this process's warm-up got the compiled loop: from numba's cache, or by compiling it."""
+    stats = _advance.stats
+    return "loaded from numba's cache" if stats.cache_hits and not stats.cache_misses else \
+        "compiled (and cached on disk for later runs)"
+
+
 def check_supported(s: Scenario) -> None:
     """UnsupportedScenario naming the first thing this engine does not model yet."""
     missing = []

@@ -196,8 +196,10 @@ def test_simulate_skype_at_full_size_picks_fast_and_reports_its_warm_up_apart(tm
     summary = json.loads(result.stdout)
     assert summary["engine"] == "fast" and summary["clients"] == 7_000_000
     assert "engine auto: fast for 7,000,000 clients" in result.stderr
-    ready = re.search(r"fast engine ready in ([0-9.]+) s", result.stderr)
+    ready = re.search(r"fast engine ready in ([0-9.]+) s \((loaded from numba's cache|compiled)", result.stderr)
     assert ready and "not part of wallclock_s" in result.stderr
+    from sim import fast
+    assert (ready[2] == "compiled") == bool(fast._advance.stats.cache_misses)     # says which of the two it was
 
 
 def test_simulate_bad_input_exit_2(tmp_path):
