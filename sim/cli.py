@@ -25,7 +25,7 @@ from sim.compare import write_outputs as write_comparison
 from sim.config import ScenarioError, load_scenario, shipped_scenarios
 from sim.des import UnsupportedScenario
 from sim.describe import policy_rows, scenario_line, summary_lines
-from sim.options import ScaleOption, SeedOption, SetOption
+from sim.options import EngineOption, ScaleOption, SeedOption, SetOption
 from sim.runner import finite_json, write_outputs
 from sim.runner import simulate as run_simulation
 from sim.units import format_duration, parse_duration
@@ -158,8 +158,7 @@ def simulate(
     sets: SetOption = None,
     scale: ScaleOption = 1.0,
     seed: SeedOption = None,
-    engine: Annotated[str, typer.Option(help="des (the SimPy reference), fast (compiled, population scale) or "
-                                             "auto (fast from 100,000 clients).")] = "auto",
+    engine: EngineOption = "auto",
     until: Annotated[Optional[str], typer.Option(help="Stop the run early at this simulated time (e.g. 30m).")] = None,
     replications: Annotated[int, typer.Option(min=1, help="Independent seeds; the summary gives means and 95 % CIs.")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no closing lines.")] = False,
@@ -173,6 +172,9 @@ def simulate(
     if stop is not None and not (0 < stop):
         err.print("loginstorm simulate: --until must be > 0")
         raise typer.Exit(code=2)
+    if stop is not None and stop > s.duration:
+        err.print(f"--until {until} is past the scenario's duration: the run ends at {format_duration(s.duration)} "
+                  f"(set duration with --set duration=...)", markup=False, highlight=False, soft_wrap=True)
     target = out_dir if out_dir is not None else Path("out") / s.name
     try:
         with _progress(s, stop, replications, enabled=not quiet and err.is_terminal) as report:
@@ -236,7 +238,7 @@ def compare(
     seed: SeedOption = None,
     until: Annotated[Optional[str], typer.Option(help="Stop every run early at this simulated time (e.g. 30m).")
                      ] = None,
-    engine: Annotated[str, typer.Option(help="des, fast or auto, as for simulate.")] = "auto",
+    engine: EngineOption = "auto",
     jobs: Annotated[Optional[int], typer.Option(min=1, help="Runs in parallel (default: one per core; 1 = "
                                                              "in this process).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option(

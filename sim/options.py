@@ -10,7 +10,16 @@ from typing import Annotated, Optional
 
 import typer
 
-__all__ = ["SetOption", "ScaleOption", "SeedOption"]
+from sim.runner import ENGINES
+
+__all__ = ["SetOption", "ScaleOption", "SeedOption", "EngineOption"]
+
+
+def _engine(value: str) -> str:
+    if value not in ENGINES:
+        raise typer.BadParameter(f"unknown engine {value!r} (one of {', '.join(ENGINES)})")
+    return value
+
 
 SetOption = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY=VALUE", help="Override any key by its dotted path, e.g. server.workers=800 "
@@ -19,3 +28,6 @@ ScaleOption = Annotated[float, typer.Option(
     "--scale", help="Run a population S (> 0) times the size: clients, login_rate, workers, "
                     "queue_limit and rate-limit rate/burst are multiplied by S.")]
 SeedOption = Annotated[Optional[int], typer.Option("--seed", min=0, help="Override the scenario's seed.")]
+EngineOption = Annotated[str, typer.Option(
+    callback=_engine, help="des (the SimPy reference), fast (compiled, population scale) or auto (fast from "
+                           "100,000 clients).")]

@@ -48,7 +48,7 @@ from sim import des
 from sim.compare import _cores, _policy_list, split_outside_brackets
 from sim.config import ScenarioError, load_scenario
 from sim.metrics import STEADY_FIELDS, SUMMARY_FIELDS
-from sim.options import ScaleOption, SeedOption, SetOption
+from sim.options import EngineOption, ScaleOption, SeedOption, SetOption
 from sim.runner import choose_engine, combine, finite_json, run_engine, warm_up
 from sim.scenario import Scenario
 from sim.units import format_duration, parse_duration
@@ -766,7 +766,6 @@ def format_value(key: str, value: float | None, duration: bool = False) -> str:
 
 # --- the commands (registered by sim.cli) -------------------------------------------------
 
-EngineOption = Annotated[str, typer.Option(help="des, fast or auto (fast from 100,000 clients).")]
 JobsOption = Annotated[Optional[int], typer.Option(min=1, help="Runs in parallel (default: one per core; 1 = here).")]
 DaskOption = Annotated[Optional[str], typer.Option(
     "--dask", metavar="ADDRESS|local", help="Run on a Dask cluster: a scheduler address, or local to start a "

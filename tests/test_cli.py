@@ -202,6 +202,13 @@ def test_simulate_skype_at_full_size_picks_fast_and_reports_its_warm_up_apart(tm
     assert (ready[2] == "compiled") == bool(fast._advance.stats.cache_misses)     # says which of the two it was
 
 
+def test_simulate_until_past_the_end_says_where_the_run_ends(tmp_path):
+    result = invoke("simulate", "quickstart", "--until", "2h", "--out", str(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    assert "--until 2h is past the scenario's duration: the run ends at 1h" in result.stderr
+    assert json.loads(result.stdout)["duration_s"] == 3600
+
+
 def test_simulate_bad_input_exit_2(tmp_path):
     assert invoke("simulate", "quickstart", "--until", "soon").exit_code == 2
     result = invoke("simulate", "quickstart", "--engine", "warp", "--out", str(tmp_path))
