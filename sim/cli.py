@@ -24,7 +24,7 @@ from sim.compare import to_json as comparison_json
 from sim.compare import write_outputs as write_comparison
 from sim.config import ScenarioError, load_scenario, shipped_scenarios
 from sim.des import UnsupportedScenario
-from sim.describe import policy_rows, scenario_line, summary_lines
+from sim.describe import policy_rows, recovery_line, scenario_line, summary_lines
 from sim.options import EngineOption, ScaleOption, SeedOption, SetOption
 from sim.runner import finite_json, write_outputs
 from sim.runner import simulate as run_simulation
@@ -468,13 +468,9 @@ def loadtest(
                   + (f" ({amp:.2f} per episode)" if amp is not None else "") + "\n"
                   f"  rejected {m['rejected']:,}, timed out {m['timeouts']:,}, errors {m['errors']:,}, "
                   f"gave up {m['gave_up']:,}\n"
-                  f"  back to 90 % online: {_seconds_text(rec['p90'])} after the first event; "
-                  f"99 %: {_seconds_text(rec['p99'])}", highlight=False, markup=False, soft_wrap=True)
+                  + recovery_line(rec, lambda seconds: f"{seconds:.1f} s"), highlight=False, markup=False,
+                  soft_wrap=True)
         err.print(f"wrote {', '.join(str(p) for p in result.files)}", highlight=False, markup=False, soft_wrap=True)
-
-
-def _seconds_text(value: float | None) -> str:
-    return "not reached" if value is None else f"{value:.1f} s"
 
 
 def _live_line(enabled: bool):

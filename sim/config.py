@@ -167,8 +167,9 @@ def _assign(node: Any, parts: list[str], value: Any) -> None:
     head, rest = parts[0], parts[1:]
     if isinstance(node, list):
         if not head.isdigit() or int(head) > len(node):
-            raise LookupError(f"no item {head!r}: there are {len(node)} events (indices 0-{len(node) - 1}, "
-                              f"or {len(node)} to add one)")
+            have = {0: "there are no events (index 0 adds one)", 1: "there is 1 event (index 0, or 1 to add one)"}
+            raise LookupError(f"no item {head!r}: " + have.get(len(node), f"there are {len(node)} events (indices "
+                                                                        f"0-{len(node) - 1}, or {len(node)} to add one)"))
         index = int(head)
         if index == len(node):
             node.append({})

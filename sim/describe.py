@@ -11,7 +11,8 @@ from sim.policies import Policy, make_policy, policy_names
 from sim.scenario import Scenario
 from sim.units import format_duration
 
-__all__ = ["scenario_line", "summary_lines", "plain_lines", "dist_text", "policy_text", "capacity_rps", "PolicyRow", "policy_rows"]
+__all__ = ["scenario_line", "summary_lines", "plain_lines", "dist_text", "policy_text", "capacity_rps", "PolicyRow", "policy_rows",
+           "recovery_line"]
 
 
 def capacity_rps(s: Scenario) -> float:
@@ -106,8 +107,18 @@ def _simulated_means(policy: Policy, retries: int, seed: int, draws: int) -> lis
     return means
 
 
-def _when(seconds: float | None) -> str:
-    return "never (still below at the end)" if seconds is None else format_duration(round(seconds, 1))
+def recovery_line(recovery: dict, when=lambda seconds: format_duration(round(seconds, 1))) -> str:
+    """The closing line on recovery; `recovery` holds p90 and p99 in seconds, None if not reached.
+
+        >>> recovery_line({"p90": 322.4, "p99": None})
+        '  back to 90 % online: 5m22.4s after the first event; 99 %: not by the end of the run'
+        >>> recovery_line({"p90": None, "p99": None})
+        '  back to 90 % online: not by the end of the run (nor 99 %)'
+    """
+    if recovery["p90"] is None:
+        return "  back to 90 % online: not by the end of the run (nor 99 %)"
+    p99 = "not by the end of the run" if recovery["p99"] is None else when(recovery["p99"])
+    return f"  back to 90 % online: {when(recovery['p90'])} after the first event; 99 %: {p99}"
 
 
 def summary_lines(summary: dict) -> str:
@@ -126,11 +137,12 @@ def summary_lines(summary: dict) -> str:
         f"  peak offered load {summary['peak_offered_rps']:,.1f}/s against a capacity of "
         + ("unlimited" if summary["capacity_rps"] is None or math.isinf(summary["capacity_rps"])
            else f"{summary['capacity_rps']:,.1f}/s"),
-        f"  back to 90 % online: {_when(rec['p90'])} after the first event; 99 %: {_when(rec['p99'])}",
+        recovery_line(rec),
     ]
     lowest = summary.get("lowest_online_share")
     if lowest is not None and lowest < 0.99:
-        lines.append(f"  lowest online share: {_share(lowest)}, {_human(summary['lowest_online_at_s'])} after the start")
+        lines.append(f"  lowest online share (of the clients that want to be online): {_share(lowest)}, "
+                     f"{_human(summary['lowest_online_at_s'])} after the start")
     if summary["metastable"]:
         lines.append("  the storm sustained itself: METASTABLE (still down and saturated at the end)")
     return "\n".join(lines)

@@ -847,7 +847,7 @@ def sweep_command(
     if quiet:
         return
     metastable = sum(row["regime"] == "metastable" for row in result.table)
-    _say(err, f"{len(result.points)} points x {replications} replications ({result.runs_now} run now, "
+    _say(err, f"{len(result.points)} points x {replications} replications ({result.runs_now} runs made now, "
               f"{result.runs_resumed} kept from before); metastable at {metastable} of {len(result.table)} points")
     _say(err, f"wrote {', '.join(str(p) for p in result.files + _sweep_report(err, result.out_dir))}")
 

@@ -127,7 +127,7 @@ def test_sets_override_any_key_with_the_same_validation():
     assert s.server.discipline == "lifo" and s.client.timeout.mean == 3.0
     with pytest.raises(ScenarioError, match=r"server.workers: expected a whole number, got 'lots' \(from --set\)"):
         parse_scenario(BASE, sets=["server.workers=lots"])
-    with pytest.raises(ScenarioError, match=r"events.3.fraction: no item '3': there are 1 event"):
+    with pytest.raises(ScenarioError, match=r"events.3.fraction: no item '3': there is 1 event \(index 0, or 1 to add one\)"):
         parse_scenario(BASE + REBOOT, sets=["events.3.fraction=0.1"])
     with pytest.raises(ScenarioError, match=r"server.wokers: unknown key 'wokers'; did you mean 'workers'\? .*from --set"):
         parse_scenario(BASE, sets=["server.wokers=3"])
