@@ -110,6 +110,9 @@ def _parse_grid(spec: str) -> tuple[str, list, bool]:
     parts = text.split(":")
     if len(parts) in (3, 4) and re.fullmatch(r"\s*[+-]?\d+\s*", parts[2]) and "," not in text:
         return (key, *_parse_range(key, parts))
+    if len(parts) == 2 and "," not in text and all(part.strip() for part in parts):
+        raise ValueError(f"--grid {key}: a range needs its number of values, LO:HI:N[:log], such as "
+                         f"{text}:5; got {text!r}")
     items = [item.strip() for item in split_outside_brackets(text)]
     if any(not item for item in items):
         raise ValueError(f"--grid {key}: empty value in {text!r} (values are separated by commas)")

@@ -111,6 +111,7 @@ def test_parse_grid(spec, expected):
     ("events.0.duration=1m:soon:3", "finite numbers or durations"),
     ("client.policy.name=none,constant", "use --policies"),
     ("seed=1,2", "use --policies for the policy and --replications"),
+    ("events.0.fraction=0.1:0.9", "a range needs its number of values, LO:HI:N"),
 ])
 def test_parse_grid_errors(spec, message):
     with pytest.raises(ValueError, match=message):
