@@ -90,17 +90,32 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def summary_rows(summary: dict[str, Any]) -> list[list[str]]:
-    """Every field of the summary, nested blocks flattened to `block.field`."""
-    rows = []
-    for key, value in summary.items():
-        if key in ("runs", "ci95"):
-            continue
+def _flat(block: dict[str, Any]) -> dict[str, Any]:
+    """Nested blocks flattened to `block.field` (one level, as the summary nests them)."""
+    out = {}
+    for key, value in block.items():
         if isinstance(value, dict):
-            rows += [[f"{key}.{k}", _fmt(v)] for k, v in value.items()]
+            out.update({f"{key}.{k}": v for k, v in value.items()})
         else:
-            rows.append([key, _fmt(value)])
-    return rows
+            out[key] = value
+    return out
+
+
+def summary_rows(summary: dict[str, Any], ci: bool = False) -> list[list[str]]:
+    """Every field of the summary, nested blocks flattened to `block.field`; with `ci`, a third
+    column holds the field's 95 % confidence interval over the replications (`ci95`)."""
+    fields = _flat({k: v for k, v in summary.items() if k not in ("runs", "ci95")})
+    if not ci:
+        return [[key, _fmt(value)] for key, value in fields.items()]
+    bounds = _flat(summary.get("ci95") or {})
+    return [[key, _fmt(value), _interval(bounds.get(key))] for key, value in fields.items()]
+
+
+def _interval(bounds: Any) -> str:
+    if not isinstance(bounds, (list, tuple)) or len(bounds) != 2 or None in bounds:
+        return ""
+    low, high = bounds
+    return _fmt(low) if low == high else f"{_fmt(low)} to {_fmt(high)}"
 
 
 def _parameters(s: Scenario) -> list[list[str]]:
@@ -140,7 +155,17 @@ def write_run_report(summary: dict[str, Any], timeseries: dict, s: Scenario, out
             f"<div class=\"verdict{' bad' if bad else ''}\">" + "<br>".join(html.escape(x) for x in lines) + "</div>"
             f"<h2>What happened</h2>{figure}"
             f"<h2>Key parameters</h2>{table_html(['parameter', 'value'], _parameters(s))}"
-            f"<h2>Summary</h2>{table_html(['field', 'value'], summary_rows(summary))}"
+            f"<h2>Summary</h2>{_summary_table(summary)}"
             f"<h2>Data</h2><p>{links}</p>")
     page = write_html(out_dir / "report.html", html_page(f"loginstorm: {s.name}", body))
     return [page, *written]
+
+
+def _summary_table(summary: dict[str, Any]) -> str:
+    runs = summary.get("replications")
+    if not summary.get("ci95") or not runs:
+        return table_html(["field", "value"], summary_rows(summary))
+    return (f"<p>Means over {runs} replications, with the 95 % confidence interval of each mean "
+            f"(Student t; empty where a run has no value).</p>"
+            + table_html(["field", f"mean of {runs} runs", "95 % CI"], summary_rows(summary, ci=True)))
+

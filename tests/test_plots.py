@@ -117,6 +117,25 @@ def test_report_writes_mean_counts_with_separators_not_in_scientific_notation(re
     assert f"{round(mean['attempts']):,}" in page and mean["attempts"] >= 1000
 
 
+def test_report_of_replications_shows_each_means_confidence_interval(tmp_path):
+    from sim.config import load_scenario
+    from sim.runner import simulate
+    from theory import t_quantile
+
+    outcome = simulate(load_scenario("quickstart", scale=0.5), replications=4)
+    write_outputs(outcome, tmp_path)
+    page = re.sub(r'src="data:[^"]*"', "", (tmp_path / "report.html").read_text())
+    assert "<th>mean of 4 runs</th><th>95 % CI</th>" in page
+    attempts = np.array([run["attempts"] for run in outcome.summary["runs"]], dtype=float)
+    half = t_quantile(0.975, 3) * attempts.std(ddof=1) / 2.0                        # independent: t * s / sqrt(n)
+    assert attempts.std() > 0
+    row = re.search(r"<tr><td>attempts</td><td[^>]*>([\d,]+)</td><td[^>]*>([\d,]+) to ([\d,]+)</td>", page)
+    mean, low, high = (float(g.replace(",", "")) for g in row.groups())
+    assert mean == round(attempts.mean())
+    assert low == pytest.approx(attempts.mean() - half, abs=0.51) and high == pytest.approx(attempts.mean() + half,
+                                                                                           abs=0.51)
+
+
 def test_compare_figure_draws_one_capacity_line_per_distinct_capacity(result):
     ts = result.timeseries
     doubled = result.scenario.model_copy(update={"server": result.scenario.server.model_copy(update={"workers": 4})})
