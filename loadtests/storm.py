@@ -24,7 +24,7 @@ from loadtests.credentials import Account, Accounts, CredentialsError, Secret, l
 from loadtests.flows import Flow, build_flow
 from loadtests.plan import Plan, build_plan
 from sim.config import ScenarioError, load_scenario, parse_target
-from sim.policies import Policy
+from sim.policies import Policy, make_policy
 from sim.scenario import Scenario, Target
 
 __all__ = ["StormOptions", "Storm", "load_storm", "LAB_TARGET", "host_allowed", "host_error", "StormError"]
@@ -78,6 +78,11 @@ def load_storm(options: StormOptions, plan: bool = True, accounts: bool = True) 
     (`Storm.accounts` and `Storm.client` are None): for a caller that sends nothing, such as
     `loadtest --from-logs`.
     """
+    if options.policy:
+        try:
+            make_policy(options.policy)      # a bad name is --policy's fault, not a --set's
+        except ValueError as exc:
+            raise StormError(f"--policy: {exc}") from None
     sets = tuple(options.sets) + ((f"client.policy.name={options.policy}",) if options.policy else ())
     try:
         scenario = load_scenario(options.scenario, sets=sets, scale=options.scale, seed=options.seed)

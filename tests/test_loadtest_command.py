@@ -73,8 +73,9 @@ def wrong_users(path: Path, n: int) -> Path:
     (lambda url: url.removeprefix("http://"), (), "give a URL with its scheme, such as http://127.0.0.1:"),
     (lambda url: url, ("--capacity", "workers=x"), "--capacity workers: Input should be a valid integer"),
     (lambda url: url, ("--capacity", "wrokers=8"), "did you mean 'workers'?"),
-], ids=["not-allowed", "no-scheme", "bad-capacity-value", "bad-capacity-key"])
-def test_a_bad_host_or_capacity_is_refused_before_any_request(tmp_path, host, args, message):
+    (lambda url: url, ("--policy", "fulljitter"), "--policy: unknown policy 'fulljitter'; did you mean 'full-jitter'?"),
+], ids=["not-allowed", "no-scheme", "bad-capacity-value", "bad-capacity-key", "bad-policy"])
+def test_a_bad_host_capacity_or_policy_is_refused_before_any_request(tmp_path, host, args, message):
     scenario = write(tmp_path / "loop.toml", LOOP.format(duration=10, clients=5))
     users = wrong_users(tmp_path / "u.csv", 5)
     with running_lab(str(scenario), "--users", "3") as lab:
