@@ -5,9 +5,10 @@ Locust runs as a subprocess on `loadtests/locustfile.py` (its own interpreter: g
 the one it runs in), headless, with the device users' attempt and state logs in the output
 folder. This process checks the target before anything is sent, shows a live progress line
 from the run's `loginstorm-progress` lines, stops the run on Ctrl-C, SIGTERM or SIGHUP (SIGINT to
-Locust, by its PID: its own Ctrl-C path, which still writes its statistics and HTML report;
-Locust also gets it if this process dies anyhow), and afterwards turns the logs into the simulator's `timeseries.csv` and `summary.json`
-(`loadtests.measure`) and the measured-versus-simulated report (`loadtests.versus`).
+Locust, by its PID: its own Ctrl-C path, which still writes its statistics and HTML report; on
+Linux Locust also gets it if this process dies anyhow), and afterwards turns the logs into the
+simulator's `timeseries.csv` and `summary.json` (`loadtests.measure`) and the
+measured-versus-simulated report (`loadtests.versus`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 import threading
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,11 +30,13 @@ from loadtests.attemptlog import PROGRESS, STOPPED
 from loadtests.measure import CLIENT_FIELDS, measured_run, read_logs
 from loadtests.storm import Storm, StormError, StormOptions, host_allowed, host_error, load_storm
 
-__all__ = ["LoadtestOptions", "LoadtestResult", "LoadtestError", "run_loadtest", "lab_capacity",
+__all__ = ["LoadtestOptions", "LoadtestResult", "LoadtestError", "Interrupted", "run_loadtest", "lab_capacity",
            "terminate_as_interrupt"]
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 STOP_GRACE_S = 30.0
+#: the signals that stop a run: Ctrl-C, `kill`, a closed terminal
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,10 @@ class LoadtestOptions:
 
 class LoadtestError(RuntimeError):
     """Locust could not run the load test (its own error output is in the message)."""
+
+
+class Interrupted(LoadtestError):
+    """Stopped before any attempt was made: no outputs."""
 
 
 @dataclass
@@ -108,10 +115,18 @@ def run_loadtest(o: LoadtestOptions, show=None) -> LoadtestResult:
     errors = (o.out / "locust.stderr.txt").open("w", encoding="utf-8")
     stopped, interrupted, elapsed = None, False, 0.0
     with terminate_as_interrupt():
-        proc = subprocess.Popen(_locust_command(o, storm), stdout=subprocess.PIPE, stderr=errors, text=True,
-                                env={**os.environ, **o.extra_env}, start_new_session=True,
-                                preexec_fn=_locust_preexec(os.getpid()))
+        held = _hold(STOP_SIGNALS)              # none may strike between fork and `proc` below
         try:
+            proc = subprocess.Popen(_locust_command(o, storm), stdout=subprocess.PIPE, stderr=errors, text=True,
+                                    env={**os.environ, **o.extra_env}, start_new_session=True,
+                                    preexec_fn=_locust_preexec(os.getpid(), held))
+        except BaseException:
+            _release(held)
+            errors.close()
+            raise
+        launched = time.monotonic()
+        try:
+            _release(held)                      # a signal that came meanwhile strikes here
             for line in proc.stdout:
                 if line.startswith(PROGRESS):
                     progress = json.loads(line[len(PROGRESS):])
@@ -129,17 +144,31 @@ def run_loadtest(o: LoadtestOptions, show=None) -> LoadtestResult:
     if proc.returncode not in (0, None) and not interrupted and elapsed == 0:
         tail = (o.out / "locust.stderr.txt").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
         raise LoadtestError(f"Locust exited with code {proc.returncode} before the storm began:\n" + "\n".join(tail))
+    if interrupted and not _logged_attempts(o.out):
+        raise Interrupted("interrupted before the storm began: no attempt was made, so there is nothing to report")
     horizon = _horizon(o, storm)
+    if interrupted and elapsed == 0:            # before the first progress line: the clock since the start
+        elapsed = time.monotonic() - launched
     end = min(horizon, elapsed) if (stopped or interrupted) and elapsed > 0 else horizon
     summary, files = _write_outputs(o, storm, end, stopped, interrupted, o.out)
     return LoadtestResult(summary, files, stopped, interrupted, proc.returncode if proc.returncode is not None else -1)
+
+
+def _logged_attempts(folder: Path) -> int:
+    """Attempt rows in the attempt logs (each file starts with its header)."""
+    rows = 0
+    for path in folder.glob("attempts*.csv"):
+        with path.open(encoding="utf-8") as handle:
+            rows += max(0, sum(1 for _ in handle) - 1)
+    return rows
 
 
 @contextmanager
 def terminate_as_interrupt():
     """SIGTERM and SIGHUP (`kill`, `timeout`, a closed terminal, a CI job's end) stop the run as
     Ctrl-C does: Locust is stopped and the outputs are written, rather than this process dying
-    and leaving Locust to go on sending."""
+    and leaving Locust to go on sending. A signal this process was started ignoring (`nohup`
+    ignores SIGHUP) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield                                   # signal handlers can only be set on the main thread
         return
@@ -147,7 +176,10 @@ def terminate_as_interrupt():
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {}
+    for sig in STOP_SIGNALS:
+        if sig != signal.SIGINT and signal.getsignal(sig) not in (signal.SIG_IGN, None):
+            previous[sig] = signal.signal(sig, interrupt)
     try:
         yield
     finally:
@@ -155,17 +187,35 @@ def terminate_as_interrupt():
             signal.signal(sig, handler)
 
 
-def _locust_preexec(parent: int):
-    """For Popen's preexec_fn: Locust handles SIGINT as Ctrl-C even if this process runs with it
-    ignored (a background job, nohup, some CI runners: the child would inherit that), and on
-    Linux gets SIGINT when this process dies, even by SIGKILL (prctl PR_SET_PDEATHSIG), so that
-    no load outlives the command."""
-    linux = sys.platform.startswith("linux")
+def _hold(signals: tuple[int, ...]) -> set[int]:
+    """Block `signals` in this thread (POSIX, main thread); the set blocked, for `_release`."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        return set()
+    return set(signals) - signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+
+
+def _release(held: set[int]) -> None:
+    if held:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+
+
+def _locust_preexec(parent: int, held: set[int]):
+    """For Popen's preexec_fn (POSIX): Locust does not inherit the signals held while it starts,
+    handles SIGINT as Ctrl-C even if this process runs with it ignored (a background job, nohup,
+    some CI runners), and on Linux gets SIGINT when this process dies, even by SIGKILL (prctl
+    PR_SET_PDEATHSIG), so that no load outlives the command. Everything the child calls is
+    looked up here, before the fork."""
+    if os.name != "posix":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+    unblock, sigint, default = signal.pthread_sigmask, signal.SIGINT, signal.SIG_DFL
 
     def arm() -> None:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        if linux:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)      # 1: PR_SET_PDEATHSIG
+        signal.signal(sigint, default)
+        if held:
+            unblock(signal.SIG_UNBLOCK, held)
+        if prctl is not None:
+            prctl(1, sigint)                    # 1: PR_SET_PDEATHSIG
             if os.getppid() != parent:          # the parent died before the line above
                 os._exit(1)
     return arm
@@ -187,12 +237,18 @@ def _stop(proc: subprocess.Popen) -> None:
     try:
         proc.send_signal(signal.SIGINT)
         proc.wait(STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)     # the session started for it: Locust and its workers
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):     # too slow, or a second Ctrl-C: stop now
+        _kill_session(proc)
         proc.wait()
-    except KeyboardInterrupt:                   # a second Ctrl-C: stop now
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+
+
+def _kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL to the session started for Locust (it and its worker processes)."""
+    with suppress(ProcessLookupError):
+        if hasattr(os, "killpg"):
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
 
 
 def _story_scenario(storm: Storm):

@@ -46,6 +46,22 @@ def _lab(scenario: str, scale: float, sets: list[str], users: Path) -> tuple[sub
     return proc, first.split("listening on ", 1)[1].split()[0]
 
 
+def _loadtest(cmd: list[str]) -> int:
+    """`loginstorm loadtest` in its own session; Ctrl-C or `kill` here reaches it once, as SIGTERM,
+    so that it stops Locust gracefully and still writes its report (then this raises again)."""
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+
+
 def _stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
@@ -60,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return _demo(argv)
         except KeyboardInterrupt:
-            print("loginstorm demo: interrupted; the lab and the load test are stopped", file=sys.stderr)
+            print("loginstorm demo: interrupted; the load test and the lab are stopped", file=sys.stderr)
             return 130
 
 
@@ -82,14 +98,14 @@ def _demo(argv: list[str] | None) -> int:
         lab, url = _lab(args.scenario, args.scale, args.sets, args.out / "users.csv")
         try:
             print(f"{policy}: the storm against the lab at {url} ({args.run_time})", flush=True)
-            done = subprocess.run([sys.executable, "-m", "sim.cli", "loadtest", args.scenario, "--host", url,
-                                   "--scale", repr(args.scale), "--speed", repr(args.speed), "--policy", policy,
-                                   "--credentials", str(args.out / "users.csv"), "--run-time", args.run_time,
-                                   "--out", str(args.out / policy), *_set_args(args.sets)])
+            returncode = _loadtest([sys.executable, "-m", "sim.cli", "loadtest", args.scenario, "--host", url,
+                                    "--scale", repr(args.scale), "--speed", repr(args.speed), "--policy", policy,
+                                    "--credentials", str(args.out / "users.csv"), "--run-time", args.run_time,
+                                    "--out", str(args.out / policy), *_set_args(args.sets)])
         finally:
             _stop(lab)
-        if done.returncode != 0:
-            return done.returncode
+        if returncode != 0:
+            return returncode
         versus = json.loads((args.out / policy / "versus.json").read_text())
         summary = json.loads((args.out / policy / "summary.json").read_text())
         rows.append([policy, f"{summary['attempts']:,}", f"{versus['amplification']['measured']:.2f}",

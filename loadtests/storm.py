@@ -151,10 +151,12 @@ def host_error(host: str, allowed: list[str]) -> str | None:
         "--host '127.0.0.1:8089': give a URL with its scheme, such as http://127.0.0.1:8089"
         >>> host_error("http://127.0.0.1:8089", []) is None
         True
+        >>> host_error("user:secret@auth.example.com", [])
+        "--host must not carry user:password@ (nor any '@'): give the accounts with --credentials"
     """
     url = urlsplit(host)
-    if "@" in url.netloc:      # never repeat what may be a user:password
-        return "--host must not carry user:password@: give the accounts with --credentials"
+    if "@" in host:            # never repeat what may be a user:password, with or without a scheme
+        return "--host must not carry user:password@ (nor any '@'): give the accounts with --credentials"
     if url.scheme not in ("http", "https") or not url.hostname:
         return f"--host {host!r}: give a URL with its scheme, such as http://{host.split('://')[-1]}"
     if not host_allowed(host, allowed):

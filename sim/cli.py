@@ -433,7 +433,7 @@ def loadtest(
     measure), Locust's CSV statistics and HTML, and report.html with the measured and simulated
     storms overlaid. Ctrl-C stops the run gracefully and still writes everything.
     """
-    from loadtests.command import LoadtestError, LoadtestOptions, run_loadtest
+    from loadtests.command import Interrupted, LoadtestError, LoadtestOptions, run_loadtest
     from loadtests.storm import StormError, StormOptions
 
     storm = StormOptions(scenario=str(scenario), sets=tuple(sets or ()), scale=scale, speed=speed, policy=policy,
@@ -452,6 +452,10 @@ def loadtest(
     except StormError as exc:
         err.print(f"loginstorm loadtest: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
+    except Interrupted as exc:
+        live(None)
+        err.print(f"loginstorm loadtest: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=130) from None
     except LoadtestError as exc:
         err.print(f"loginstorm loadtest: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None

@@ -114,8 +114,8 @@ def summary_rows(summary: dict[str, Any], ci: bool = False) -> list[list[str]]:
 def _interval(bounds: Any) -> str:
     if not isinstance(bounds, (list, tuple)) or len(bounds) != 2 or None in bounds:
         return ""
-    low, high = bounds
-    return _fmt(low) if low == high else f"{_fmt(low)} to {_fmt(high)}"
+    low, high = _fmt(bounds[0]), _fmt(bounds[1])
+    return low if low == high else f"{low} to {high}"
 
 
 def _parameters(s: Scenario) -> list[list[str]]:

@@ -258,6 +258,64 @@ def test_a_stopped_command_stops_its_locust_and_still_reports(tmp_path, how):
     assert "<html" in (out / "locust.html").read_text()[:2000].lower()
 
 
+def _start_loadtest(scenario: Path, host: str, out: Path, users: Path, *args: str, ignore=()) -> subprocess.Popen:
+    """The command in the background, with the signals in `ignore` ignored (as nohup ignores HUP)."""
+    traps = "".join(f"trap '' {sig}; " for sig in ignore)      # sh, so that no Python runs between fork and exec
+    cmd = [sys.executable, "-m", "sim.cli", "loadtest", str(scenario), "--host", host, "--out", str(out),
+           "--credentials", str(users), "--capacity", "none", *args]
+    return subprocess.Popen(["sh", "-c", traps + 'exec "$@"', "sh", *cmd], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_stopped_before_the_storm_began_exits_130_and_writes_no_report(tmp_path):
+    import signal
+    import time
+
+    scenario = write(tmp_path / "late.toml", LOOP.format(duration=60, clients=5).replace(    # online until 40 s
+        "online_at_start = 0.0", "online_at_start = 1.0") + '[[events]]\nat = "40s"\nkind = "reboot"\nfraction = 1.0\n')
+    users = wrong_users(tmp_path / "u.csv", 5)
+    with running_lab(str(scenario), "--users", "3") as lab:
+        proc = _start_loadtest(scenario, lab.url, tmp_path / "out", users)
+        try:
+            time.sleep(3)
+            locust = _children(proc.pid)
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        served = lab.metrics()['loginstorm_lab_requests_total{endpoint="/api/login"}']
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted before the storm began" in stderr and "Traceback" not in stderr
+    assert served == 0 and not (tmp_path / "out" / "summary.json").exists()
+    assert all(_gone(pid) for pid in locust)
+
+
+def test_nohup_keeps_sighup_ignored(tmp_path):
+    import signal
+    import time
+
+    scenario = write(tmp_path / "loop.toml", LOOP.format(duration=6, clients=5).replace(
+        'policy = "none"', 'policy = { name = "constant", base = "0.5s" }'))
+    users = wrong_users(tmp_path / "u.csv", 5)
+    out = tmp_path / "out"
+    with running_lab(str(scenario), "--users", "3") as lab:
+        proc = _start_loadtest(scenario, lab.url, out, users, "-q", ignore=("HUP",))
+        try:
+            deadline = time.monotonic() + 30
+            while not list(out.glob("attempts*.csv")) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(1)
+            proc.send_signal(signal.SIGHUP)                  # a closed terminal, under nohup
+            _, stderr = proc.communicate(timeout=90)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is False and summary["duration_s"] == 6.0
+
+
 def test_the_command_process_does_not_import_locust_or_gevent():
     """Locust monkey-patches the interpreter that imports it; the CLI must stay a plain process."""
     code = "import sys, sim.cli, loadtests.command, loadtests.versus, loadtests.measure; " \
@@ -351,5 +409,6 @@ def test_a_master_and_a_worker_as_the_readme_shows_then_from_logs_without_creden
                         "--capacity", "none", "-q")                  # port 1: nothing may be sent
     assert measured.returncode == 0, measured.stderr[-2000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["attempts"] == len(rows) and summary["devices"] == 10
+    # an attempt the worker began after the story's 6 s (before the master's stop reached it) is not counted
+    assert summary["attempts"] == sum(float(r["start_s"]) <= 6.0 for r in rows) and summary["devices"] == 10
 
