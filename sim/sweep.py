@@ -429,11 +429,12 @@ def run_sweep(scenario_path: str | Path, grids: Sequence[str | tuple[str, Sequen
     return SweepResult(out, files, points, replications, total, len(tasks), resumed, table)
 
 
-def _load_point(path: str | Path, point: Point, sets: Sequence[str], scale: float, seed: int | None) -> Scenario:
+def _load_point(path: str | Path, point: Point, sets: Sequence[str], scale: float, seed: int | None,
+                what: str = "grid point") -> Scenario:
     try:
         return load_scenario(path, sets=[*sets, *point.sets()], scale=scale, seed=seed)
     except ScenarioError as exc:
-        raise ScenarioError(f"{exc.source} (grid point {point.label()})", exc.problems) from None
+        raise ScenarioError(f"{exc.source} ({what} {point.label()})", exc.problems) from None
 
 
 def _metadata(base: Scenario, parsed: list, policies: list[str], points: list[Point], replications: int,
@@ -731,7 +732,7 @@ def _probe_runs(path: str | Path, key: str, value: float, policy: str, replicati
                 sets: Sequence[str], scale: float, seed: int | None, until: float | None,
                 run_all: Runner) -> list[dict[str, Any]]:
     point = Point(((key, value),), policy)
-    scenario = _load_point(path, point, sets, scale, seed)
+    scenario = _load_point(path, point, sets, scale, seed, what="probe")
     chosen = choose_engine(scenario, engine)[0]
     tasks = [(point.id, k, scenario, until, point.replication_seed(scenario.seed, k), chosen)
              for k in range(replications)]

@@ -386,3 +386,12 @@ def test_threshold_command_prints_the_survivable_line(tip):
                                          "--tolerance", "5%", "--engine", "des", "--jobs", "1", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "survivable events.0.fraction: up to 4" in result.output and "% with none" in result.output
+
+
+def test_threshold_names_a_bad_key_and_the_probe_that_met_it(tip):
+    result = CliRunner().invoke(_app(), ["threshold", str(tip), "--vary", "server.workrs", "--lo", "1", "--hi", "3",
+                                         "--policies", "none", "--engine", "des", "--jobs", "1", "--quiet"])
+    assert result.exit_code == 2
+    assert "(probe server.workrs=1 none)" in result.output and "did you mean 'workers'?" in result.output
+    assert "Traceback" not in result.output
+
