@@ -284,7 +284,7 @@ def _write_outputs(o: LoadtestOptions, storm: Storm, end: float, stopped, interr
     summary = finite_json(summary)
     (o.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     files = [o.out / "summary.json", write_timeseries(run.timeseries, o.out / "timeseries.csv")]
-    return summary, files + _write_versus(o, storm, summary, run.timeseries)
+    return summary, files + _write_versus(o, storm, summary, run.timeseries, end)
 
 
 def lab_capacity(host: str) -> dict | None:
@@ -297,8 +297,10 @@ def lab_capacity(host: str) -> dict | None:
     return published if isinstance(published, dict) and "server" in published else None
 
 
-def _write_versus(o: LoadtestOptions, storm: Storm, measured_summary: dict, measured_ts: dict) -> list[Path]:
-    """The simulation of what the load test did, and the report that sets the two side by side."""
+def _write_versus(o: LoadtestOptions, storm: Storm, measured_summary: dict, measured_ts: dict,
+                  end: float) -> list[Path]:
+    """The simulation of what the load test did, up to where it ended (`end`, real seconds), and
+    the report that sets the two side by side."""
     from loadtests import versus
     from sim.scenario import Server
     notes, capacity = [], None
@@ -321,7 +323,7 @@ def _write_versus(o: LoadtestOptions, storm: Storm, measured_summary: dict, meas
     scenario, overrides = storm.scenario, capacity
     if isinstance(capacity, Server):     # the lab's whole table replaces the scenario's
         scenario, overrides = scenario.model_copy(update={"server": capacity}), None
-    simulated = versus.simulated_twin(scenario, speed=storm.plan.speed, capacity=overrides,
+    simulated = versus.simulated_twin(scenario, speed=storm.plan.speed, capacity=overrides, until=end,
                                       replications=o.replications)
     return versus.write_versus_report(o.out, storm.scenario, speed=storm.plan.speed,
                                       measured_summary=measured_summary, measured_ts=measured_ts,

@@ -104,8 +104,8 @@ def _demo(argv: list[str] | None) -> int:
             return returncode
         versus = json.loads((args.out / policy / "versus.json").read_text())
         summary = json.loads((args.out / policy / "summary.json").read_text())
-        rows.append([policy, f"{summary['attempts']:,}", f"{versus['amplification']['measured']:.2f}",
-                     f"{versus['amplification']['simulated']:.2f}",
+        rows.append([policy, f"{summary['attempts']:,}", _x(versus["amplification"]["measured"]),
+                     _x(versus["amplification"]["simulated"]),
                      _s(versus["recovery_p90_s"]["measured"]), _s(versus["recovery_p90_s"]["simulated"]),
                      f"{versus['online_share']['max_gap'] * 100:.1f} points", versus["verdict"]["text"]])
     body = (f"<h1>Load test vs simulation: {html.escape(args.scenario)} at scale {args.scale:g}, "
@@ -121,6 +121,11 @@ def _demo(argv: list[str] | None) -> int:
 
 def _set_args(sets: list[str]) -> list[str]:
     return [word for item in sets for word in ("--set", item)]
+
+
+def _x(value: float | None) -> str:
+    """An amplification (attempts per episode); none when no episode began, as in a run cut short."""
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _s(value: float | None) -> str:

@@ -87,12 +87,14 @@ def _validated_capacity(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def simulated_twin(scenario: Scenario, *, speed: float, capacity: dict[str, Any] | None = None,
-                   replications: int = 5, seed: int | None = None) -> list[Outcome]:
+                   replications: int = 5, seed: int | None = None, until: float | None = None) -> list[Outcome]:
     """The load test's twin: `scenario` (already `--scale`d) at `--speed`, on `capacity`, run by `des`.
 
     `capacity` (from `parse_capacity`) replaces those [server] keys as they are, not scaled: it
     describes the real server. Replication i runs with seed i of SeedSequence(seed).spawn(n)
     (seed: the scenario's), written in its summary so that one run can be repeated alone.
+    `until` (real seconds) ends the twin where the load test ended, so that totals and recovery
+    are those of the same stretch of the story.
     """
     if replications < 1:
         raise ValueError(f"replications must be >= 1, got {replications}")
@@ -100,7 +102,8 @@ def simulated_twin(scenario: Scenario, *, speed: float, capacity: dict[str, Any]
     if capacity:
         twin = twin.model_copy(update={"server": twin.server.model_copy(update=_validated_capacity(capacity))})
     children = np.random.SeedSequence(twin.seed if seed is None else seed).spawn(replications)
-    return [simulate(twin.model_copy(update={"seed": int(child.generate_state(1)[0])}), engine="des")
+    until = None if until is None or until >= twin.duration else until
+    return [simulate(twin.model_copy(update={"seed": int(child.generate_state(1)[0])}), engine="des", until=until)
             for child in children]
 
 

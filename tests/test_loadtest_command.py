@@ -412,3 +412,35 @@ def test_a_master_and_a_worker_as_the_readme_shows_then_from_logs_without_creden
     # an attempt the worker began after the story's 6 s (before the master's stop reached it) is not counted
     assert summary["attempts"] == sum(float(r["start_s"]) <= 6.0 for r in rows) and summary["devices"] == 10
 
+
+
+# -- make demo-loadtest ------------------------------------------------------------------------------
+
+def _demo(out: Path, run_time: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "loadtests.demo", "--out", str(out), "--run-time", run_time,
+                           "--scale", "0.02", "--speed", "60"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+
+
+def test_the_load_test_demo_sets_both_policies_side_by_side(tmp_path):
+    import html
+    import re
+
+    done = _demo(tmp_path, "10s")
+    assert done.returncode == 0, done.stderr[-2000:]
+    page = html.unescape((tmp_path / "index.html").read_text())
+    cells = {row[0]: row for row in (re.findall(r"<td[^>]*>(.*?)</td>", r) for r in re.findall(r"<tr>(.*?)</tr>", page))
+             if row}
+    assert set(cells) == {"none", "full-jitter"}
+    for policy, row in cells.items():
+        summary = json.loads((tmp_path / policy / "summary.json").read_text())
+        versus = json.loads((tmp_path / policy / "versus.json").read_text())
+        assert row[1] == f"{summary['attempts']:,}" and row[2] == f"{versus['amplification']['measured']:.2f}"
+        assert f'href="{policy}/report.html"' in page and (tmp_path / policy / "report.html").exists()
+    assert float(cells["none"][2]) > 10 * float(cells["full-jitter"][2])    # `none` hammers the refusing lab
+
+
+def test_the_load_test_demo_cut_before_the_storm_says_n_a(tmp_path):
+    done = _demo(tmp_path, "2s")                  # the reboot comes at 5 s (5 min at speed 60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    page = (tmp_path / "index.html").read_text()
+    assert page.count("<td>n/a</td>") >= 4 and "Traceback" not in done.stderr

@@ -289,3 +289,15 @@ def test_a_scenario_parsed_from_text_compresses_too():
     fast = compress_scenario(s, 60)
     assert (fast.duration, fast.events[0].at, fast.events[0].duration) == (60.0, 10.0, 5.0)
     assert fast.population.login_rate == 30.0 and fast.resolution is None and fast.bin_width == 0.06
+
+
+def test_the_twin_of_a_load_test_cut_short_ends_where_it_ended():
+    s = load_scenario("quickstart", scale=0.1)
+    whole = simulated_twin(s, speed=K, replications=2)
+    width = s.resolution / K
+    cut = simulated_twin(s, speed=K, replications=2, until=40 * width)      # a bin edge, inside the storm
+    for a, b in zip(whole, cut):                                              # the same seeds: the same path
+        assert b.summary["duration_s"] == pytest.approx(40 * width)
+        assert b.summary["attempts"] == a.timeseries["attempts"][:40].sum() > 0
+        np.testing.assert_array_equal(b.timeseries["online"], a.timeseries["online"][:40])
+
