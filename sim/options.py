@@ -10,15 +10,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from sim.runner import ENGINES
+from sim.runner import check_engine
 
 __all__ = ["SetOption", "ScaleOption", "SeedOption", "EngineOption"]
 
 
 def _engine(value: str) -> str:
-    if value not in ENGINES:
-        raise typer.BadParameter(f"unknown engine {value!r} (one of {', '.join(ENGINES)})")
-    return value
+    try:
+        return check_engine(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 SetOption = Annotated[Optional[list[str]], typer.Option(

@@ -20,8 +20,8 @@ from sim import des
 from sim.record import COLUMNS, COUNTS
 from sim.scenario import Scenario
 
-__all__ = ["Outcome", "simulate", "choose_engine", "run_engine", "warm_up", "write_outputs", "write_timeseries",
-           "combine", "finite_json", "ENGINES", "AUTO_FAST_CLIENTS"]
+__all__ = ["Outcome", "simulate", "check_engine", "choose_engine", "run_engine", "warm_up", "write_outputs",
+           "write_timeseries", "combine", "finite_json", "ENGINES", "AUTO_FAST_CLIENTS"]
 
 ENGINES = ("auto", "des", "fast")
 #: `auto` runs the `fast` engine for populations of at least this many clients (MODEL.md section 6)
@@ -84,11 +84,16 @@ def warm_up(engines) -> float | None:
     return fast.warm_up()
 
 
-def choose_engine(scenario: Scenario, engine: str) -> tuple[str, str | None]:
-    """The engine that runs (`auto` resolved), and a line saying why when `auto` chose."""
+def check_engine(engine: str) -> str:
+    """`engine` if it is one of ENGINES, else a ValueError naming them."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r} (one of {', '.join(ENGINES)})")
-    if engine != "auto":
+    return engine
+
+
+def choose_engine(scenario: Scenario, engine: str) -> tuple[str, str | None]:
+    """The engine that runs (`auto` resolved), and a line saying why when `auto` chose."""
+    if check_engine(engine) != "auto":
         return engine, None
     clients = scenario.population.clients
     if clients < AUTO_FAST_CLIENTS:
