@@ -20,9 +20,13 @@ from lab_process import running_lab
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def loadtest_command(scenario: Path, host: str, out: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "sim.cli", "loadtest", str(scenario), "--host", host, "--out", str(out), *args]
+
+
 def loadtest(scenario: Path, host: str, out: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "sim.cli", "loadtest", str(scenario), "--host", host, "--out", str(out), *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(loadtest_command(scenario, host, out, *args), cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def write(path: Path, text: str) -> Path:
@@ -217,8 +221,7 @@ def test_a_stopped_command_stops_its_locust_and_still_reports(tmp_path, how):
     out = tmp_path / "out"
     locust = []
     with running_lab(str(scenario), "--users", "3") as lab:
-        cmd = [sys.executable, "-m", "sim.cli", "loadtest", str(scenario), "--host", lab.url, "--out", str(out),
-               "--credentials", str(users), "--capacity", "none"]
+        cmd = loadtest_command(scenario, lab.url, out, "--credentials", str(users), "--capacity", "none")
         # a background job (make test under nohup, some CI runners) inherits SIGINT ignored, and
         # Python then never raises KeyboardInterrupt: give the command Ctrl-C's default disposition
         # for Ctrl-C, and for the others a background job's (Locust must not inherit it)
@@ -261,8 +264,7 @@ def test_a_stopped_command_stops_its_locust_and_still_reports(tmp_path, how):
 def _start_loadtest(scenario: Path, host: str, out: Path, users: Path, *args: str, ignore=()) -> subprocess.Popen:
     """The command in the background, with the signals in `ignore` ignored (as nohup ignores HUP)."""
     traps = "".join(f"trap '' {sig}; " for sig in ignore)      # sh, so that no Python runs between fork and exec
-    cmd = [sys.executable, "-m", "sim.cli", "loadtest", str(scenario), "--host", host, "--out", str(out),
-           "--credentials", str(users), "--capacity", "none", *args]
+    cmd = loadtest_command(scenario, host, out, "--credentials", str(users), "--capacity", "none", *args)
     return subprocess.Popen(["sh", "-c", traps + 'exec "$@"', "sh", *cmd], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
