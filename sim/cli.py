@@ -23,7 +23,7 @@ from sim.compare import compare as run_comparison
 from sim.compare import to_json as comparison_json
 from sim.compare import write_outputs as write_comparison
 from sim.config import ScenarioError, load_scenario, shipped_scenarios
-from sim.des import UnsupportedScenario
+from sim.results import UnsupportedScenario
 from sim.describe import policy_rows, recovery_line, scenario_line, summary_lines
 from sim.options import EngineOption, ScaleOption, SeedOption, SetOption
 from sim.runner import finite_json, write_outputs

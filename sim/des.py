@@ -16,8 +16,7 @@ from __future__ import annotations
 import math
 import time
 from array import array
-from dataclasses import dataclass
-from typing import Callable, Generator
+from typing import Generator
 
 import numpy as np
 import simpy
@@ -26,6 +25,7 @@ from sim.distributions import Exponential, Uniform
 from sim.metrics import summarize, timeseries
 from sim.p2p import Supernodes, stochastic_round
 from sim.record import RunRecords
+from sim.results import Progress, RunResult, UnsupportedScenario
 from sim.scenario import Scenario
 from sim.server import ERROR, OK, TIMEOUT, TIMEOUT_OUTCOME, LoginServer, Request, expire
 from sim.streams import DelayStream, DrawStream
@@ -39,22 +39,6 @@ STATE_NAMES = ("offline", "connecting", "online", "gave_up")
 EPISODE = ("episode", None)
 GIVE_UP = ("gave_up", None)
 ONLINE_STEP = ("online", None)
-
-
-class UnsupportedScenario(ValueError):
-    """The scenario uses something this engine does not model yet (exit status 2)."""
-
-
-@dataclass
-class RunResult:
-    """What one run produced: the summary (MODEL.md 5) and the time series columns."""
-
-    scenario: Scenario
-    summary: dict
-    timeseries: dict[str, np.ndarray]
-
-
-Progress = Callable[[float, int], None]
 
 
 def run(scenario: Scenario, *, until: float | None = None, progress: Progress | None = None,

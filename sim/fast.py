@@ -45,7 +45,7 @@ from numba import njit
 from numba.extending import register_jitable
 
 from sim import policies
-from sim.des import Progress, RunResult, UnsupportedScenario
+from sim.results import Progress, RunResult, UnsupportedScenario
 from sim.metrics import summarize, timeseries
 from sim.record import COUNTS, LEVELS, RunRecords
 from sim.scenario import Scenario

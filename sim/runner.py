@@ -18,6 +18,7 @@ import numpy as np
 
 from sim import des
 from sim.record import COLUMNS, COUNTS
+from sim.results import RunResult, UnsupportedScenario
 from sim.scenario import Scenario
 
 __all__ = ["Outcome", "simulate", "check_engine", "choose_engine", "run_engine", "warm_up", "write_outputs",
@@ -38,7 +39,7 @@ class Outcome:
 
     summary: dict[str, Any]
     timeseries: dict[str, np.ndarray]
-    runs: list[des.RunResult]
+    runs: list[RunResult]
     note: str | None = None          # why `auto` chose the engine it did
     warm_up_s: float | None = None   # fast: loading (or, the first time, compiling) the compiled loop
 
@@ -67,7 +68,7 @@ def simulate(scenario: Scenario, *, engine: str = "auto", until: float | None = 
 
 
 def run_engine(engine: str, scenario: Scenario, *, until: float | None = None,
-               rng: np.random.Generator | None = None, progress=None) -> des.RunResult:
+               rng: np.random.Generator | None = None, progress=None) -> RunResult:
     """One run on a resolved engine (`des` or `fast`, see `choose_engine`)."""
     if engine == "fast":
         from sim import fast
@@ -101,7 +102,7 @@ def choose_engine(scenario: Scenario, engine: str) -> tuple[str, str | None]:
     from sim import fast
     try:
         fast.check_supported(scenario)
-    except des.UnsupportedScenario as exc:
+    except UnsupportedScenario as exc:
         return "des", f"engine auto: des for {clients:,} clients, as the fast engine cannot run this yet ({exc})"
     return "fast", f"engine auto: fast for {clients:,} clients (des below {AUTO_FAST_CLIENTS:,})"
 

@@ -44,12 +44,12 @@ from typing import Annotated, Any, Callable, Iterator, Mapping, Optional, Sequen
 import numpy as np
 import typer
 
-from sim import des
 from sim.compare import _cores, _policy_list, split_outside_brackets
 from sim.config import ScenarioError, load_scenario
 from sim.metrics import STEADY_FIELDS, SUMMARY_FIELDS
 from sim.options import EngineOption, ScaleOption, SeedOption, SetOption
 from sim.runner import choose_engine, combine, finite_json, run_engine, warm_up
+from sim.results import UnsupportedScenario
 from sim.scenario import Scenario
 from sim.units import format_duration, parse_duration
 
@@ -846,7 +846,7 @@ def sweep_command(
             result = run_sweep(scenario, grid or [], [policies] if policies else [], replications=replications,
                                engine=engine, sets=sets or (), scale=scale, seed=seed, until=stop, out_dir=target,
                                executor=dask if dask else "process", jobs=jobs, resume=resume, progress=report)
-    except (ScenarioError, ValueError, des.UnsupportedScenario) as exc:
+    except (ScenarioError, ValueError, UnsupportedScenario) as exc:
         raise _fail(err, exc, f"loginstorm sweep {scenario}") from None
     if quiet:
         return
@@ -939,7 +939,7 @@ def threshold_command(
                                      criterion=criterion, tolerance=tol, relative=relative, engine=engine,
                                      sets=sets or (), scale=scale, seed=seed, until=_seconds(until, "--until"),
                                      executor=dask if dask else "process", jobs=jobs, on_probe=shown))
-    except (ScenarioError, ValueError, des.UnsupportedScenario) as exc:
+    except (ScenarioError, ValueError, UnsupportedScenario) as exc:
         raise _fail(err, exc, f"loginstorm threshold {scenario}") from None
     from rich.console import Console
     console = out if out.is_terminal else Console(width=200)  # piped output is not cut to 80 columns

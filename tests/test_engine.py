@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from sim.config import parse_scenario
-from sim.des import RunResult, run
+from sim.des import run
+from sim.results import RunResult
 
 Z = 5.0  # width of the statistical bands, in standard deviations
 

@@ -21,7 +21,7 @@ import pytest
 
 from sim import des, fast
 from sim.config import load_scenario, parse_scenario
-from sim.des import UnsupportedScenario
+from sim.results import UnsupportedScenario
 from sim.policies import POLICIES, make_policy
 import test_engine
 from test_theory import MMC, check_mean, queue_scenario, seeds, steady

@@ -17,6 +17,7 @@ import pytest
 
 from sim import des, fast
 from sim.config import load_scenario, parse_scenario
+from sim.results import RunResult
 import test_engine
 from test_fast import ALPHA, FIELDS, assert_agree, both_engines, defined, welch
 
@@ -99,7 +100,7 @@ def test_p2p_same_seed_same_output_different_seed_different():
         np.testing.assert_array_equal(a.timeseries[name], b.timeseries[name])
 
 
-def p2p_run(**kw) -> des.RunResult:
+def p2p_run(**kw) -> RunResult:
     return fast.run(parse_scenario(test_engine.scenario_text(**kw), source="test_fast"))
 
 

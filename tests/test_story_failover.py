@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from sim.config import load_scenario
-from sim.des import RunResult, run
+from sim.des import run
+from sim.results import RunResult
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 DNS_QUEUE_SLACK = 0.5  # the DNS standby's queue must stay below this share of its limit

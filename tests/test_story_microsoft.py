@@ -26,7 +26,8 @@ import pytest
 
 from sim import des
 from sim.config import load_scenario
-from sim.des import RunResult, run
+from sim.des import run
+from sim.results import RunResult
 from sim.metrics import timeseries
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
