@@ -10,7 +10,6 @@ Every problem becomes one line `FILE: key.path: what was expected, got what`, co
 
 from __future__ import annotations
 
-import difflib
 import math
 import tomllib
 import typing
@@ -21,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from sim.scenario import EVENT_KINDS, Scenario, Target
+from sim.suggest import did_you_mean
 from sim.units import format_duration
 
 __all__ = [
@@ -207,7 +207,7 @@ def _problem(err: dict[str, Any], overridden: set[str]) -> Problem:
         expected = err["ctx"]["expected"]
         message = f"expected one of {expected}, got {_shown(loc, err['input'])}"
         options = [o.strip(" '") for o in expected.replace(" or ", ",").split(",")]
-        message += _suggestion(str(err["input"]), options)
+        message += did_you_mean(str(err["input"]), options)
     elif kind == "value_error":
         message = str(err["ctx"]["error"])
         # a nested parser names its own sub-key first: "median: must be > 0"
@@ -261,16 +261,11 @@ def _event_kind_message(err: dict[str, Any]) -> str:
     if err["type"] == "union_tag_not_found":
         return f"missing key 'kind' (one of {', '.join(kinds)})"
     tag = str(err["ctx"]["tag"])
-    return f"unknown event kind {tag!r}{_suggestion(tag, kinds)} (one of {', '.join(kinds)})"
+    return f"unknown event kind {tag!r}{did_you_mean(tag, kinds)} (one of {', '.join(kinds)})"
 
 
 def _unknown_key_message(key: str, valid: list[str]) -> str:
-    return f"unknown key {key!r}{_suggestion(key, valid)}" + (f" (valid keys: {', '.join(valid)})" if valid else "")
-
-
-def _suggestion(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown key {key!r}{did_you_mean(key, valid)}" + (f" (valid keys: {', '.join(valid)})" if valid else "")
 
 
 def _keys_at(loc: list[Any]) -> list[str]:

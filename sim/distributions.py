@@ -14,7 +14,6 @@ and writes itself back both as Python (`repr`) and as a scenario table (`to_toml
 
 from __future__ import annotations
 
-import difflib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
@@ -22,6 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from sim.suggest import did_you_mean
 from sim.units import format_duration, parse_duration
 
 __all__ = ["Distribution", "Constant", "Exponential", "Lognormal", "Uniform", "Normal",
@@ -305,13 +305,13 @@ def _parse_table(table: dict) -> Distribution:
     name = table["dist"]
     cls = DISTRIBUTIONS.get(name) if isinstance(name, str) else None
     if cls is None:
-        raise ValueError(f"dist: unknown distribution {name!r}{_did_you_mean(name, DISTRIBUTIONS)} "
+        raise ValueError(f"dist: unknown distribution {name!r}{did_you_mean(name, DISTRIBUTIONS)} "
                          f"(one of {names})")
     keys = ", ".join(cls.keys)
     for key in table:
         if key != "dist" and key not in cls.keys:
             raise ValueError(f"unknown key {key!r} for a {name} distribution"
-                             f"{_did_you_mean(key, cls.keys)} (keys: {keys})")
+                             f"{did_you_mean(key, cls.keys)} (keys: {keys})")
     for key in cls.keys:
         if key not in table:
             raise ValueError(f"missing key {key!r} for a {name} distribution (keys: {keys})")
@@ -332,11 +332,6 @@ def _durations(key: str, raw: object) -> tuple[float, ...]:
     if not isinstance(raw, (list, tuple)):
         raise ValueError(f"{key}: expected a list of durations, got {type(raw).__name__} {raw!r}")
     return tuple(_duration(f"{key}[{i}]", v) for i, v in enumerate(raw))
-
-
-def _did_you_mean(word: object, choices: object) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1) if isinstance(word, str) else []
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _seconds(name: str, value: object, *, finite: bool = True, positive: bool = False) -> float:

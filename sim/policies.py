@@ -31,12 +31,13 @@ uncapped delay levels off near ``MAX_DELAY`` instead of reaching inf (0 · inf w
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, field, fields
-from typing import ClassVar, Iterable, Union
+from typing import ClassVar, Union
 
 import numpy as np
+
+from sim.suggest import did_you_mean
 
 __all__ = [
     "MAX_DELAY", "KERNELS", "envelope", "Policy", "NoBackoff", "ConstantBackoff", "RandomBackoff", "ExponentialBackoff",
@@ -373,12 +374,12 @@ def make_policy(name: str, **params: float) -> Policy:
     """
     cls = POLICIES.get(name) if isinstance(name, str) else None
     if cls is None:
-        raise ValueError(f"unknown policy {name!r}{_did_you_mean(str(name), POLICIES)} "
+        raise ValueError(f"unknown policy {name!r}{did_you_mean(str(name), POLICIES)} "
                          f"(one of {', '.join(POLICIES)})")
     takes = {f.name for f in fields(cls) if f.init}
     for key in params:
         if key not in _SHARED:
-            raise ValueError(f"policy {name!r} takes no parameter {key!r}{_did_you_mean(key, _SHARED)} "
+            raise ValueError(f"policy {name!r} takes no parameter {key!r}{did_you_mean(key, _SHARED)} "
                              f"(known: {', '.join(_SHARED)})")
     return cls(**{key: value for key, value in params.items() if key in takes})
 
@@ -444,13 +445,6 @@ def _growth_limit(base: float, cap: float, multiplier: float) -> float:
     while k < safe and base * multiplier**k < cap:  # the logarithms may round k down by one
         k += 1
     return float(min(k, safe))
-
-
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """"; did you mean 'x'?" for the nearest choice (ignoring case), or nothing."""
-    by_lower = {choice.lower(): choice for choice in choices}
-    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1)
-    return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
 
 
 def _seconds(value: float) -> str:
