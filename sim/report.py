@@ -1,22 +1,21 @@
 """Self-contained HTML reports: figures embedded as PNG, inline CSS, no JavaScript, no network.
 
-    >>> write_run_report(outcome, scenario, Path("out/quickstart"), files)
+Pages take images, not figures: the caller draws them with `sim.plots` (no matplotlib here).
+
+    >>> png, images = figure_images(run_figure(outcome.timeseries, scenario), Path("out/quickstart/storm"))
+    >>> write_run_report(outcome.summary, scenario, Path("out/quickstart"), files, png=png, images=images)
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 from pathlib import Path
 from typing import Any
 
-from matplotlib.figure import Figure
-
 from sim import __version__
 from sim.describe import capacity_rps, dist_text, plain_lines, policy_text, supernode_slots
-from sim.plots import run_figure, save_figure
 from sim.scenario import Scenario
 from sim.units import format_duration
 
@@ -44,11 +43,9 @@ def html_page(title: str, body_html: str) -> str:
             f"<footer>Written by loginstorm {__version__}.</footer>\n</body></html>\n")
 
 
-def figure_html(fig: Figure, caption: str) -> str:
-    """A <figure> with the figure embedded as a base64 PNG (the figure is left open)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
+def figure_html(png: bytes, caption: str) -> str:
+    """A <figure> with the image embedded as a base64 PNG (`png`: the bytes of a PNG file)."""
+    data = base64.b64encode(png).decode("ascii")
     return (f"<figure><img alt=\"{html.escape(caption)}\" src=\"data:image/png;base64,{data}\">"
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
@@ -141,16 +138,15 @@ def _parameters(s: Scenario) -> list[list[str]]:
     return rows
 
 
-def write_run_report(summary: dict[str, Any], timeseries: dict, s: Scenario, out_dir: Path,
-                     files: list[Path]) -> list[Path]:
-    """report.html (and the figure as storm.png / storm.svg) in `out_dir`; returns the paths written."""
-    fig = run_figure(timeseries, s)
-    figure = figure_html(fig, "Clients, offered load against capacity, goodput against wasted work, "
+def write_run_report(summary: dict[str, Any], s: Scenario, out_dir: Path, files: list[Path], *, png: bytes,
+                     images: list[Path]) -> list[Path]:
+    """report.html in `out_dir`, embedding `png` (the run figure) and linking `files` and `images`
+    (the figure's files, e.g. storm.png / storm.svg); returns report.html and `images`."""
+    figure = figure_html(png, "Clients, offered load against capacity, goodput against wasted work, "
                               "and the queue over time; dashed lines mark the scenario's events.")
-    written = save_figure(fig, out_dir / "storm")
     lines = plain_lines(summary, s)
     bad = summary.get("metastable") or summary["recovery_s"]["p99"] is None
-    links = " · ".join(f"<a href=\"{html.escape(p.name)}\">{html.escape(p.name)}</a>" for p in files + written)
+    links = " · ".join(f"<a href=\"{html.escape(p.name)}\">{html.escape(p.name)}</a>" for p in files + images)
     body = (f"<h1>{html.escape(s.name)}</h1><p class=\"lead\">{html.escape(s.description)}</p>"
             f"<div class=\"verdict{' bad' if bad else ''}\">" + "<br>".join(html.escape(x) for x in lines) + "</div>"
             f"<h2>What happened</h2>{figure}"
@@ -158,7 +154,7 @@ def write_run_report(summary: dict[str, Any], timeseries: dict, s: Scenario, out
             f"<h2>Summary</h2>{_summary_table(summary)}"
             f"<h2>Data</h2><p>{links}</p>")
     page = write_html(out_dir / "report.html", html_page(f"loginstorm: {s.name}", body))
-    return [page, *written]
+    return [page, *images]
 
 
 def _summary_table(summary: dict[str, Any]) -> str:

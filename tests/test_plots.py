@@ -102,7 +102,8 @@ def test_report_is_self_contained_and_holds_the_summary(result, tmp_path):
     assert result.scenario.description in page
     assert 'href="summary.json"' in page and 'href="timeseries.csv"' in page
     p99 = s["recovery_s"]["p99"]
-    sentence = "99 % of the clients that want to be online were NOT back" if p99 is None else "99 % of clients were back online"
+    sentence = ("99 % of the clients that want to be online were NOT back" if p99 is None
+                else "99 % of clients were back online")
     assert sentence in page
     assert (tmp_path / "storm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.sweep_plots import (MAIN_FIELDS, heatmap_figure, is_geometric, phase_boundary, phase_crossings,
-                             phase_figure, read_sweep, share_crossings, write_sweep_report)
+from sim.plots import heatmap_figure, phase_figure
+from sim.sweep_analysis import (MAIN_FIELDS, is_geometric, phase_boundary, phase_crossings, read_sweep,
+                                share_crossings)
+from sim.sweep_report import write_sweep_report
 
 POLICIES = ["none", "full-jitter"]
 WORKERS, FRACTIONS = [200.0, 400.0, 800.0], [0.1, 0.2, 0.4]

@@ -10,9 +10,10 @@ import pytest
 
 from loadtests.plan import build_plan
 from loadtests.versus import (RECOVERY_TOLERANCE, SHARE_TOLERANCE, divergence, parse_capacity, simulated_twin,
-                              smooth, versus_figure, write_versus_report)
+                              smooth, versus_curves, write_versus_report)
 from sim.config import compress_scenario, load_scenario, parse_scenario
 from sim.distributions import Constant, Empirical, Exponential, Lognormal, Normal, Uniform
+from sim.plots import versus_figure
 from sim.runner import simulate
 from sim.waves import wave_times
 
@@ -272,7 +273,8 @@ def test_the_figure_has_four_panels_on_the_load_tests_clock(storm):
     s, twin, measured = storm
     series = [o.timeseries for o in twin]
     div = divergence(measured.timeseries, series, measured.summary, [o.summary for o in twin])
-    fig = versus_figure(measured.timeseries, series, twin[0].runs[0].scenario, div, "t")
+    fig = versus_figure(versus_curves(measured.timeseries, div), [versus_curves(ts, div) for ts in series],
+                        twin[0].runs[0].scenario, div, "t")
     axes = fig.axes
     assert len(axes) == 4 and "real time" in axes[-1].get_xlabel()
     assert axes[-1].get_xlim()[1] == pytest.approx(s.duration / 10)      # seconds: a 6-minute load test
