@@ -16,9 +16,10 @@ and is left out of the fit.
     calibration = calibrate(storm, "http://127.0.0.1:8080", progress=print)
     calibration.capacity_option()       # 'workers=4,service_time=50.2ms' for `loginstorm loadtest`
 
-Plain threads and `http.client` (one persistent connection per client), no gevent: the typer
-CLI process imports this module and is not monkey-patched. A rate limit in front of the
-workers caps the throughput too; the fit then measures the rate limit, not the workers.
+Plain threads and `http.client` (one persistent connection per client), no gevent: the
+`loginstorm calibrate` process (`loadtests.cli`) imports this module and is not monkey-patched.
+A rate limit in front of the workers caps the throughput too; the fit then measures the rate
+limit, not the workers.
 """
 
 from __future__ import annotations
@@ -34,21 +35,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from http.cookies import CookieError, SimpleCookie
-from pathlib import Path
-from typing import Annotated, Optional
 from urllib.parse import urlsplit
 
 import numpy as np
-import typer
-from rich.console import Console
-from rich.table import Table
 
 from loadtests.flows import FAILED, OK, REJECTED, Flow, Outcome, Reply, Step
-from loadtests.storm import Storm, StormError, StormOptions, host_allowed, load_storm
+from loadtests.storm import Storm, host_allowed
 from sim.units import format_duration
 
 __all__ = ["StepResult", "Calibration", "CalibrationError", "Connection", "concurrency_levels", "run_step",
-           "step_load", "round_trip", "fit", "calibrate", "calibrate_command"]
+           "step_load", "round_trip", "fit", "calibrate", "milliseconds", "progress_line", "closing_lines"]
 
 MIN_GAIN = 0.10          # a step that adds less throughput than this share does not count as a gain
 FLAT_STEPS = 2           # ... and this many such steps in a row end the run: the workers are saturated
@@ -364,78 +360,22 @@ def _checked_host(host: str, allowed: list[str]) -> str:
     return url.geturl()
 
 
-# --- the command (registered as `loginstorm calibrate` in sim/cli.py) -----------------------
+# --- what a person reads ----------------------------------------------------------------------
 
-out = Console()
-err = Console(stderr=True)
-# the same option as sim.cli's: sim.cli registers this command, so this module cannot import from it
-SetOption = Annotated[Optional[list[str]], typer.Option(
-    "--set", metavar="KEY=VALUE", help="Override any key by its dotted path, e.g. target.path=/api/login "
-                                       "(repeatable).")]
-
-
-def calibrate_command(
-    scenario: Annotated[Path, typer.Argument(help="Scenario file or shipped name (its \\[target]: flow, path, "
-                                                  "allowed_hosts).")],
-    host: Annotated[Optional[str], typer.Option(help="The endpoint, e.g. http://127.0.0.1:8080 (default: the "
-                                                     "target's host). Must be on allowed_hosts or loopback.")
-                    ] = None,
-    credentials: Annotated[Optional[Path], typer.Option(help="username,password CSV; each client takes its "
-                                                             "own row.")] = None,
-    target: Annotated[Optional[Path], typer.Option(help="A TOML file holding a \\[target] table.")] = None,
-    sets: SetOption = None,
-    max_concurrency: Annotated[int, typer.Option(min=1, max=1024, help="The last step's concurrent clients.")
-                               ] = 64,
-    step_seconds: Annotated[float, typer.Option(min=0.1, help="Measured seconds per step.")] = 3.0,
-    warmup: Annotated[float, typer.Option(min=0.0, help="Unmeasured seconds at the start of each step.")] = 1.0,
-    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds a request may take before it is an error.")
-                       ] = 10.0,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the calibration as JSON on stdout (the table "
-                                                          "goes to stderr).")] = False,
-) -> None:
-    """Fit the target's capacity (workers, mean service time) from a short step-load run.
-
-    Clients log in back to back at concurrency 1, 2, 4, ... until the throughput saturates.
-    Prints the --capacity value to paste into `loginstorm loadtest`.
-    """
-    try:
-        storm = load_storm(StormOptions(
-            scenario=str(scenario), sets=tuple(sets or ()), credentials=str(credentials) if credentials else None,
-            target=str(target) if target else None), plan=False)   # the target and accounts only
-        calibration = calibrate(storm, host, max_concurrency, step_seconds, warmup, timeout,
-                                progress=lambda step: err.print(_progress_line(step), markup=False, highlight=False,
-                                                              soft_wrap=True))
-    except (StormError, CalibrationError) as exc:
-        err.print(f"loginstorm calibrate: {exc}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
-    console = err if json_out else (out if out.is_terminal else Console(width=200))
-    console.print(_steps_table(calibration))
-    console.print(_closing_lines(calibration), markup=False, highlight=False, soft_wrap=True)
-    if json_out:
-        out.print_json(data=calibration.to_dict())
-
-
-def _ms(seconds: float | None) -> str:
+def milliseconds(seconds: float | None) -> str:
+    """`0.0502` -> `50.2ms`; None -> `-`."""
     return "-" if seconds is None else f"{seconds * 1000:.1f}ms"
 
 
-def _progress_line(step: StepResult) -> str:
-    return (f"c={step.concurrency}: {step.throughput_rps:.1f} logins/s, mean {_ms(step.mean_latency_s)}, "
-            f"p95 {_ms(step.p95_latency_s)}, {step.rejected} refused, {step.failed} failed, {step.errors} errors "
-            f"({step.attempts} attempts in {step.seconds:g} s)")
+def progress_line(step: StepResult) -> str:
+    """One step of the run, as it ends."""
+    return (f"c={step.concurrency}: {step.throughput_rps:.1f} logins/s, mean {milliseconds(step.mean_latency_s)}, "
+            f"p95 {milliseconds(step.p95_latency_s)}, {step.rejected} refused, {step.failed} failed, "
+            f"{step.errors} errors ({step.attempts} attempts in {step.seconds:g} s)")
 
 
-def _steps_table(calibration: Calibration) -> Table:
-    table = Table(title="Step load: clients logging in back to back")
-    for header in ("clients", "attempts", "logins/s", "mean", "p50", "p95", "refused", "failed", "errors"):
-        table.add_column(header, justify="right")
-    for s in calibration.steps:
-        table.add_row(str(s.concurrency), str(s.attempts), f"{s.throughput_rps:.1f}", _ms(s.mean_latency_s),
-                      _ms(s.p50_latency_s), _ms(s.p95_latency_s), str(s.rejected), str(s.failed), str(s.errors))
-    return table
-
-
-def _closing_lines(c: Calibration) -> str:
+def closing_lines(c: Calibration) -> str:
+    """The fit, and the --capacity value for `loginstorm loadtest`."""
     capped = [s.concurrency for s in c.steps if s.capped]
     bound = ""
     if not c.saturated and capped:
@@ -445,5 +385,5 @@ def _closing_lines(c: Calibration) -> str:
         bound = f"\nthroughput never saturated: the target has at least {c.workers} workers; raise --max-concurrency"
     return (f"workers = {c.workers}, service_time = {format_duration(c.service_time_s)} (capacity "
             f"{c.capacity_rps:.1f} logins/s; measured at most {c.max_throughput_rps:.1f}; round trip "
-            f"{_ms(c.rtt_s)} taken off each request){bound}\n"
+            f"{milliseconds(c.rtt_s)} taken off each request){bound}\n"
             f"for loginstorm loadtest: --capacity {c.capacity_option()}")

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from loadtests.attemptlog import PROGRESS, STOPPED
 from loadtests.measure import CLIENT_FIELDS, measured_run, read_logs
+from loadtests.options import locust_argv
 from loadtests.storm import Storm, StormError, StormOptions, host_allowed, host_error, load_storm
 
 __all__ = ["LoadtestOptions", "LoadtestResult", "LoadtestError", "Interrupted", "run_loadtest", "lab_capacity",
@@ -73,30 +74,18 @@ class LoadtestResult:
     returncode: int
 
 
-def _locust_command(o: LoadtestOptions, storm: Storm) -> list[str]:
-    s = o.storm
+def _locust_command(o: LoadtestOptions) -> list[str]:
+    """Locust's own options, then ours (`loadtests.options`), with the logs in the output folder."""
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
-           "--host", o.host, "--scenario", s.scenario, "--scale", repr(s.scale), "--speed", repr(s.speed),
-           "--exit-code-on-error", "0", "--progress",
-           "--attempt-log", str(o.out / "attempts.csv"), "--state-log", str(o.out / "states.csv"),
+           "--host", o.host, "--exit-code-on-error", "0",
            "--csv", str(o.out / "locust"), "--html", str(o.out / "locust.html"),
            "--logfile", str(o.out / "locust.log")]
-    for item in s.sets:
-        cmd += ["--set", item]
-    for flag, value in (("--policy", s.policy), ("--credentials", s.credentials), ("--target", s.target)):
-        if value:
-            cmd += [flag, value]
-    if s.seed is not None:
-        cmd += ["--storm-seed", str(s.seed)]
     if o.run_time:
         cmd += ["-t", f"{max(1, round(o.run_time))}s"]
     if o.processes > 1:
         cmd += ["--processes", str(o.processes)]
-    for flag, value in (("--max-rps", o.max_rps), ("--stop-on-error-rate", o.stop_on_error_rate),
-                        ("--stop-after", o.stop_after), ("--stop-on-p99", o.stop_on_p99)):
-        if value:
-            cmd += [flag, repr(float(value))]
-    return cmd
+    return cmd + locust_argv(o.storm, o, attempt_log=str(o.out / "attempts.csv"),
+                             state_log=str(o.out / "states.csv"), progress=True)
 
 
 def run_loadtest(o: LoadtestOptions, show=None) -> LoadtestResult:
@@ -117,7 +106,7 @@ def run_loadtest(o: LoadtestOptions, show=None) -> LoadtestResult:
     with terminate_as_interrupt():
         held = _hold(STOP_SIGNALS)              # none may strike between fork and `proc` below
         try:
-            proc = subprocess.Popen(_locust_command(o, storm), stdout=subprocess.PIPE, stderr=errors, text=True,
+            proc = subprocess.Popen(_locust_command(o), stdout=subprocess.PIPE, stderr=errors, text=True,
                                     env={**os.environ, **o.extra_env}, start_new_session=True,
                                     preexec_fn=_locust_preexec(os.getpid(), held))
         except BaseException:
@@ -327,7 +316,8 @@ def _write_versus(o: LoadtestOptions, storm: Storm, measured_summary: dict, meas
                                       replications=o.replications)
     return versus.write_versus_report(o.out, storm.scenario, speed=storm.plan.speed,
                                       measured_summary=measured_summary, measured_ts=measured_ts,
-                                      simulated=simulated, title=f"{storm.scenario.name}, {storm.policy.name}: load test vs simulation",
+                                      simulated=simulated,
+                                      title=f"{storm.scenario.name}, {storm.policy.name}: load test vs simulation",
                                       notes=notes)
 
 
@@ -335,22 +325,18 @@ def _measured_only_report(o: LoadtestOptions, storm: Storm, summary: dict, ts: d
     """report.html without a simulation: the simulator's run figure of the measured storm."""
     import html
 
-    import matplotlib.pyplot as plt
-
-    from loadtests.versus import versus_figure
+    from loadtests.versus import versus_curves
+    from sim.plots import figure_images, versus_figure
     from sim.report import figure_html, html_page, table_html, write_html
 
     story = _story_scenario(storm)
     clients = float(summary["clients"])
     div = {"bins_compared": len(ts["t"]), "bin_s": story.bin_width, "clients": clients,
            "online_share": {"definition": "online / clients", "smooth_bins": 3}}
-    fig = versus_figure(ts, [], story, div, title=f"{storm.scenario.name}, {storm.policy.name}: measured by the "
-                                                   "load test")
-    try:
-        fig.savefig(o.out / "versus.png", dpi=110)
-        figure = figure_html(fig, "The measured storm (no simulation: no capacity known)")
-    finally:
-        plt.close(fig)
+    fig = versus_figure(versus_curves(ts, div), [], story, div, title=f"{storm.scenario.name}, {storm.policy.name}: "
+                                                                       "measured by the load test")
+    png, _ = figure_images(fig, o.out / "versus", svg=False)
+    figure = figure_html(png, "The measured storm (no simulation: no capacity known)")
     rows = [[key, json.dumps(value)] for key, value in summary.items()]
     body = (f"<h1>{html.escape(storm.scenario.name)}: load test</h1>"
             + "".join(f"<p>{html.escape(note)}</p>" for note in notes)

@@ -1,4 +1,5 @@
-"""The Locust glue: command-line options, the per-process storm, and the shape that spawns devices.
+"""The Locust glue: our command-line options (declared in `loadtests.options`), the per-process
+storm, and the shape that spawns devices.
 
 Every process (local, master, each worker) holds one `StormContext` as `environment.loginstorm`.
 The master or local runner checks everything when Locust starts (a bad scenario, target, host or
@@ -21,44 +22,14 @@ from locust.runners import MasterRunner, WorkerRunner
 from loadtests.attemptlog import PROGRESS, STOPPED, AttemptLog, StateLog, recent_rates, worker_path
 from loadtests.coordination import Rows, install
 from loadtests.flows import Outcome
-from loadtests.storm import Storm, StormError, StormOptions, host_error, load_storm
+from loadtests.options import add_locust_options, storm_options
+from loadtests.storm import Storm, StormError, host_error, load_storm
 
-__all__ = ["StormContext", "StormShape", "add_options"]
+__all__ = ["StormContext", "StormShape"]
 
 STATES = ("offline", "connecting", "online", "gave_up")
 
 log = logging.getLogger("loginstorm")
-
-
-def add_options(parser) -> None:
-    group = parser.add_argument_group("loginstorm", "replay a scenario's login storm (MODEL.md section 7)")
-    group.add_argument("--scenario", default="quickstart", help="scenario file or bundled name (default quickstart)")
-    group.add_argument("--set", dest="storm_set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a scenario key, as for `loginstorm simulate` (repeatable)")
-    group.add_argument("--policy", default="", help="retry policy instead of the scenario's (`loginstorm policies`)")
-    group.add_argument("--scale", type=float, default=1.0, help="population share to replay (`--scale` rule)")
-    group.add_argument("--speed", type=float, default=1.0, help="divide the story's times by K (events only)")
-    group.add_argument("--credentials", default="", help="CSV of username,password rows, one per device")
-    group.add_argument("--target", dest="target_file", default="", help="TOML file with a [target] table")
-    group.add_argument("--storm-seed", type=int, default=-1, help="seed instead of the scenario's")
-    group.add_argument("--attempt-log", default="", help="write one CSV row per attempt to this file")
-    group.add_argument("--state-log", default="", help="write one CSV row per change of a device's state")
-    group.add_argument("--max-rps", type=float, default=0.0,
-                       help="cap login attempts per second across all devices (default: target.max_rps, else none)")
-    group.add_argument("--stop-on-error-rate", type=float, default=0.0,
-                       help="stop when this share of the attempts of the last --stop-after seconds failed")
-    group.add_argument("--stop-after", type=float, default=0.0,
-                       help="seconds: the window of the stop rules, and no stop before it (default 30)")
-    group.add_argument("--stop-on-p99", type=float, default=0.0,
-                       help="stop when the attempts' p99 response time of the last 10 s exceeds this (seconds)")
-    group.add_argument("--progress", action="store_true", help="print a JSON progress line every second")
-
-
-def options_of(parsed) -> StormOptions:
-    return StormOptions(
-        scenario=parsed.scenario, sets=tuple(parsed.storm_set or ()), scale=parsed.scale, speed=parsed.speed,
-        policy=parsed.policy or None, credentials=parsed.credentials or None,
-        target=parsed.target_file or None, seed=None if parsed.storm_seed < 0 else parsed.storm_seed)
 
 
 class StormContext:
@@ -81,7 +52,7 @@ class StormContext:
         self.own_logs = (getattr(parsed, "attempt_log", ""), getattr(parsed, "state_log", ""))
 
     def build(self) -> Storm:
-        self.storm = load_storm(options_of(self.environment.parsed_options))
+        self.storm = load_storm(storm_options(self.environment.parsed_options))
         return self.storm
 
     def open_log(self) -> None:
@@ -89,7 +60,8 @@ class StormContext:
         master's; the master runs no devices and writes neither."""
         parsed, runner = self.environment.parsed_options, self.environment.runner
         path, states = ("", "") if isinstance(runner, MasterRunner) else (
-            self.own_logs[0] or getattr(parsed, "attempt_log", ""), self.own_logs[1] or getattr(parsed, "state_log", ""))
+            self.own_logs[0] or getattr(parsed, "attempt_log", ""),
+            self.own_logs[1] or getattr(parsed, "state_log", ""))
         index = runner.worker_index if isinstance(runner, WorkerRunner) else None
         self.log.close()
         self.log = AttemptLog(worker_path(path, index) if path else None)
@@ -141,7 +113,7 @@ def _fail(message: str) -> None:
 
 @events.init_command_line_parser.add_listener
 def _on_parser(parser, **_) -> None:
-    add_options(parser)
+    add_locust_options(parser)
 
 
 @events.init.add_listener

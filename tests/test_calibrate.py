@@ -167,7 +167,8 @@ def test_the_target_max_rps_caps_the_steps_and_leaves_a_lower_bound(tmp_path):
     """2 workers of 100 ms serve 20 logins/s; with max_rps = 15 the second step is held back."""
     max_rps = 15
     path = scenario_file(tmp_path, 2, '"100ms"', target='target = { host = "http://127.0.0.1:8080", '
-                         f'flow = "oauth2-password", path = "/oauth/token", client_auth = "body", max_rps = {max_rps} }}')
+                         'flow = "oauth2-password", path = "/oauth/token", client_auth = "body", '
+                         f'max_rps = {max_rps} }}')
     users = tmp_path / "users.csv"
     with running_lab(str(path), "--write-credentials", str(users), "--users", "10", "--serve") as lab:
         result = CliRunner().invoke(cli(), ["calibrate", str(path), "--host", lab.url, "--credentials", str(users),

@@ -130,6 +130,21 @@ def test_every_command_has_help(command):
     assert result.exit_code == 0 and "Usage" in result.stdout
 
 
+def test_the_load_test_commands_arrive_through_the_entry_point_after_the_simulators():
+    """sim.cli names no load-test command: they come from `loginstorm.commands` (loadtests.cli)."""
+    from typer.main import get_command
+    assert get_command(app).list_commands(None) == ["validate", "scenarios", "policies", "simulate", "compare",
+                                                   "sweep", "threshold", "lab", "loadtest", "calibrate"]
+
+
+def test_the_load_test_commands_work_when_loadtests_is_imported_first():
+    """loadtests.cli imports sim.cli, whose app adds loadtests.cli's commands: no import cycle either way."""
+    code = "import loadtests.cli, sim.cli, typer.main; print(typer.main.get_command(sim.cli.app).list_commands(None))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "'loadtest'" in proc.stdout and "'calibrate'" in proc.stdout
+
+
 def test_simulate_writes_summary_and_timeseries(tmp_path):
     out = tmp_path / "run"
     result = invoke("simulate", "quickstart", "--out", str(out), "--until", "20m", "--set", "population.clients=2000")

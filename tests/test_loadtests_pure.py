@@ -1,12 +1,15 @@
-"""The gevent-free half of loadtests/: flows, credentials, the storm's plan, the options check."""
+"""The gevent-free half of loadtests/: flows, credentials, the storm's plan, the options check, and
+the load test's options on their way from the command line to Locust and back."""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import email.utils
 import json
 import time
 from collections import deque
+from pathlib import Path
 from urllib.parse import parse_qs, unquote
 
 import numpy as np
@@ -16,6 +19,7 @@ from loadtests.attemptlog import recent_rates
 from loadtests.credentials import Account, Accounts, CredentialsError, Secret, load_accounts, resolve
 from loadtests.flows import (ERROR, FAILED, OK, REJECTED, Reply, build_flow, find_input, judge,
                              parse_retry_after)
+from loadtests.options import OPTIONS, add_locust_options, locust_argv, storm_options
 from loadtests.plan import DROP, LOGIN, REBOOT, build_plan
 from loadtests.storm import LAB_TARGET, StormError, StormOptions, host_allowed, load_storm
 from sim.config import load_scenario, parse_scenario
@@ -301,3 +305,43 @@ def test_the_progress_rates_cover_the_last_ten_seconds_and_fall_to_zero_when_att
         assert fail_rate == pytest.approx((f[k] - f[i]) / (times[k] - times[i]))
     assert rate == 0.0 and fail_rate == 0.0
 
+
+
+# --- the load test's options: declared once (loadtests/options.py), generated everywhere ---------
+
+def _locust_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add_locust_options(parser)
+    return parser
+
+
+@pytest.mark.parametrize("storm", [
+    StormOptions("quickstart"),
+    StormOptions("scenarios/skype-2007.toml", sets=("server.workers=3", 'target={host="h", flow="basic"}'),
+                 scale=0.25, speed=10.0, policy="full-jitter", credentials="users.csv", target="t.toml", seed=0),
+])
+def test_a_storm_comes_back_whole_from_locusts_command_line(storm):
+    assert storm_options(_locust_parser().parse_args(locust_argv(storm, None))) == storm
+
+
+def test_locust_gets_the_stop_rules_in_seconds_and_only_when_given():
+    from loadtests.command import LoadtestOptions
+    run = LoadtestOptions(StormOptions("quickstart"), "http://127.0.0.1:8080", Path("out"), max_rps=5,
+                          stop_after=90.0, stop_on_p99=2.5)
+    parsed = _locust_parser().parse_args(locust_argv(run.storm, run, attempt_log="a.csv", progress=True))
+    assert (parsed.max_rps, parsed.stop_after, parsed.stop_on_p99, parsed.stop_on_error_rate) == (5.0, 90.0, 2.5, 0.0)
+    assert (parsed.attempt_log, parsed.state_log, parsed.progress) == ("a.csv", "", True)
+    assert "--stop-on-error-rate" not in locust_argv(run.storm, run)
+
+
+def test_loginstorm_loadtest_and_locust_take_the_declared_options():
+    from typer.main import get_command
+
+    from sim.cli import app
+    typer_flags = {flag for p in get_command(app).get_command(None, "loadtest").params for flag in p.opts}
+    locust_flags = {flag for action in _locust_parser()._actions for flag in action.option_strings}
+    assert {o.flag for o in OPTIONS if o.cli and o.flag} <= typer_flags
+    assert {o.locust for o in OPTIONS if o.locust} <= locust_flags
+    # the names the README's distributed recipe uses
+    assert {"--scenario", "--set", "--scale", "--speed", "--policy", "--credentials", "--target", "--storm-seed",
+            "--attempt-log", "--state-log", "--progress", "--max-rps", "--stop-after"} <= locust_flags

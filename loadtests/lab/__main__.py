@@ -1,7 +1,11 @@
-"""`python -m loadtests.lab ARGS` = `loginstorm lab ARGS` (one definition of the options, in sim/cli.py)."""
+"""`python -m loadtests.lab ARGS` = `loginstorm lab ARGS` (one definition of the options, in loadtests/cli.py)."""
 
 import sys
 
-from sim.cli import app
+import typer
 
-app(args=["lab", *sys.argv[1:]], prog_name="loginstorm")
+from loadtests.cli import lab
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app.command()(lab)
+app(args=sys.argv[1:], prog_name="loginstorm lab")

@@ -1,0 +1,95 @@
+"""`loginstorm compare`: a Typer skin over `sim.compare.compare`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from sim.cli.console import err, fail, out, runs_progress, say, scenario_failure, wide
+from sim.cli.options import EngineOption, ScaleOption, SeedOption, SetOption, duration
+from sim.compare import Comparison, build_variants, closing_line, table_rows
+from sim.compare import compare as run_comparison
+from sim.compare import to_json as comparison_json
+from sim.compare import write_outputs as write_comparison
+from sim.config import ScenarioError
+from sim.results import UnsupportedScenario
+
+__all__ = ["compare"]
+
+
+def compare(
+    scenario: Annotated[Path, typer.Argument(help="Scenario file or shipped name.")],
+    policy: Annotated[Optional[list[str]], typer.Option(
+        "--policy", metavar="NAME", help="A policy to compare (repeatable), e.g. --policy full-jitter.")] = None,
+    policies: Annotated[Optional[str], typer.Option(
+        metavar="all|A,B", help="Several policies at once: all, or a comma-separated list.")] = None,
+    base: Annotated[Optional[str], typer.Option(help="Base delay b set on every variant's policy (e.g. 1s).")] = None,
+    cap: Annotated[Optional[str], typer.Option(help="Cap c set on every variant's policy (e.g. 5m).")] = None,
+    variant: Annotated[Optional[list[str]], typer.Option(
+        "--variant", metavar="NAME=KEY=VALUE[,KEY=VALUE...]",
+        help="A variant made of overrides, e.g. lifo=server.discipline=lifo (repeatable; NAME= is the "
+             "scenario as written). With policies too, every policy runs under every variant.")] = None,
+    replications: Annotated[int, typer.Option(min=1, help="Seeds per variant (the same for every variant); "
+                                                           "means and 95 % CIs.")] = 3,
+    sets: SetOption = None,
+    scale: ScaleOption = 1.0,
+    seed: SeedOption = None,
+    until: Annotated[Optional[str], typer.Option(help="Stop every run early at this simulated time (e.g. 30m).")
+                     ] = None,
+    engine: EngineOption = "auto",
+    jobs: Annotated[Optional[int], typer.Option(min=1, help="Runs in parallel (default: one per core; 1 = "
+                                                             "in this process).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out", help="Output folder (default: out/<scenario name>-compare).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print compare.json on stdout (the table goes to "
+                                                          "stderr).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no 'wrote' lines.")] = False,
+) -> None:
+    """Run a scenario once per variant (policies, overrides) and rank them side by side.
+
+    Writes compare.json, compare.csv, compare.png/.svg and compare.html.
+    """
+    for value in (base, cap):
+        if value is not None:
+            duration(value)
+    stop = duration(until) if until is not None else None
+    if stop is not None and not (0 < stop):
+        raise fail("loginstorm compare: --until must be > 0")
+    try:
+        variants = build_variants([*(policy or ()), *([policies] if policies else [])], variant or (), base, cap)
+    except ValueError as exc:
+        raise fail(f"loginstorm compare: {exc}") from None
+    try:
+        with runs_progress(f"comparing {len(variants)} variants", len(variants) * replications,
+                           enabled=not quiet and err.is_terminal) as report:
+            comparison = run_comparison(scenario, variants, sets=sets or (), scale=scale, seed=seed, until=stop,
+                                        replications=replications, jobs=jobs, progress=report, engine=engine)
+    except ScenarioError as exc:
+        raise scenario_failure(exc) from None
+    except (UnsupportedScenario, ValueError) as exc:
+        raise fail(f"{scenario}: {exc}") from None
+    target = out_dir if out_dir is not None else Path("out") / f"{comparison.scenario.name}-compare"
+    paths = write_comparison(comparison, target)
+    console = err if json_out else wide()
+    console.print(_ranking_table(comparison))
+    say(console, closing_line(comparison.results))
+    if json_out:
+        out.print_json(data=comparison_json(comparison))
+    if not quiet:
+        say(err, f"wrote {', '.join(str(p) for p in paths)}")
+
+
+def _ranking_table(comparison: Comparison) -> Table:
+    headers, rows = table_rows(comparison.results)
+    reps = comparison.replications
+    table = Table(title=f"{comparison.scenario.name}: {len(rows)} variants, {reps} replication"
+                        f"{'s' if reps > 1 else ''} each (mean ± 95 % CI half-width), best first")
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("variant", "tied with") else "right",
+                         style="bold" if header == "variant" else None)
+    for row in rows:
+        table.add_row(*row)
+    return table

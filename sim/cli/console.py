@@ -1,0 +1,125 @@
+"""Where every command writes: the two consoles, the error printers and the progress displays.
+
+Library errors become exit status 2 here (bad input), through `fail`, `scenario_failure` and
+`input_failure`; a command raises what they return: `raise fail("--until must be > 0")`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from sim.config import ScenarioError
+from sim.units import format_duration
+
+__all__ = ["out", "err", "say", "wide", "fail", "scenario_failure", "input_failure", "runs_progress",
+           "simulation_progress", "sweep_progress"]
+
+out = Console()
+err = Console(stderr=True)
+
+
+def say(console: Console, text: str) -> None:
+    """Print plain text: no markup, no highlighting, long lines not wrapped."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def wide() -> Console:
+    """`out`, or when piped a console 200 columns wide, so that tables are not cut to 80 columns."""
+    return out if out.is_terminal else Console(width=200)
+
+
+def fail(message: str) -> typer.Exit:
+    """Print `message` on stderr; the exit (status 2) to raise."""
+    say(err, message)
+    return typer.Exit(code=2)
+
+
+def scenario_failure(exc: ScenarioError) -> typer.Exit:
+    """Print a scenario's problems, one located line each; the exit (status 2) to raise."""
+    for problem in exc.problems:
+        say(err, problem.line(exc.source))
+    return typer.Exit(code=2)
+
+
+def input_failure(exc: Exception, where: str) -> typer.Exit:
+    """A scenario's problems, or `where: exc` for any other bad input; the exit (status 2) to raise."""
+    if isinstance(exc, ScenarioError):
+        return scenario_failure(exc)
+    return fail(f"{where}: {exc}")
+
+
+@contextmanager
+def runs_progress(description: str, total: int, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar over finished runs (variants x replications); silent when not a TTY."""
+    if not enabled:
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+
+        def report(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield report
+
+
+@contextmanager
+def simulation_progress(name: str, end: float, replications: int,
+                        enabled: bool) -> Iterator[Callable[[int, float, int], None] | None]:
+    """A progress bar over simulated time up to `end` (all replications), with events/s."""
+    if not enabled:
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[sim]}"),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(f"simulating {name}", total=end * replications, sim="", rate="")
+        starts: dict[int, float] = {}
+
+        def report(k: int, t: float, events: int) -> None:
+            elapsed = time.perf_counter() - starts.setdefault(k, time.perf_counter())
+            run = f" (run {k + 1}/{replications})" if replications > 1 else ""
+            bar.update(task, completed=k * end + t, sim=f"{format_duration(round(t))} of {format_duration(end)}{run}",
+                       rate=f"{events / elapsed:,.0f} events/s" if elapsed > 0 else "")
+
+        yield report
+
+
+@contextmanager
+def sweep_progress(enabled: bool) -> Iterator[Callable[[int, int, float | None], None] | None]:
+    """A progress bar with ETA on a terminal, a line every ~10 s otherwise, nothing when quiet."""
+    if not enabled:
+        yield None
+        return
+    if not err.is_terminal:
+        last = [0.0]
+
+        def line(done: int, total: int, eta: float | None) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 10 or done == total:
+                last[0] = now
+                left = "" if eta is None else f", about {format_duration(round(eta))} left"
+                sys.stderr.write(f"sweep: {done}/{total} runs{left}\n")
+                sys.stderr.flush()
+
+        yield line
+        return
+    columns = (TextColumn("sweep"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
+               TimeElapsedColumn(), TextColumn("{task.fields[eta]}"))
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("sweep", total=None, eta="")
+
+        def update(done: int, total: int, eta: float | None) -> None:
+            left = "" if eta is None else f"about {format_duration(round(eta))} left"
+            bar.update(task, completed=done, total=total, eta=left)
+
+        yield update
