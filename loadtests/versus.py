@@ -14,7 +14,6 @@ No gevent and no Locust here: this runs after the load test, in the `loginstorm`
 
 from __future__ import annotations
 
-import difflib
 import html
 import json
 import math
@@ -24,26 +23,24 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import ValidationError
 
-from sim.compare import split_outside_brackets
-from sim.config import apply_sets, compress_scenario
+from sim.config import compress_scenario
 from sim.describe import dist_text, policy_text
-from sim.plots import _mark_events, save_figure, time_unit  # sim.plots sets matplotlib's Agg backend first
+from sim.overrides import apply_sets, split_outside_brackets
+from sim.plots import figure_images, versus_figure
 from sim.report import figure_html, html_page, summary_rows, table_html, write_html
 from sim.runner import Outcome, combine, finite_json, simulate
 from sim.scenario import Scenario, Server
+from sim.suggest import did_you_mean
 from sim.units import format_duration
 
-import matplotlib.pyplot as plt  # noqa: E402  (after sim.plots: the Agg backend)
-
 __all__ = ["CAPACITY_KEYS", "SHARE_TOLERANCE", "RECOVERY_TOLERANCE", "parse_capacity", "simulated_twin",
-           "online_share", "smooth", "divergence", "versus_figure", "versus_section", "write_versus_report"]
+           "online_share", "smooth", "divergence", "versus_curves", "versus_section", "write_versus_report"]
 
 #: the [server] keys `--capacity` may set: what describes the real server under test
 CAPACITY_KEYS = ("workers", "service_time", "queue_limit", "retry_after", "reject_cost", "discipline",
                  "drop_expired", "cancel_on_timeout")
 #: the accepted gaps: online share (absolute, after smoothing) and recovery p90 (relative)
 SHARE_TOLERANCE, RECOVERY_TOLERANCE = 0.10, 0.20
-MEASURED, SIMULATED = "#1d3557", "#e76f51"
 
 
 # --- the twin -------------------------------------------------------------------------------------
@@ -73,9 +70,8 @@ def _validated_capacity(values: dict[str, Any]) -> dict[str, Any]:
     """The values checked by the scenario's own `Server` model, typed as a scenario holds them."""
     for key in values:
         if key not in CAPACITY_KEYS:
-            close = difflib.get_close_matches(key, CAPACITY_KEYS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"--capacity: unknown key {key!r}{hint} (keys: {', '.join(CAPACITY_KEYS)})")
+            raise ValueError(f"--capacity: unknown key {key!r}{did_you_mean(key, CAPACITY_KEYS)} "
+                             f"(keys: {', '.join(CAPACITY_KEYS)})")
     try:  # the required keys not given get placeholders, so that only the given ones are judged
         server = Server.model_validate({"workers": 1, "service_time": 1.0, **values})
     except ValidationError as exc:
@@ -242,74 +238,21 @@ def _seconds(x: float | None) -> str:
     return "never" if x is None else format_duration(x)
 
 
-# --- the figure and the report ----------------------------------------------------------------------
+# --- the curves and the report ---------------------------------------------------------------------
 
-def _axis_unit(duration: float) -> tuple[float, str]:
-    """Seconds for a run of up to 10 minutes (load tests often are), else `sim.plots.time_unit`."""
-    return (1.0, "seconds") if duration <= 600 else time_unit(duration)
-
-
-def versus_figure(measured_ts: dict[str, np.ndarray], simulated: list[dict[str, np.ndarray]], twin: Scenario,
-                  div: dict[str, Any], title: str):
-    """Four panels on the load test's clock: online share, attempts/s, logins/s, failed attempts/s.
-
-    `simulated` may be empty: then `div` needs only `bins_compared`, `bin_s`, `clients` and
-    `online_share` with `definition` and `smooth_bins`.
-
-    Measured solid, the simulated mean dashed over the min-max band of the replications; the
-    scenario's events (of the compressed `twin`) marked as in `sim.plots`.
-    """
+def versus_curves(ts: dict[str, np.ndarray], div: dict[str, Any]) -> dict[str, np.ndarray]:
+    """What `sim.plots.versus_figure` draws of one run, over the `div["bins_compared"]` bins: "t",
+    the online share in % (`online_share` of `div["clients"]`, smoothed as the verdict compares it),
+    and attempts, logins and failed attempts (refused + timed out) per second."""
     n, width = div["bins_compared"], div["bin_s"]
-    unit, unit_name = _axis_unit(n * width)
-    x = np.asarray(measured_ts["t"][:n], dtype=float) / unit
-    clients, bins = div["clients"], div["online_share"]["smooth_bins"]
-    panels = [
-        ("online share (%)", f"Online share: {div['online_share']['definition']}, {bins}-bin centred moving average"
-                             + (" (what the verdict compares)" if simulated else ""),
-         lambda ts: 100 * smooth(online_share(ts, clients)[:n], bins)),
-        ("attempts per second", "Offered load: login attempts per second",
-         lambda ts: np.asarray(ts["attempts"][:n], dtype=float) / width),
-        ("logins per second", "Goodput: successful logins per second",
-         lambda ts: np.asarray(ts["successes"][:n], dtype=float) / width),
-        ("failed attempts per second", "Failed attempts per second: refused (503, 429, connection errors) + timed out",
-         lambda ts: (np.asarray(ts["rejected"][:n], dtype=float) + np.asarray(ts["timeouts"][:n])) / width),
-    ]
-    fig, axes = plt.subplots(4, 1, figsize=(11, 11), sharex=True, layout="constrained")
-    fig.suptitle(title, fontsize=13)
-    runs = len(simulated)
-    for ax, (ylabel, heading, series) in zip(axes, panels):
-        if runs:                       # without a simulation (no capacity known): the measured storm alone
-            sims = np.array([series(ts) for ts in simulated])
-            ax.fill_between(x, np.nanmin(sims, axis=0), np.nanmax(sims, axis=0), step="post", color=SIMULATED,
-                            alpha=0.2, lw=0, label=f"simulated: range of {runs} runs (min to max)")
-            ax.step(x, np.nanmean(sims, axis=0), where="post", color=SIMULATED, ls="--", lw=1.6,
-                    label=f"simulated: mean of {runs} runs")
-        ax.step(x, series(measured_ts), where="post", color=MEASURED, lw=1.6, label="measured: load test")
-        ax.set_ylabel(ylabel)
-        ax.set_title(heading, loc="left", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.set_ylim(bottom=0)
-        ax.set_xlim(0, x[-1] + width / unit)
-    share = div["online_share"]
-    if share.get("max_gap_at_s") is not None:
-        at = (share["max_gap_at_s"] + width / 2) / unit
-        axes[0].annotate("", (at, 100 * share["measured_at_gap"]), (at, 100 * share["simulated_at_gap"]),
-                         arrowprops=dict(arrowstyle="<->", color="black", lw=1))
-        axes[0].annotate(f"largest gap {100 * share['max_gap']:.1f} points\n(tolerance {100 * SHARE_TOLERANCE:.0f})",
-                         (at, 100 * (share["measured_at_gap"] + share["simulated_at_gap"]) / 2), xytext=(8, 0),
-                         textcoords="offset points", va="center", fontsize=8,
-                         bbox=dict(facecolor="white", alpha=0.8, lw=0, pad=1))
-    # Zoom on the dip (to the next 10 points below it), as sim.plots.compare_figure does.
-    lowest = min(np.nanmin(line.get_ydata()) for line in axes[0].lines if len(line.get_ydata()))
-    bottom = 0.0 if lowest < 30 else 10.0 * np.floor((lowest - 2) / 10)
-    axes[0].set_ylim(bottom, max(102.0, axes[0].get_ylim()[1]))
-    if bottom > 0:
-        axes[0].set_ylabel(f"online share (%), axis from {bottom:.0f}")
-    axes[-1].set_xlabel(f"time since the start of the load test ({unit_name} of real time; "
-                        f"bins of {format_duration(width)})")
-    axes[0].legend(loc="lower right", fontsize=8, framealpha=0.9)
-    _mark_events(axes, twin, unit, n * width)
-    return fig
+    bins = div["online_share"]["smooth_bins"]
+    return {
+        "t": np.asarray(ts["t"][:n]),
+        "online_share": 100 * smooth(online_share(ts, div["clients"])[:n], bins),
+        "attempts": np.asarray(ts["attempts"][:n], dtype=float) / width,
+        "logins": np.asarray(ts["successes"][:n], dtype=float) / width,
+        "failed": (np.asarray(ts["rejected"][:n], dtype=float) + np.asarray(ts["timeouts"][:n])) / width,
+    }
 
 
 def versus_section(div: dict[str, Any], figure: str, measured_summary: dict[str, Any],
@@ -341,7 +284,7 @@ def versus_section(div: dict[str, Any], figure: str, measured_summary: dict[str,
               f"{format_duration(div['bin_s'])}, centred moving average over {share['smooth_bins']} bins; "
               f"simulated = mean of {div['replications']} replications.</p>"
             + f"<h2>Curves</h2>{figure}"
-            + f"<h2>Summaries side by side</h2>"
+            + "<h2>Summaries side by side</h2>"
             + table_html(["field", "measured", f"simulated (mean of {div['replications']})"], side))
 
 
@@ -396,10 +339,11 @@ def write_versus_report(out_dir: Path, scenario: Scenario, *, speed: float, meas
     div = divergence(measured_ts, series, measured_summary, [o.summary for o in simulated])
     json_path = out_dir / "versus.json"
     json_path.write_text(json.dumps(finite_json(div), indent=2) + "\n", encoding="utf-8")
-    fig = versus_figure(measured_ts, series, twin, div, title)
-    figure = figure_html(fig, "Measured (solid) against simulated (dashed: mean of the replications; band: their "
-                              "range) on the load test's clock; dashed vertical lines mark the scenario's events.")
-    png = save_figure(fig, out_dir / "versus", svg=False)
+    fig = versus_figure(versus_curves(measured_ts, div), [versus_curves(ts, div) for ts in series], twin, div, title)
+    image, png = figure_images(fig, out_dir / "versus", svg=False)
+    figure = figure_html(image, "Measured (solid) against simulated (dashed: mean of the replications; band: "
+                                "their range) on the load test's clock; dashed vertical lines mark the scenario's "
+                                "events.")
     lead = _replayed(scenario, twin, speed, len(simulated))
     twin_summary = combine([o.summary for o in simulated])
     twin_summary["seed"] = ", ".join(str(o.summary["seed"]) for o in simulated)  # not their mean

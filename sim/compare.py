@@ -21,9 +21,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -31,13 +28,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from sim.config import ScenarioError, load_scenario
-from sim.policies import make_policy, policy_names
-from sim.runner import choose_engine, combine, finite_json, run_engine, warm_up
+from sim import batch
+from sim.batch import Finished, Run
+from sim.config import ScenarioError, ScenarioFile, read_scenario
+from sim.overrides import Variant, parse_variant, policy_list
+from sim.runner import choose_engine, combine, finite_json, replication_seeds, warm_up
 from sim.scenario import Scenario
 from sim.units import format_duration
 
-__all__ = ["Variant", "VariantResult", "Comparison", "build_variants", "parse_variant", "compare",
+__all__ = ["VariantResult", "Comparison", "build_variants", "compare",
            "rank", "tied", "closing_line", "table_rows", "to_json", "write_outputs", "CSV_FIELDS"]
 
 #: how the ranking reads, written into compare.json
@@ -49,14 +48,6 @@ CSV_FIELDS = (
     "amplification", "amplification_low", "amplification_high", "attempts", "peak_offered_rps",
     "wasted_work_fraction", "metastable_share", "logins", "gave_up", "login_time_p50_s", "login_time_p99_s",
 )
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A name and the `--set` overrides that make the variant out of the scenario."""
-
-    name: str
-    sets: tuple[str, ...]
 
 
 # --- variants -----------------------------------------------------------------------------
@@ -73,7 +64,7 @@ def build_variants(policies: Sequence[str], variant_specs: Sequence[str], base: 
         >>> build_variants(["none,full-jitter"], ["lifo=server.discipline=lifo"])[1]
         Variant(name='full-jitter+lifo', sets=('client.policy.name=full-jitter', 'server.discipline=lifo'))
     """
-    names = _policy_list(policies)
+    names = policy_list(policies)
     overrides = [parse_variant(spec) for spec in variant_specs]
     if not names and not overrides:
         raise ValueError("nothing to compare: name policies (--policy, --policies) and/or --variant NAME=KEY=VALUE")
@@ -89,59 +80,6 @@ def build_variants(policies: Sequence[str], variant_specs: Sequence[str], base: 
     if doubled:
         raise ValueError(f"variant names must differ; given twice: {', '.join(doubled)}")
     return variants
-
-
-def _policy_list(policies: Sequence[str]) -> list[str]:
-    known = policy_names()
-    names: list[str] = []
-    for item in policies:
-        for name in (n.strip() for n in item.split(",")):
-            if not name:
-                continue
-            if name == "all":
-                names.extend(known)
-            else:
-                make_policy(name)  # an unknown name is a ValueError with a did-you-mean
-                names.append(name)
-    return list(dict.fromkeys(names))  # each once, in the order given
-
-
-def parse_variant(spec: str) -> Variant:
-    """`"NAME=KEY=VALUE[,KEY=VALUE...]"`: the name up to the first `=`, then overrides split on
-    commas outside quotes and brackets; `"as-is="` is the scenario unchanged.
-
-        >>> parse_variant('slow=server.workers=2,client.connect_delay={dist="uniform",low=0,high=5}')
-        Variant(name='slow', sets=('server.workers=2', 'client.connect_delay={dist="uniform",low=0,high=5}'))
-    """
-    name, sep, rest = spec.partition("=")
-    name = name.strip()
-    if not sep or not name:
-        raise ValueError(f"--variant: expected NAME=KEY=VALUE[,KEY=VALUE...] such as lifo=server.discipline=lifo, "
-                         f"got {spec!r}")
-    sets = tuple(s.strip() for s in split_outside_brackets(rest) if s.strip())
-    for item in sets:
-        key, eq, _ = item.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"--variant {name}: expected KEY=VALUE such as server.workers=8, got {item!r}")
-    return Variant(name, sets)
-
-
-def split_outside_brackets(text: str) -> list[str]:
-    """Split at commas outside brackets, braces, parentheses and quotes: `a=1,b={x=1,y=2}`."""
-    parts, depth, quote, start = [], 0, "", 0
-    for i, ch in enumerate(text):
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "[{(":
-            depth += 1
-        elif ch in "]})":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    return parts + [text[start:]]
 
 
 # --- running ------------------------------------------------------------------------------
@@ -197,86 +135,45 @@ def compare(path: str | Path, variants: Sequence[Variant], *, sets: Sequence[str
         raise ValueError("replications must be >= 1")
     if not variants:
         raise ValueError("nothing to compare: no variants")
-    base = load_scenario(path, sets=sets, scale=scale, seed=seed)
-    scenarios = [_load_variant(path, v, sets, scale, seed) for v in variants]
+    file = read_scenario(path)
+    base = file.scenario(sets=sets, scale=scale, seed=seed)
+    scenarios = [_load_variant(file, v, sets, scale, seed) for v in variants]
     engines = [choose_engine(s, engine)[0] for s in scenarios]
     warm_up(engines)  # here, once, not in every worker process at once
-    tasks = [(i, k, s, until, child, engines[i]) for i, s in enumerate(scenarios)
-             for k, child in enumerate(_seeds(s, replications))]
-    runs = _run_all(tasks, jobs, progress)
+    runs = [Run((i, k), s, child, engines[i], until, series=True) for i, s in enumerate(scenarios)
+            for k, child in enumerate(replication_seeds(s.seed, replications))]
+    done = _run_all(runs, jobs, progress)
     results = []
     for i, variant in enumerate(variants):
-        mine = [runs[(i, k)] for k in range(replications)]
-        summary = combine([summary for summary, _ in mine])
-        series = {key: np.mean([ts[key] for _, ts in mine], axis=0) for key in mine[0][1]}
+        mine = [done[(i, k)] for k in range(replications)]
+        summary = combine([f.summary for f in mine])
+        series = {key: np.mean([f.timeseries[key] for f in mine], axis=0) for key in mine[0].timeseries}
         results.append(VariantResult(variant, summary, series, scenario=scenarios[i]))
     return Comparison(base, rank(results), replications, until)
 
 
-def _load_variant(path: str | Path, variant: Variant, sets: Sequence[str], scale: float,
+def _load_variant(file: ScenarioFile, variant: Variant, sets: Sequence[str], scale: float,
                   seed: int | None) -> Scenario:
     try:
-        return load_scenario(path, sets=[*sets, *variant.sets], scale=scale, seed=seed)
+        return file.scenario(sets=[*sets, *variant.sets], scale=scale, seed=seed)
     except ScenarioError as exc:
         raise ScenarioError(f"{exc.source} (variant {variant.name})", exc.problems) from None
 
 
-def _seeds(s: Scenario, replications: int) -> list[Any]:
-    """As `simulate` seeds its runs; the same for every variant unless a variant sets `seed`."""
-    return [s.seed] if replications == 1 else np.random.SeedSequence(s.seed).spawn(replications)
+def _run_all(runs: list[Run], jobs: int | None, progress: Callable[[int, int], None] | None) -> dict:
+    """Every run, on `jobs` processes (default one per core, never more than there are runs)."""
+    done: dict[Any, Finished] = {}
 
-
-def _run_task(task: tuple) -> tuple[int, int, dict[str, Any], dict[str, np.ndarray]]:
-    """One replication of one variant; module-level so that a worker process can unpickle it."""
-    i, k, scenario, until, seed, engine = task
-    result = run_engine(engine, scenario, until=until, rng=np.random.default_rng(seed))
-    return i, k, result.summary, result.timeseries
-
-
-def _run_all(tasks: list[tuple], jobs: int | None, progress: Callable[[int, int], None] | None) -> dict:
-    jobs = min(len(tasks), jobs or _cores())
-    done: dict[tuple[int, int], tuple[dict, dict]] = {}
-
-    def record(result: tuple) -> None:
-        i, k, summary, series = result
-        done[(i, k)] = (summary, series)
+    def record(finished: Finished) -> None:
+        done[finished.key] = finished
         if progress is not None:
-            progress(len(done), len(tasks))
+            progress(len(done), len(runs))
 
     if progress is not None:
-        progress(0, len(tasks))
-    if jobs <= 1:
-        for task in tasks:
-            record(_run_task(task))
-        return done
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=_context()) as pool:
-        futures = [pool.submit(_run_task, task) for task in tasks]
-        try:
-            for future in as_completed(futures):
-                record(future.result())
-        except BaseException:  # a failed run or Ctrl-C: drop the runs not started yet
-            pool.shutdown(cancel_futures=True)
-            raise
+        progress(0, len(runs))
+    with batch.executor("process", min(len(runs), jobs or batch.cores())) as run_all:
+        run_all(runs, record)
     return done
-
-
-def _context() -> multiprocessing.context.BaseContext:
-    """forkserver: workers fork from a clean server process, not from this one and its threads
-    (a progress bar refreshes from one); the server imports this module once, so later pools start
-    at once. Spawn where there is no forkserver (Windows). Either way a script that calls
-    `compare` with jobs > 1 needs the `if __name__ == "__main__":` guard."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    return context
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 # --- ranking ------------------------------------------------------------------------------
@@ -484,17 +381,17 @@ def _run_line(comparison: Comparison) -> str:
 
 def _write_report(comparison: Comparison, out_dir: Path, data: list[Path]) -> list[Path]:
     # Imported here: the worker processes import this module and need no matplotlib.
-    from sim.plots import compare_figure, save_figure
+    from sim.plots import compare_figure, figure_images
     from sim.report import figure_html, html_page, table_html, write_html
 
     s = comparison.scenario
     fig = compare_figure({r.name: r.timeseries for r in comparison.results}, s,
                          scenarios={r.name: r.scenario for r in comparison.results if r.scenario is not None})
     r = comparison.replications
-    figure = figure_html(fig, "Online share and offered load of every variant"
+    png, figures = figure_images(fig, out_dir / "compare")
+    figure = figure_html(png, "Online share and offered load of every variant"
                               + (f", each the mean over its {r} replications" if r > 1 else "")
                               + ". Lines that coincide hide each other; the table has every variant's numbers.")
-    figures = save_figure(fig, out_dir / "compare")
     headers, rows = table_rows(comparison.results)
     links = " · ".join(f'<a href="{escape(p.name)}">{escape(p.name)}</a>' for p in data + figures)
     overrides = [[r.name, " ".join(r.variant.sets) or "(as written)"] for r in comparison.results]
@@ -504,7 +401,7 @@ def _write_report(comparison: Comparison, out_dir: Path, data: list[Path]) -> li
         f'<div class="verdict">{escape(closing_line(comparison.results))}</div>',
         "<h2>Ranking</h2>",
         f"<p>{escape(_run_line(comparison))}</p>",
-        f"<p>Best first, by the time until 99 % of the clients that want to be online are back online "
+        "<p>Best first, by the time until 99 % of the clients that want to be online are back online "
         "(mean over the replications); a variant that never got there in some replication ranks after "
         "all that always did. Equal times are ordered by attempts per episode. Variants whose 95 % "
         "confidence intervals overlap are marked as tied: the runs cannot tell them apart.</p>",

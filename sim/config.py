@@ -10,6 +10,7 @@ Every problem becomes one line `FILE: key.path: what was expected, got what`, co
 
 from __future__ import annotations
 
+import copy
 import math
 import tomllib
 import typing
@@ -19,12 +20,14 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from sim.overrides import apply_sets
 from sim.scenario import EVENT_KINDS, Scenario, Target
 from sim.suggest import did_you_mean
 from sim.units import format_duration
 
 __all__ = [
-    "Problem", "ScenarioError", "load_scenario", "parse_scenario", "parse_target", "apply_sets", "scale_scenario",
+    "Problem", "ScenarioError", "ScenarioFile", "load_scenario", "read_scenario", "parse_scenario", "parse_target",
+    "scale_scenario",
     "compress_scenario",
     "shipped_scenarios", "resolve_scenario_path", "SECRET_KEYS",
 ]
@@ -84,6 +87,59 @@ def resolve_scenario_path(arg: str | Path) -> Path:
 def load_scenario(path: str | Path, sets: typing.Sequence[str] = (), scale: float = 1.0,
                   seed: int | None = None) -> Scenario:
     """Read, override (`--set key=value`), validate and scale one scenario file."""
+    return read_scenario(path).scenario(sets=sets, scale=scale, seed=seed)
+
+
+def parse_scenario(text: str, source: str = "<scenario>", sets: typing.Sequence[str] = (),
+                   scale: float = 1.0, seed: int | None = None) -> Scenario:
+    """Like `load_scenario`, from TOML text; `source` names it in messages."""
+    return ScenarioFile.parse(text, source).scenario(sets=sets, scale=scale, seed=seed)
+
+
+@dataclass(frozen=True)
+class ScenarioFile:
+    """A scenario file read and parsed once, from which many variants are built (compare, sweep).
+
+        >>> f = read_scenario("scenarios/quickstart.toml")
+        >>> [f.scenario(sets=[f"server.workers={w}"]).server.workers for w in (2, 4)]
+        [2, 4]
+    """
+
+    source: str
+    raw: dict[str, Any]
+
+    @classmethod
+    def parse(cls, text: str, source: str = "<scenario>") -> ScenarioFile:
+        try:
+            return cls(source, tomllib.loads(text))
+        except tomllib.TOMLDecodeError as exc:
+            raise ScenarioError(source, [Problem("", f"not valid TOML: {exc}")]) from None
+
+    def scenario(self, sets: typing.Sequence[str] = (), scale: float = 1.0, seed: int | None = None) -> Scenario:
+        """The file with these overrides, validated and scaled (a ScenarioError lists every problem)."""
+        raw = copy.deepcopy(self.raw)
+        problems = [Problem(path, message) for path, message in apply_sets(raw, sets)]
+        if seed is not None:
+            raw["seed"] = seed
+        if problems:
+            raise ScenarioError(self.source, problems)
+        try:
+            scenario = Scenario.model_validate(raw)
+        except ValidationError as exc:
+            overridden = {s.partition("=")[0].strip() for s in sets}
+            raise ScenarioError(self.source, [_problem(err, overridden) for err in exc.errors()]) from None
+        problems = _check_consistency(scenario)
+        if problems:
+            raise ScenarioError(self.source, problems)
+        if not (scale > 0 and math.isfinite(scale)):
+            raise ScenarioError(self.source, [Problem("--scale", f"must be a number > 0, got {scale!r}")])
+        scenario = scale_scenario(scenario, scale)
+        scenario._source = self.source
+        return scenario
+
+
+def read_scenario(path: str | Path) -> ScenarioFile:
+    """Read and parse one scenario file (a path, or the name of a shipped scenario) once."""
     path = resolve_scenario_path(path)
     source = str(path)
     try:
@@ -92,34 +148,7 @@ def load_scenario(path: str | Path, sets: typing.Sequence[str] = (), scale: floa
         raise ScenarioError(source, [Problem("", "no such file")]) from None
     except OSError as exc:
         raise ScenarioError(source, [Problem("", f"cannot read: {exc.strerror}")]) from None
-    return parse_scenario(text, source, sets=sets, scale=scale, seed=seed)
-
-
-def parse_scenario(text: str, source: str = "<scenario>", sets: typing.Sequence[str] = (),
-                   scale: float = 1.0, seed: int | None = None) -> Scenario:
-    """Like `load_scenario`, from TOML text; `source` names it in messages."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(source, [Problem("", f"not valid TOML: {exc}")]) from None
-    problems = apply_sets(raw, sets)
-    if seed is not None:
-        raw["seed"] = seed
-    if problems:
-        raise ScenarioError(source, problems)
-    try:
-        scenario = Scenario.model_validate(raw)
-    except ValidationError as exc:
-        overridden = {s.partition("=")[0].strip() for s in sets}
-        raise ScenarioError(source, [_problem(err, overridden) for err in exc.errors()]) from None
-    problems = _check_consistency(scenario)
-    if problems:
-        raise ScenarioError(source, problems)
-    if not (scale > 0 and math.isfinite(scale)):
-        raise ScenarioError(source, [Problem("--scale", f"must be a number > 0, got {scale!r}")])
-    scenario = scale_scenario(scenario, scale)
-    scenario._source = source
-    return scenario
+    return ScenarioFile.parse(text, source)
 
 
 def parse_target(text: str, source: str = "<target>") -> Target:
@@ -135,58 +164,6 @@ def parse_target(text: str, source: str = "<target>") -> Target:
     except ValidationError as exc:
         raise ScenarioError(source, [_problem({**err, "loc": ("target", *err["loc"])}, set())
                                      for err in exc.errors()]) from None
-
-
-def apply_sets(raw: dict[str, Any], sets: typing.Sequence[str]) -> list[Problem]:
-    """Apply `key.path=value` overrides in place; the value is read as TOML, else as a string.
-
-    `events.N.key` addresses event N; N equal to the number of events appends a new one.
-    """
-    problems = []
-    for item in sets:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            problems.append(Problem("--set", f"expected KEY=VALUE such as server.workers=800, got {item!r}"))
-            continue
-        try:
-            _assign(raw, key.split("."), _toml_value(text.strip()))
-        except LookupError as exc:
-            problems.append(Problem(key, f"{exc.args[0]} (from --set)"))
-    return problems
-
-
-def _toml_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text  # a bare word: full-jitter, 5m, lifo
-
-
-def _assign(node: Any, parts: list[str], value: Any) -> None:
-    head, rest = parts[0], parts[1:]
-    if isinstance(node, list):
-        if not head.isdigit() or int(head) > len(node):
-            have = {0: "there are no events (index 0 adds one)", 1: "there is 1 event (index 0, or 1 to add one)"}
-            raise LookupError(f"no item {head!r}: " + have.get(len(node), f"there are {len(node)} events (indices "
-                                                                        f"0-{len(node) - 1}, or {len(node)} to add one)"))
-        index = int(head)
-        if index == len(node):
-            node.append({})
-        if not rest:
-            node[index] = value
-            return
-        _assign(node[index], rest, value)
-        return
-    if not isinstance(node, dict):
-        raise LookupError(f"{head!r} is inside a value that is not a table")
-    if not rest:
-        node[head] = value
-        return
-    child = node.setdefault(head, [] if head == "events" else {})
-    if isinstance(child, str) and head == "policy":  # policy = "name" -> a table to set keys in
-        child = node[head] = {"name": child}
-    _assign(child, rest, value)
 
 
 # --- error messages -----------------------------------------------------------------------
@@ -303,11 +280,14 @@ def _check_consistency(s: Scenario) -> list[Problem]:
     if not math.isfinite(s.duration):
         problems.append(Problem("duration", "must be finite"))
     if s.warmup is not None and s.warmup >= s.duration:
-        problems.append(Problem("warmup", f"must be before the end of the run ({dur}), got {format_duration(s.warmup)}"))
+        problems.append(Problem("warmup",
+                                f"must be before the end of the run ({dur}), got {format_duration(s.warmup)}"))
     if s.resolution is not None and s.resolution > s.duration:
-        problems.append(Problem("resolution", f"must be at most the duration ({dur}), got {format_duration(s.resolution)}"))
+        problems.append(Problem("resolution",
+                                f"must be at most the duration ({dur}), got {format_duration(s.resolution)}"))
     if s.server.workers == 0 and s.server.p2p is None:
-        problems.append(Problem("server.workers", "must be >= 1 (only a [server.p2p] block can carry all capacity), got 0"))
+        problems.append(Problem("server.workers",
+                                "must be >= 1 (only a [server.p2p] block can carry all capacity), got 0"))
     for i, event in enumerate(s.events):
         if event.at >= s.duration:
             problems.append(Problem(f"events.{i}.at", f"must be before the end of the run ({dur}), "
@@ -363,7 +343,8 @@ def scale_scenario(s: Scenario, factor: float) -> Scenario:
             "rate": rl.rate * factor, "burst": max(1.0, rl.bucket * factor)})
     if s.server.overload is not None:  # the knee counts requests in the system: a count like the queue's
         ov = s.server.overload
-        server_update["overload"] = ov.model_copy(update={"knee": ov.knee * factor, "per_request": ov.per_request / factor})
+        server_update["overload"] = ov.model_copy(update={"knee": ov.knee * factor,
+                                                          "per_request": ov.per_request / factor})
     scaled = s.model_copy(update={"population": pop, "server": s.server.model_copy(update=server_update)})
     scaled._scale = s.scale * factor
     scaled._source = s.source

@@ -22,7 +22,7 @@ from sim.results import RunResult, UnsupportedScenario
 from sim.scenario import Scenario
 
 __all__ = ["Outcome", "simulate", "check_engine", "choose_engine", "run_engine", "warm_up", "write_outputs",
-           "write_timeseries", "combine", "finite_json", "ENGINES", "AUTO_FAST_CLIENTS"]
+           "write_timeseries", "combine", "finite_json", "replication_seeds", "ENGINES", "AUTO_FAST_CLIENTS"]
 
 ENGINES = ("auto", "des", "fast")
 #: `auto` runs the `fast` engine for populations of at least this many clients (MODEL.md section 6)
@@ -53,10 +53,7 @@ def simulate(scenario: Scenario, *, engine: str = "auto", until: float | None = 
     engine, note = choose_engine(scenario, engine)
     if replications < 1:
         raise ValueError("replications must be >= 1")
-    if replications == 1:
-        rngs = [np.random.default_rng(scenario.seed)]
-    else:
-        rngs = [np.random.default_rng(child) for child in np.random.SeedSequence(scenario.seed).spawn(replications)]
+    rngs = [np.random.default_rng(seed) for seed in replication_seeds(scenario.seed, replications)]
     runs = []
     warm = warm_up([engine])
     for k, rng in enumerate(rngs):
@@ -65,6 +62,11 @@ def simulate(scenario: Scenario, *, engine: str = "auto", until: float | None = 
     if replications == 1:
         return Outcome(runs[0].summary, runs[0].timeseries, runs, note, warm)
     return Outcome(combine([r.summary for r in runs]), _mean_series([r.timeseries for r in runs]), runs, note, warm)
+
+
+def replication_seeds(seed: int, replications: int) -> list[Any]:
+    """The seeds of `replications` runs: the seed itself for one run, else SeedSequence(seed).spawn(R)."""
+    return [seed] if replications == 1 else np.random.SeedSequence(seed).spawn(replications)
 
 
 def run_engine(engine: str, scenario: Scenario, *, until: float | None = None,
@@ -180,8 +182,10 @@ def write_outputs(outcome: Outcome, out_dir: Path, report: bool = True) -> list[
     ts = outcome.timeseries
     written = [summary_path, series_path]
     if report:
-        from sim.report import write_run_report  # matplotlib only when a report is wanted
-        written += write_run_report(outcome.summary, ts, outcome.runs[0].scenario, out_dir, written)
+        from sim.plots import figure_images, run_figure  # matplotlib only when a report is wanted
+        from sim.report import write_run_report
+        png, images = figure_images(run_figure(ts, outcome.runs[0].scenario), out_dir / "storm")
+        written += write_run_report(outcome.summary, outcome.runs[0].scenario, out_dir, written, png=png, images=images)
     return written
 
 

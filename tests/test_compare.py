@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from sim.cli import app
 from sim.compare import (
-    CSV_FIELDS, Variant, VariantResult, build_variants, closing_line, compare, parse_variant, rank, table_rows,
-    tied, to_json,
+    CSV_FIELDS, VariantResult, build_variants, closing_line, compare, rank, table_rows, tied, to_json,
 )
 from sim.config import ScenarioError, load_scenario
+from sim.overrides import Variant, parse_variant
 from sim.policies import policy_names
 from sim.runner import combine, simulate
 

@@ -22,10 +22,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from sim.cli.sweep import sweep_command, threshold_command
+from sim.overrides import parse_grid
 from sim.sweep import (
-    POINT_FIELDS, REGIMES, SUMMARY_COLUMNS, WALLCLOCK_COLUMNS, Point, format_value, parse_grid, plan_points,
-    regime, run_sweep, sweep_command, threshold, threshold_command, threshold_line,
+    POINT_FIELDS, REGIMES, SUMMARY_COLUMNS, WALLCLOCK_COLUMNS, Point, format_value, plan_points, regime, run_sweep,
 )
+from sim.threshold import threshold, threshold_line
 
 # The tipping-point storm (see test_threshold_finds_the_fluid_tipping_point for the theory): c = 10
 # workers at a constant s = 100 ms (capacity r = c/s = 100 logins/s), an unlimited FIFO queue that
