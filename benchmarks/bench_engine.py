@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import random
@@ -303,7 +302,8 @@ def machine() -> dict:
     import simpy
 
     commit, dirty = git_state()
-    return {"nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+    return {"nproc": os.cpu_count(),
+            "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "python": sys.version.split()[0], "implementation": platform.python_implementation(),
             "platform": platform.platform(), "simpy": simpy.__version__, "numpy": numpy.__version__,
             "git_commit": commit, "git_dirty": dirty}
@@ -359,7 +359,8 @@ def table(speed: dict | None, memory: list[dict]) -> str:
                         f"clients, not a measurement): peak RSS ~{mib(x['peak_rss_bytes'])}, loop wall "
                         f"~{x['wallclock_s']:,.0f} s, {'under' if x['under_target'] else 'OVER'} 3 GB")
         lines.append("peak RSS: the child's ru_maxrss (os.wait4); base RSS: the child after imports, before the model;")
-        lines.append("loop wall s: the engine's event loop (wallclock_s); CPU s: the whole child, user + sys; events/s: per loop wall s.")
+        lines.append("loop wall s: the engine's event loop (wallclock_s); CPU s: the whole child, user + sys; "
+                     "events/s: per loop wall s.")
         lines.append("3 GB = 3,000,000,000 bytes = 2,861 MiB.")
     return "\n".join(lines)
 
@@ -368,8 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller run: T = 1000 s, sizes 10k,100k")
-    ap.add_argument("--T", type=float, default=None, help="simulated seconds of each M/M/c run (default 5000; quick 1000)")
-    ap.add_argument("--repeats", type=int, default=3, help="alternating runs per engine; the median is reported (default 3)")
+    ap.add_argument("--T", type=float, default=None,
+                    help="simulated seconds of each M/M/c run (default 5000; quick 1000)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="alternating runs per engine; the median is reported (default 3)")
     ap.add_argument("--sizes", default=None, help="comma-separated client counts for the memory runs "
                     "(default 100000,1000000; quick 10000,100000); empty to skip")
     ap.add_argument("--clients-per-worker", type=int, default=5000,
@@ -378,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds before a memory child is killed and its size extrapolated (default 1800)")
     ap.add_argument("--skip-speed", action="store_true", help="memory runs only")
     ap.add_argument("--profile", action="store_true",
-                    help="only profile one loginstorm M/M/c run of --T (default 2000) s with cProfile: top entries by tottime and cumtime")
+                    help="only profile one loginstorm M/M/c run of --T (default 2000) s with cProfile: "
+                         "top entries by tottime and cumtime")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS.relative_to(ROOT)})")
     ap.add_argument("--child-reboot", type=int, default=None, help=argparse.SUPPRESS)
@@ -399,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    command = "python " + " ".join(shlex.quote(a) for a in ([str(Path(sys.argv[0]))] + (argv if argv is not None else sys.argv[1:])))
+    command = "python " + " ".join(
+        shlex.quote(a) for a in ([str(Path(sys.argv[0]))] + (argv if argv is not None else sys.argv[1:])))
     info = machine()
     log(f"command: {command}")
     log(f"machine: nproc={info['nproc']} python={info['python']} simpy={info['simpy']} numpy={info['numpy']} "

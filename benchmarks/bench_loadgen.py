@@ -321,7 +321,8 @@ def bench(args, log) -> dict:
 def summarize(phases: list[dict], problems: list[str], args) -> dict:
     rounds = []
     for number in range(1, args.rounds + 1):
-        device, plain = (next(p for p in phases if p["round"] == number and p["phase"] == k) for k in ("device", "plain"))
+        device, plain = (next(p for p in phases if p["round"] == number and p["phase"] == k)
+                         for k in ("device", "plain"))
         rounds.append({"round": number, "device": device["attempts_per_cpu_s"], "plain": plain["attempts_per_cpu_s"],
                        "ratio": device["attempts_per_cpu_s"] / plain["attempts_per_cpu_s"],
                        "whole_ratio": device["whole_attempts_per_cpu_s"] / plain["whole_attempts_per_cpu_s"]})

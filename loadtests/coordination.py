@@ -3,8 +3,9 @@
 Every process builds the same plan; what must be shared is who plays which row and the start
 time. A local run counts rows itself. In a distributed run (`--processes N`, or `--master` with
 `--worker`s) each worker asks the master, with a custom message, for as many rows as it has
-been told to run users (so no row is left with a worker that has no user for it), and the master answers with the rows and its start time (workers on other machines need synchronised
-clocks, as NTP gives).
+been told to run users (so no row is left with a worker that has no user for it), and the master
+answers with the rows and its start time (workers on other machines need synchronised clocks, as
+NTP gives).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import numpy as np
 from locust import User, task
 from locust.contrib.fasthttp import FastHttpSession
 
-from loadtests.flows import ERROR, OK, TIMEOUT, Outcome, Reply, Step
+from loadtests.flows import ERROR, TIMEOUT, Outcome, Reply, Step
 from loadtests.plan import DROP, LOGIN, REBOOT
 from sim.policies import with_retry_after
 

@@ -59,7 +59,7 @@ def measured_run(s: Scenario, end: float, attempts: Iterable[Attempt], states: I
     for t, device, old, new in states:
         if t <= end:
             events.append((max(0.0, t), 0, ("state", device, old, new)))
-    for device, episode, attempt, start, seconds, outcome in attempts:
+    for device, _episode, _attempt, start, seconds, outcome in attempts:
         if start <= end:
             events.append((max(0.0, start), 1, ("start", outcome)))
         if start + seconds <= end:

@@ -410,7 +410,8 @@ class Model(RunRecords):
         elif self.p2p is not None and e.supernode_fraction is not None:
             role = np.frombuffer(self.supernode, dtype=np.uint8)
             ids = np.concatenate([pick(self.rng, np.flatnonzero((state == ONLINE) & (role == 0)), e.fraction),
-                                  pick(self.rng, np.flatnonzero((state == ONLINE) & (role == 1)), e.supernode_fraction)])
+                                  pick(self.rng, np.flatnonzero((state == ONLINE) & (role == 1)),
+                                       e.supernode_fraction)])
             del role
         else:
             ids = pick(self.rng, np.flatnonzero(state == ONLINE), e.fraction)

@@ -11,8 +11,8 @@ from sim.policies import Policy, make_policy, policy_names
 from sim.scenario import Scenario
 from sim.units import format_duration
 
-__all__ = ["scenario_line", "summary_lines", "plain_lines", "dist_text", "policy_text", "capacity_rps", "PolicyRow", "policy_rows",
-           "recovery_line"]
+__all__ = ["scenario_line", "summary_lines", "plain_lines", "dist_text", "policy_text", "capacity_rps", "PolicyRow",
+           "policy_rows", "recovery_line"]
 
 
 def capacity_rps(s: Scenario) -> float:

@@ -61,7 +61,8 @@ class _Snapshots:
         self.next_start = self.pending[0][0] if self.pending else math.inf
 
     def _snap(self, t: float, total_at, inclusive: bool = False) -> None:
-        """Snapshot every pending window that starts before t (or at t, inclusive); total_at(start) is the total then."""
+        """Snapshot every pending window that starts before t (or at t, inclusive); total_at(start) is
+        the total then."""
         while self.pending and (self.pending[0][0] <= t if inclusive else self.pending[0][0] < t):
             start, k = self.pending.pop(0)
             self.snaps[k] = total_at(start)

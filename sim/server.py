@@ -77,7 +77,8 @@ class LoginServer:
         self.outage: str | None = None          # None | "refuse" | "blackhole"
         self.outages: list[str] = []            # the modes of the outages in progress
         self.admit: tuple[float, tuple[str, float]] | None = None
-        self.partitions: list[tuple[float, float, float, float, float]] = []  # offset, fraction, failure, hang, isolate_at
+        # offset, fraction, failure, hang, isolate_at
+        self.partitions: list[tuple[float, float, float, float, float]] = []
         self.learned: Callable[[int, float], bool] = lambda cid, now: True   # failover knowledge
         self.home_full: Callable[[], bool] | None = None   # p2p: no supernode can home another client
 

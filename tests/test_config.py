@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from pydantic import ValidationError
 
 from sim.config import ScenarioError, load_scenario, parse_scenario, scale_scenario, shipped_scenarios
 from sim.distributions import Lognormal
@@ -127,9 +128,11 @@ def test_sets_override_any_key_with_the_same_validation():
     assert s.server.discipline == "lifo" and s.client.timeout.mean == 3.0
     with pytest.raises(ScenarioError, match=r"server.workers: expected a whole number, got 'lots' \(from --set\)"):
         parse_scenario(BASE, sets=["server.workers=lots"])
-    with pytest.raises(ScenarioError, match=r"events.3.fraction: no item '3': there is 1 event \(index 0, or 1 to add one\)"):
+    with pytest.raises(ScenarioError,
+                       match=r"events.3.fraction: no item '3': there is 1 event \(index 0, or 1 to add one\)"):
         parse_scenario(BASE + REBOOT, sets=["events.3.fraction=0.1"])
-    with pytest.raises(ScenarioError, match=r"server.wokers: unknown key 'wokers'; did you mean 'workers'\? .*from --set"):
+    with pytest.raises(ScenarioError,
+                       match=r"server.wokers: unknown key 'wokers'; did you mean 'workers'\? .*from --set"):
         parse_scenario(BASE, sets=["server.wokers=3"])
 
 
@@ -140,7 +143,8 @@ def test_set_can_append_an_event():
 
 def test_scale_multiplies_population_and_capacity_only():
     text = BASE.replace("workers = 4", "workers = 400\nqueue_limit = 1000\nrate_limit = { rate = 200, burst = 300 }")
-    text = text.replace("[server]", "[population]\nclients = 7_000_000\nlogin_rate = 10\n[client]\ntimeout = \"10s\"\n[server]")
+    text = text.replace("[server]",
+                        "[population]\nclients = 7_000_000\nlogin_rate = 10\n[client]\ntimeout = \"10s\"\n[server]")
     full = parse_scenario(text + REBOOT)
     small = parse_scenario(text + REBOOT, scale=0.01)
     assert small.scale == 0.01 and full.scale == 1.0
@@ -152,7 +156,8 @@ def test_scale_multiplies_population_and_capacity_only():
     assert small.server.service_time == full.server.service_time and small.duration == full.duration
     tiny = scale_scenario(full, 1e-6)
     assert tiny.server.workers == 1 and tiny.population.clients == 7  # a positive count stays >= 1
-    assert parse_scenario(text.replace("queue_limit = 1000", 'queue_limit = "inf"'), scale=0.5).server.queue_limit == math.inf
+    assert parse_scenario(text.replace("queue_limit = 1000", 'queue_limit = "inf"'),
+                          scale=0.5).server.queue_limit == math.inf
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, math.nan])
@@ -178,7 +183,7 @@ def test_defaults_follow_the_contract():
 
 def test_scenarios_are_immutable():
     s = parse_scenario(BASE)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         s.server.workers = 5  # type: ignore[misc]
 
 

@@ -337,7 +337,8 @@ def test_admit_gate_lets_a_fixed_share_in_and_refuses_the_rest():
     assert low <= first <= high, f"admitted share: expected Binomial({n}, {f}), got {first}"
     refusals = starts_before(1, 5.5, 15)
     assert refusals == 3
-    assert (s["logins"], s["rejected"], s["attempts"]) == (n, refusals * (n - first), first + (refusals + 1) * (n - first)), s
+    assert (s["logins"], s["rejected"], s["attempts"]) == (
+        n, refusals * (n - first), first + (refusals + 1) * (n - first)), s
     assert counts_in(r, "rejected", 15, 30) == 0
 
 
@@ -749,7 +750,8 @@ def test_overload_stretches_service_with_the_number_in_system():
     expected = sum(s0 * (1 + per * max(0, m - knee)) for m in in_system)
     common = dict(duration=60, warmup=0, population={"clients": n, **ALL_AT_ZERO})
     plain = simulate(**common, server={"workers": c, "service_time": s0})
-    loaded = simulate(**common, server={"workers": c, "service_time": s0, "overload": {"knee": knee, "per_request": per}})
+    loaded = simulate(**common, server={"workers": c, "service_time": s0,
+                                        "overload": {"knee": knee, "per_request": per}})
     assert plain.summary["logins"] == loaded.summary["logins"] == n
     assert busy_time(plain) == pytest.approx(n * s0, rel=1e-9)
     assert busy_time(loaded) == pytest.approx(expected, rel=1e-9)
@@ -778,7 +780,8 @@ def test_until_cuts_the_same_run_short():
     cut = simulate(**STORM, until=50)
     assert cut.summary["duration_s"] == 50 and len(col(cut, "t")) == 50
     for name, values in cut.timeseries.items():
-        assert np.allclose(values, full.timeseries[name][:50], rtol=1e-12, atol=1e-9), f"column {name} differs before until"
+        assert np.allclose(values, full.timeseries[name][:50], rtol=1e-12, atol=1e-9), \
+            f"column {name} differs before until"
     assert cut.summary["rejected"] == counts_in(full, "rejected", 0, 50)  # the outage at 60 never fired
 
 

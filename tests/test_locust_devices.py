@@ -108,7 +108,8 @@ def storm(tmp_path_factory):
 def test_first_attempts_follow_the_wave_not_spawn_batches(storm):
     firsts = np.array([r["start_s"] for r in storm["rows"] if r["attempt"] == 1 and r["episode"] == 1])
     assert len(firsts) == 300
-    wave = lambda x: np.clip((x - 1.0) / 4.0, 0.0, 1.0)        # at 1 s + U(0, 4 s) from the scenario
+    def wave(x):                                                # at 1 s + U(0, 4 s) from the scenario
+        return np.clip((x - 1.0) / 4.0, 0.0, 1.0)
     _, p = ks_1samp(firsts, wave)
     assert p > 0.01
     _, p_batched = ks_1samp(np.floor(firsts), wave)             # the control: Locust's per-second batches
@@ -207,6 +208,7 @@ kind = "reboot"
         while lab.metrics()["loginstorm_lab_completed_total"] < 4 and time.monotonic() - started < 30:
             time.sleep(0.2)
         metrics = lab.metrics()
+    assert done.returncode == 0, done.stderr[-2000:]
     rows = attempts(tmp_path / "a.csv")
     assert len(rows) == 4 and all(r["outcome"] == "timeout" for r in rows)
     assert all(0.5 <= r["seconds"] < 0.7 for r in rows)            # client.timeout, not Locust's 60 s

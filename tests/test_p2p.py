@@ -90,7 +90,8 @@ def test_promotion_rate_caps_new_supernodes_per_minute():
               population={"clients": 10_000, "online_at_start": 0.1},
               server={"workers": 50, "service_time": 0.001},
               p2p={"supernode_ratio": 0.01, "children": 1000, "slots": 1, "promotion_rate": 0.05},
-              events=[{"at": 1, "kind": "login", "fraction": 1.0, "spread": {"dist": "uniform", "low": "0s", "high": "20s"}}])
+              events=[{"at": 1, "kind": "login", "fraction": 1.0,
+                       "spread": {"dist": "uniform", "low": "0s", "high": "20s"}}])
     ts = finished(m)
     assert m.n_state[ONLINE] == 10_000
     expected, count = [], 10
@@ -117,7 +118,8 @@ def test_home_constraint_refuses_logins_beyond_supernodes_times_children():
               client={"policy": {"name": "constant", "base": 30}},
               server={"workers": 100, "service_time": 0.001, "retry_after": 30},
               p2p={"supernode_ratio": 0.01, "children": 110, "slots": 0, "promotion_rate": 0.0},
-              events=[{"at": 1, "kind": "login", "fraction": 1.0, "spread": {"dist": "uniform", "low": "0s", "high": "400s"}}])
+              events=[{"at": 1, "kind": "login", "fraction": 1.0,
+                       "spread": {"dist": "uniform", "low": "0s", "high": "400s"}}])
     ts = finished(m)
     assert m.n_state[ONLINE] == 550 and m.n_state[CONNECTING] == 450
     assert ts["online"].max() <= 550 and ts["rejected"].sum() > 450  # every one of the 450 was refused
@@ -212,7 +214,8 @@ def test_a_p2p_event_changes_the_rules_from_its_time():
               population={"clients": 10_000, "online_at_start": 0.1},
               server={"workers": 50, "service_time": 0.001},
               p2p={"supernode_ratio": 0.01, "children": 1000, "slots": 1, "promotion_rate": 0.05},
-              events=[{"at": 1, "kind": "login", "fraction": 1.0, "spread": {"dist": "uniform", "low": "0s", "high": "20s"}},
+              events=[{"at": 1, "kind": "login", "fraction": 1.0,
+                       "spread": {"dist": "uniform", "low": "0s", "high": "20s"}},
                       {"at": 330, "kind": "p2p-rules", "promotion_rate": 0.1}])
     ts = finished(m)
     expected, count = [], 10

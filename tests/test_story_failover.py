@@ -139,7 +139,8 @@ def test_ip_takeover_recovers_first_dns_waits_for_stale_resolvers(seed):
     dns, ip = failover("dns", seed), failover("ip", seed)
     _, _, capacity = failover_facts(dns)
     n = dns.scenario.population.clients
-    propagation_p99 = float(np.quantile(dns.scenario.events[0].propagation.sample(np.random.default_rng(seed), 20_000), 0.99))
+    propagation_p99 = float(np.quantile(
+        dns.scenario.events[0].propagation.sample(np.random.default_rng(seed), 20_000), 0.99))
     d, i = dns.summary["recovery_s"], ip.summary["recovery_s"]
 
     assert None not in (d["p90"], d["p99"], i["p90"], i["p99"])

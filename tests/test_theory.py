@@ -251,7 +251,8 @@ def test_mmck_blocking(workers, queue_limit, lam):
     check_mean("throughput (lambda (1 - B))", steady(runs, "throughput"), lam * (1 - blocking),
                slack=0.01, max_band=0.3)
     if queue_limit == 0:
-        assert steady(runs, "p_wait") == [0.0] * reps, f"p_wait: expected 0 without a queue, got {steady(runs, 'p_wait')}"
+        assert steady(runs, "p_wait") == [0.0] * reps, \
+            f"p_wait: expected 0 without a queue, got {steady(runs, 'p_wait')}"
     else:
         check_mean("p_wait of admitted requests", steady(runs, "p_wait"), p_wait, slack=0.003, max_band=0.06)
 
