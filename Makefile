@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-loadtest test test-quick gallery install clean
+.PHONY: demo demo-loadtest test test-quick lint servers gallery install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,9 +16,23 @@ install: $(STAMP)
 
 # Two workers, one test file each at a time (module fixtures stay whole): the load tests mostly
 # wait on real servers, the simulation tests compute, so together they fill the two cores.
-test: $(STAMP)
+test: $(STAMP) lint servers
 	$(PY) -c "from sim import fast; fast.warm_up()"   # compile the fast engine once, not in each worker
 	$(PY) -m pytest -n 2 --dist loadfile
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# nginx, a real rate-limited server for the load tests (tests/realservers.py), from Debian's packages
+# when we may install it (root with apt-get); otherwise its tests skip and say why.
+servers:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q --no-install-recommends nginx >/dev/null 2>&1 \
+	      || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends nginx >/dev/null; } \
+	      || echo "nginx could not be installed: the tests that need it will skip"; \
+	  else echo "nginx is not installed (needs root and apt-get): the tests that need it will skip"; fi; }
 
 test-quick: $(STAMP)
 	$(PY) -c "from sim import fast; fast.warm_up()"
