@@ -188,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     for scale_ in args.skype:
         r = in_child(["--child", f"skype:{scale_}"])
         skype.append(r)
-        log(f"  {r['clients']:>10,d} clients: {r['wall_s']:8.1f} s ({r['loop_s']:.1f} s loop), {r['events']:>13,d} events "
-            f"= {r['events'] / r['loop_s']:,.0f}/s, {r['attempts']:,} attempts, peak RSS {r['peak_rss_bytes'] / MIB:,.0f} MiB")
+        log(f"  {r['clients']:>10,d} clients: {r['wall_s']:8.1f} s ({r['loop_s']:.1f} s loop), "
+            f"{r['events']:>13,d} events = {r['events'] / r['loop_s']:,.0f}/s, {r['attempts']:,} attempts, "
+            f"peak RSS {r['peak_rss_bytes'] / MIB:,.0f} MiB")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"compile": compiled, "ratio": ratio, "scale": scale,
                                    "skype_ratio": skype_ratio, "skype": skype}, indent=2) + "\n")

@@ -63,6 +63,44 @@ def test_some_bad_some_good_files_exit_2_and_report_both(tmp_path):
     assert "quickstart: ok" in result.stdout and "server: missing required key" in result.stderr
 
 
+TARGET = """[target]
+host = "http://127.0.0.1:8000"
+flow = "form"
+path = "/accounts/login/"
+fields = { username = "username", password = "password", csrf = "csrfmiddlewaretoken" }
+success = { status = [302] }
+"""
+
+
+def test_validate_checks_a_standalone_target_file(tmp_path):
+    good = tmp_path / "target.toml"
+    good.write_text(TARGET)
+    result = invoke("validate", str(good), "quickstart")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [f"{good}: ok  target: form flow at http://127.0.0.1:8000/accounts/login/, "
+                                          "success: HTTP 302", result.stdout.splitlines()[1]]
+    assert "quickstart: ok  quickstart: 5,000 clients" in result.stdout
+
+
+@pytest.mark.parametrize("change, message", [
+    (('flow = "form"', 'flow = "fomr"'), "target.flow: expected one of"),
+    (("success = { status = [302] }", 'success = { status = ["302"] }'), "target.success.status.0: expected a whole"),
+    (('path = "/accounts/login/"', 'path = "/accounts/login/"\nbogus = 1'), "target.bogus: unknown key 'bogus'"),
+    (('path = "/accounts/login/"', 'path = "/accounts/login/"\npassword = "Hunter2-no-echo"'),
+     "target.password: a secret may only be given as an environment reference"),
+    (("http://127.0.0.1:8000", "http://auth.example.com"), "target.host: 'auth.example.com' is not in "
+                                                            "target.allowed_hosts (empty); loopback is always allowed"),
+    (("fields =", "[targett]\nfields ="), "targett: unknown key 'targett'; did you mean 'target'?"),  # a scenario
+], ids=["flow", "status", "unknown-key", "secret", "host", "not-a-target-file"])
+def test_validate_locates_a_target_files_problems_and_never_echoes_a_secret(tmp_path, change, message):
+    bad = tmp_path / "target.toml"
+    bad.write_text(TARGET.replace(*change))
+    result = invoke("validate", str(bad))
+    assert result.exit_code == 2 and result.stdout == "" and "Traceback" not in result.output
+    assert f"{bad}: {message}" in result.stderr, result.stderr
+    assert "Hunter2" not in result.output
+
+
 def test_missing_file_exit_2():
     result = invoke("validate", "does/not/exist.toml")
     assert result.exit_code == 2 and "does/not/exist.toml: no such file" in result.stderr
@@ -214,7 +252,7 @@ def test_simulate_skype_at_full_size_picks_fast_and_reports_its_warm_up_apart(tm
     ready = re.search(r"fast engine ready in ([0-9.]+) s \((loaded from numba's cache|compiled)", result.stderr)
     assert ready and "not part of wallclock_s" in result.stderr
     from sim import fast
-    assert (ready[2] == "compiled") == bool(fast._advance.stats.cache_misses)     # says which of the two it was
+    assert (ready[2] == "compiled") == bool(fast.advance.stats.cache_misses)     # says which of the two it was
 
 
 def test_simulate_until_past_the_end_says_where_the_run_ends(tmp_path):

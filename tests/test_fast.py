@@ -407,7 +407,7 @@ def test_mixed_features_agree_with_des_many_replications():
 def test_a_dispatch_short_of_draws_resumes_at_its_instant(monkeypatch):
     """Blocks of 40 draws: releasing a long queue to many new workers at once runs out of service
     draws mid-dispatch again and again; the loop resumes it at the same instant and still agrees."""
-    monkeypatch.setattr(fast, "BLOCK", 40)
+    monkeypatch.setattr(fast.engine, "BLOCK", 40)  # the Python side sizes and refills the blocks
     text = SERVER_EVENTS.replace("queue_limit = 60", "queue_limit = 400").replace("factor = 0.67", "factor = 40.0")
     runs = both_engines(parse_scenario(text, "test_fast"), reps=10)
     assert_agree(runs, defined(runs, EVENT_FIELDS))
@@ -474,16 +474,27 @@ def test_progress_reports_the_run_in_slices_and_changes_nothing():
     assert fast.warm_up() >= 0.0 and fast.warm_up() == fast.warm_up()  # paid once per process
 
 
+def compiled_signatures() -> dict[str, int]:
+    """How many signatures each compiled function of the engine's package has."""
+    import importlib
+    import pkgutil
+    names = [m.name for m in pkgutil.iter_modules(fast.__path__, "sim.fast.")]
+    return {f"{name}.{f}": len(d.signatures) for name in names
+            for f, d in vars(importlib.import_module(name)).items() if hasattr(d, "signatures")}
+
+
 @pytest.mark.parametrize("clients", [0, 1, 2, 50])
 def test_one_compiled_signature_for_any_population(clients):
-    """Every population size reuses the warm-up's compiled loop: a second signature would be a
-    second compilation (about a minute) in the middle of someone's run."""
+    """Every population size reuses the warm-up's compiled code: a new signature would be a
+    new compilation (about a minute for the loop) in the middle of someone's run."""
     fast.warm_up()
+    warm = compiled_signatures()
     text = test_engine.scenario_text(duration=60, population={"clients": clients}, server={"workers": 2},
                                      events=[{"at": 5, "kind": "capacity", "factor": 2.0, "ramp": 10}])
     fast.run(parse_scenario(text, "test_fast"))
     fast.run(parse_scenario(text, "test_fast"), until=30)  # an int `until` too
-    assert len(fast._advance.signatures) == 1, fast._advance.signatures
+    assert len(fast.advance.signatures) == 1, fast.advance.signatures
+    assert compiled_signatures() == warm
 
 
 def test_records_have_the_reference_shape_and_conserve_clients():

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pytest
 
-from sim import des, fast
+from sim import fast
 from sim.config import load_scenario, parse_scenario
 from sim.results import RunResult
 import test_engine

@@ -1,0 +1,251 @@
+"""The packed layouts of the compiled engine: every array the loop reads, field by field.
+
+numba compiles plain arrays and tuples of arrays best, so the engine's state is a few packed
+arrays indexed by the names below (module constants: numba folds them into the compiled code).
+Times are in simulated seconds; "id" is a client id (a row of the per-client arrays).
+
+Client states (`st`, int8 per client), as in `sim.des`, plus one for arrivals still to come:
+
+    =========  ====  ===============================================
+    name       code  meaning
+    =========  ====  ===============================================
+    OFFLINE    0     not wanting the service
+    CONNECTING 1     in an episode: attempting, or on a retry timer
+    ONLINE     2     logged in, in a session
+    GAVE_UP    3     gave up; waits to relaunch
+    NOT_YET    4     a `login_rate` arrival that has not come yet
+    =========  ====  ===============================================
+
+Float parameters `P` (float64; set at the start, the marked ones by events):
+
+    ==================  =========================================================  ========
+    field               meaning                                                    unit
+    ==================  =========================================================  ========
+    P_WIDTH             width of a time-series bin                                 s
+    P_STEADY0, 1        the steady window: start, end                              s
+    P_TAIL0             the tail window's start                                    s
+    P_RTT               client round trip (a refusal's reply arrives after it)      s
+    P_GIVE_UP           give_up_after, from the episode's first attempt            s
+    P_RETRY_AFTER       the server's Retry-After on a 503 (queue full, no home)    s
+    P_QLIMIT            queue_limit                                                requests
+    P_BASE, CAP         the policy's kernel arguments (`Policy.kernel_args`)       s
+    P_MULT, TOP         the same: multiplier, top                                  -
+    P_KNEE              overload: the queue + serving count where slowdown starts  requests
+    P_PER_REQ           overload: service time factor per request above the knee   1/request
+    P_RL_RATE, BURST    rate limit: token rate, bucket size                        1/s, tokens
+    P_RL_RA             rate limit: Retry-After of its refusals                    s
+    P_W_START           the ShareWatch's start (`RunRecords.watch.start`)          s
+    P_THR0, 1           the ShareWatch's two thresholds                            share
+    P_REJECT_COST       worker time a refusal costs (0: refusals are free)         s
+    P_ADMIT             admit: share of keys let in (inf: no admit event yet)      share
+    P_ADMIT_RA          admit: Retry-After of its refusals                         s
+    P_RATIO             p2p: supernode_ratio (event-set by p2p-rules)              share
+    P_PROMO_DELAY       p2p: online this long before a promotion (p2p-rules)       s
+    P_PROMO_RATE        p2p: share of the shortfall promoted per tick (p2p-rules)  share
+    P_SHUTDOWN_AT       p2p: waiting requests per slot that shut supernodes down   requests
+    P_SHUTDOWN_RATE     p2p: share of supernodes shut down per tick (p2p-rules)    share
+    P_PER_WORKER        p2p: homes per dedicated worker (children / slots)         clients
+    ==================  =========================================================  ========
+
+Int parameters `Q` (int64; the marked ones change during the run):
+
+    ==============  ============================================================
+    field           meaning
+    ==============  ============================================================
+    Q_WORKERS       workers now: dedicated + supernode slots (changes)
+    Q_POLICY        the retry policy's code (`POLICY_CODES`)
+    Q_RANDOM        1: the policy draws a uniform per delay
+    Q_MAX_ATT       attempts per episode before giving up (0: unlimited)
+    Q_LIFO          1: the queue is served last in, first out
+    Q_DROP          1: expired requests are dropped at the queue's head
+    Q_CANCEL        1: cancel_on_timeout, service is cut at the client's deadline
+    Q_HONOR         1: the client honours Retry-After
+    Q_NBINS         time-series bins
+    Q_OVERLOAD      1: the overload slowdown is on
+    Q_RL            1: the token-bucket rate limit is on
+    Q_ABASE         the first arrival's id (clients before it exist at t = 0)
+    Q_DEDICATED     dedicated workers now (changes: capacity, failover)
+    Q_EXTRA         workers from supernode slots now (changes)
+    Q_P2P           1: supernodes are modelled
+    Q_CHILDREN      p2p: children per supernode
+    Q_SLOTS         p2p: worker slots per supernode
+    Q_MARGIN        heap rows kept free before each event (16 + a supernode's orphans)
+    ==============  ============================================================
+
+Int state `S` (int64; counts, ring heads, list lengths):
+
+    ===================  ==========================================================
+    field                meaning
+    ===================  ==========================================================
+    S_HN                 heap entries
+    S_SEQ                the next heap entry's seq (ties break by it, as SimPy's)
+    S_QH, S_QN           the queue ring: head, length
+    S_FREE               free request slots (the top of the `free` stack)
+    S_BUSY               busy workers: serving plus doing reject work
+    S_SERVING            requests in service
+    S_HIT                the next fraction-event hit to act (index into `hits`)
+    S_ARR                the next arrival to come (index into `arrivals`)
+    S_EVENTS             events processed (the run's event count)
+    S_N0 + state         clients in each state (S_N0 .. S_N3: OFFLINE .. GAVE_UP)
+    S_EPISODES           episodes begun (tally)
+    S_GAVE_UP            give-ups (tally)
+    S_WAITS_STARTED      services started in the steady window
+    S_WAITS_POS          ... of which after a positive wait in the queue
+    S_LOGINS             logins recorded (used length of `logins`)
+    S_OUTAGE             the outage mode now (OUT_NONE, OUT_REFUSE, OUT_BLACKHOLE)
+    S_RJH, S_RJN         the reject-work ring: head, length
+    S_REDISPATCH         1: a dispatch cut short resumes at G_REDISPATCH_AT
+    S_RAMP               id of the latest capacity event (older ramp steps are void)
+    S_NPART              active partitions (rows of PT)
+    S_NSN                supernodes (used length of `active`)
+    S_NROOM              supernodes with room (used length of `room`)
+    S_NONS               ONLINE ordinary clients (used length of `ons`)
+    S_SFREE              free supernode slots (the top of the `sfree` stack)
+    S_POS + k            read position in draw stream k (D_TIMEOUT .. D_U01)
+    ===================  ==========================================================
+
+Float state `G` (float64):
+
+    ====================  ===========================================================  ======
+    field                 meaning                                                      unit
+    ====================  ===========================================================  ======
+    G_BUSY_TIME           worker time spent (tally)                                    s
+    G_WASTED_TIME         worker time on requests whose client no longer waited        s
+    G_WAITS_SUM           queue waits of the services started in the steady window    s
+    G_TOKENS, _AT         the rate limit's bucket: tokens, when last refilled          -, s
+    G_SHARE, G_SINCE      ShareWatch: online share now, since when                     -, s
+    G_TAIL_MAX            ShareWatch: highest share in the tail window                 share
+    G_LOWEST, _AT         ShareWatch: lowest share, when                               -, s
+    G_BELOW0, 1           ShareWatch: 1.0 while below threshold 0, 1                   flag
+    G_EVER0, 1            ShareWatch: 1.0 once below threshold 0, 1 after the start    flag
+    G_LAST_UP0, 1         ShareWatch: when the share last rose above threshold 0, 1    s
+    G_REDISPATCH_AT       when the pending dispatch (S_REDISPATCH) acts                s
+    ====================  ===========================================================  ======
+
+A heap row (`H`, float64 x 4 = 32 bytes; a 4-ary min-heap by time, then seq):
+
+    ====  ======  ==============================================================
+    col   name    meaning
+    ====  ======  ==============================================================
+    0     time    when the entry acts (s)
+    1     seq     push order: entries at the same time act in it (SimPy's order)
+    2     code    a x 16 + kind: kind is K_*, a is the client id (client entries),
+                  the request slot (K_DONE, K_REJECT_DONE), the worker count
+                  (K_WORKERS) or 0 (K_TICK)
+    3     g       the client's generation when pushed (a client entry is void when
+                  it no longer matches), the ramp id (K_WORKERS), else 0
+    ====  ======  ==============================================================
+
+The per-client row (`Engine.rows`, float64 x 8 = one 64-byte cache line; the columns are the
+arrays of `cl` below): gen (bumped when whatever a client waits for no longer concerns it),
+natt (attempts in the episode), first (its first attempt's time), sent (this attempt's send
+time), prev (the previous delay; nan: none yet), cra (the Retry-After of the refusal on its way),
+learned (when it knows the failover's standby), orbiting (1.0: on a retry timer).
+
+Tuples of arrays the kernels take, by index:
+
+    ==========  ==========================================================================
+    tuple       fields (index constants)
+    ==========  ==========================================================================
+    cl          per client: CL_STATE (st, int8), CL_GEN, CL_REBOOTING (uint8), CL_ORBITING,
+                CL_BEGUN (the episode's start), CL_FIRST, CL_SENT, CL_PREV, CL_NATT, CL_CRA,
+                CL_KEYS (the fixed uniform key of admit and partitions), CL_LEARNED
+    pool        per request slot: PL_CLIENT, PL_GEN (the client's generation at send),
+                PL_SENT, PL_DEADLINE, PL_START (service start), PL_FREE (stack of free
+                slots), PL_QUEUE (ring of queued slots), PL_STATE (R_*), PL_HANG (1: a
+                partition may hang it), PL_REJECTS (ring of reject work waiting)
+    rec         `sim.record` as arrays: REC_LV (per level: value, since, integral),
+                REC_LB (level bins), REC_LS (level window snapshots; nan: not taken),
+                REC_WS (the windows' starts: steady, tail), REC_CT (counter totals),
+                REC_CB (counter bins), REC_CS (counter window snapshots; -1: not taken),
+                REC_SCB, REC_SCT, REC_SCS (start counters SC_*: bins, totals, steady
+                sum), REC_LOGINS (login times)
+    pp          supernodes (MODEL.md 3.2), per client: PP_SIDX (its supernode slot or -1),
+                PP_SINCE (online since), PP_HOME (home slot or -1), PP_NEXT, PP_PREV (its
+                home's child list, doubly linked), PP_ONPOS (place in PP_ONS or -1),
+                PP_ONS (the ONLINE ordinary clients: promotion candidates);
+                per supernode slot: PP_SCID (its client), PP_HEAD (first child),
+                PP_NKIDS (children), PP_RPOS (place in PP_ROOM or -1), PP_ROOM (slots with
+                room), PP_APOS (place in PP_ACTIVE), PP_ACTIVE (slots in use), PP_SFREE
+                (stack of free slots), PP_BUF (scratch)
+    hits        the sorted stream of fraction-event hits: HT_TIME, HT_CLIENT, HT_KIND
+                (H_*), HT_DOWNTIME (a reboot's)
+    ==========  ==========================================================================
+
+`PT` (float64, MAX_PARTITIONS x 5): per active partition: PT_OFFSET (its key offset), PT_FRACTION,
+PT_FAILURE (probability a request hangs / fails fast), PT_HANG (how long a hang lasts),
+PT_ISOLATE_AT (from then on: fail fast). `draws` (float64, N_STREAMS x BLOCK): blocks of each
+stream's own samples, read at S_POS + k.
+"""
+
+from __future__ import annotations
+
+import math
+
+from sim.record import COUNTS, LEVELS
+
+INF = math.inf
+
+# client states (as in sim.des), plus a slot for a login_rate client that has not arrived yet
+OFFLINE, CONNECTING, ONLINE, GAVE_UP, NOT_YET = 0, 1, 2, 3, 4
+# rows of the levels and counters (sim.record's LEVELS and COUNTS)
+L_QUEUE, L_SERVING, L_REJECTING, L_WORKERS, L_SUPERNODES, L_ORBIT = (
+    LEVELS.index(n) for n in ("queue", "serving", "rejecting", "workers", "supernodes", "orbit"))
+C_ATTEMPTS, C_SUCCESSES, C_REJECTED, C_TIMEOUTS, C_ERRORS, C_WASTED = (
+    COUNTS.index(n) for n in ("attempts", "successes", "rejected", "timeouts", "errors", "wasted"))
+SC_REFUSALS, SC_TIMEOUTS = 0, 1  # start counters: steady_refusals, steady_timeouts
+
+# heap entry kinds: a client's timer or reply (valid while its generation matches; a refusal's
+# Retry-After waits in `cra`), a service or reject-work end (by pool slot), a ramp step (by ramp id)
+(K_SESSION_END, K_WANT, K_REBOOT_END, K_ATTEMPT, K_RETRY, K_REFUSED, K_TIMEOUT, K_DONE, K_REJECT_DONE,
+ K_WORKERS, K_TICK) = range(11)
+P2P_TICK = 60.0  # MODEL.md 3.2: the supernode rules act every minute
+# pool slot states: what a request slot holds
+R_FREE, R_QUEUED, R_SERVING, R_REJECT, R_DEAD = range(5)
+# hit kinds (the sorted stream of fraction-event hits)
+H_REBOOT, H_DISCONNECT, H_LOGIN = 0, 1, 2
+# what a client does next inside one event
+(A_NONE, A_EPISODE, A_ATTEMPT, A_FAIL, A_TIMEOUT, A_SUCCESS, A_ONLINE, A_OFFLINE, A_REBOOT, A_GIVE_UP,
+ A_ERROR) = range(11)
+# control codes: server actions Python asks for between two stretches
+CT_WORKERS, CT_LOSE, CT_DISPATCH = range(3)
+# outage modes (S_OUTAGE)
+OUT_NONE, OUT_REFUSE, OUT_BLACKHOLE = range(3)
+MAX_PARTITIONS = 64
+
+# draw streams: blocks of each distribution's own samples
+D_TIMEOUT, D_CONNECT, D_RELAUNCH, D_SESSION, D_OFFLINE, D_SERVICE, D_UNIFORM, D_U01 = range(8)
+N_STREAMS, BLOCK, SPARE = 8, 1 << 15, 8
+
+# float parameters
+(P_WIDTH, P_STEADY0, P_STEADY1, P_TAIL0, P_RTT, P_GIVE_UP, P_RETRY_AFTER, P_QLIMIT, P_BASE, P_CAP, P_MULT,
+ P_TOP, P_KNEE, P_PER_REQ, P_RL_RATE, P_RL_BURST, P_RL_RA, P_W_START, P_THR0, P_THR1, P_REJECT_COST,
+ P_ADMIT, P_ADMIT_RA, P_RATIO, P_PROMO_DELAY, P_PROMO_RATE, P_SHUTDOWN_AT, P_SHUTDOWN_RATE, P_PER_WORKER) = range(29)
+N_P = P_PER_WORKER + 1
+# int parameters
+(Q_WORKERS, Q_POLICY, Q_RANDOM, Q_MAX_ATT, Q_LIFO, Q_DROP, Q_CANCEL, Q_HONOR, Q_NBINS, Q_OVERLOAD, Q_RL, Q_ABASE,
+ Q_DEDICATED, Q_EXTRA, Q_P2P, Q_CHILDREN, Q_SLOTS, Q_MARGIN) = range(18)
+# int state
+(S_HN, S_SEQ, S_QH, S_QN, S_FREE, S_BUSY, S_SERVING, S_HIT, S_ARR, S_EVENTS, S_N0, S_N1, S_N2, S_N3, S_EPISODES,
+ S_GAVE_UP, S_WAITS_STARTED, S_WAITS_POS, S_LOGINS, S_OUTAGE, S_RJH, S_RJN, S_REDISPATCH, S_RAMP, S_NPART,
+ S_NSN, S_NROOM, S_NONS, S_SFREE, S_POS) = range(30)
+N_S = S_POS + N_STREAMS
+# float state
+(G_BUSY_TIME, G_WASTED_TIME, G_WAITS_SUM, G_TOKENS, G_TOKENS_AT, G_SHARE, G_SINCE, G_TAIL_MAX, G_LOWEST,
+ G_LOWEST_AT, G_BELOW0, G_BELOW1, G_EVER0, G_EVER1, G_LAST_UP0, G_LAST_UP1, G_REDISPATCH_AT) = range(17)
+N_G = G_REDISPATCH_AT + 1
+
+# heap row columns
+HP_TIME, HP_SEQ, HP_CODE, HP_GEN = range(4)
+# the tuples of arrays
+(CL_STATE, CL_GEN, CL_REBOOTING, CL_ORBITING, CL_BEGUN, CL_FIRST, CL_SENT, CL_PREV, CL_NATT, CL_CRA, CL_KEYS,
+ CL_LEARNED) = range(12)
+PL_CLIENT, PL_GEN, PL_SENT, PL_DEADLINE, PL_START, PL_FREE, PL_QUEUE, PL_STATE, PL_HANG, PL_REJECTS = range(10)
+(REC_LV, REC_LB, REC_LS, REC_WS, REC_CT, REC_CB, REC_CS, REC_SCB, REC_SCT, REC_SCS, REC_LOGINS) = range(11)
+(PP_SIDX, PP_SINCE, PP_HOME, PP_NEXT, PP_PREV, PP_ONPOS, PP_ONS, PP_SCID, PP_HEAD, PP_NKIDS, PP_RPOS, PP_ROOM,
+ PP_APOS, PP_ACTIVE, PP_SFREE, PP_BUF) = range(16)
+HT_TIME, HT_CLIENT, HT_KIND, HT_DOWNTIME = range(4)
+PT_OFFSET, PT_FRACTION, PT_FAILURE, PT_HANG, PT_ISOLATE_AT = range(5)
+
+# loop exit codes: done, or Python must grow / refill something and call again
+DONE, GROW_HEAP, REFILL, GROW_POOL, GROW_LOGINS = range(5)
