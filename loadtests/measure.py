@@ -15,6 +15,12 @@ queue-wait measures) stays empty: 0 in the time series' server columns, null in 
     >>> run = measured_run(s, 20.0, attempts, states)
     >>> run.summary["attempts"], run.summary["logins"], run.summary["login_time_s"]["p50"]
     (2, 1, 2.5)
+
+Besides the simulator's fields the measured summary counts the attempts still unanswered at the
+end (`in_flight`: started before it, answered after it or never), so that attempts = successes
++ rejected + timeouts + errors + in_flight exactly; the devices the storm touched (`touched`:
+distinct devices that left `online` or started an episode from the first event on); and the
+most attempts in flight at once (`peak_in_flight`).
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ __all__ = ["MeasuredRun", "measured_run", "read_logs", "CLIENT_FIELDS"]
 #: summary fields a client can measure (the rest are the server's, or the engine's)
 CLIENT_FIELDS = ("scenario", "engine", "seed", "scale", "clients", "duration_s", "episodes", "logins", "gave_up",
                  "attempts", "amplification", "timeouts", "rejected", "errors", "peak_offered_rps",
-                 "login_time_s", "recovery_s", "lowest_online_share", "lowest_online_at_s")
+                 "login_time_s", "recovery_s", "lowest_online_share", "lowest_online_at_s",
+                 "successes", "in_flight", "touched", "peak_in_flight")
 #: the attempt outcomes in the simulator's counters (a wrong password or a bad body is an error)
 _COUNTER = {OK: "successes", REJECTED: "rejected", TIMEOUT: "timeouts", ERROR: "errors", FAILED: "errors"}
 
@@ -59,17 +66,25 @@ def measured_run(s: Scenario, end: float, attempts: Iterable[Attempt], states: I
     for t, device, old, new in states:
         if t <= end:
             events.append((max(0.0, t), 0, ("state", device, old, new)))
+    in_flight = 0
     for device, _episode, _attempt, start, seconds, outcome in attempts:
         if start <= end:
             events.append((max(0.0, start), 1, ("start", outcome)))
-        if start + seconds <= end:
-            events.append((max(0.0, start + seconds), 2, ("end", device, outcome)))
+            if start + seconds <= end:
+                events.append((max(0.0, start + seconds), 2, ("end", device, outcome)))
+            else:
+                in_flight += 1          # answered after the end: in flight when the run ended
     events.sort(key=lambda e: (e[0], e[1]))
     n = dict.fromkeys(("online", "connecting", "offline", "gave_up"), 0)
     connecting_since: dict[int, float] = {}
+    storm = min((e.at for e in s.events), default=0.0)
+    touched: set[int] = set()
+    flying = peak = 0
     for t, _, what in events:
         if what[0] == "state":
             _, device, old, new = what
+            if t >= storm and (old == "online" or new == "connecting"):
+                touched.add(device)
             if old:
                 n[old] -= 1
                 r.levels[old].add(t, -1)
@@ -82,6 +97,8 @@ def measured_run(s: Scenario, end: float, attempts: Iterable[Attempt], states: I
                 r.tallies.gave_up += 1
             r.watch.update(t, n["online"], n["connecting"], n["gave_up"])
         elif what[0] == "start":
+            flying += 1
+            peak = max(peak, flying)
             r.counts["attempts"].add(t)
             if what[1] == REJECTED:
                 r.steady_refusals.add(t)
@@ -89,6 +106,7 @@ def measured_run(s: Scenario, end: float, attempts: Iterable[Attempt], states: I
                 r.steady_timeouts.add(t)
         else:
             _, device, outcome = what
+            flying -= 1
             r.counts[_COUNTER[outcome]].add(t)
             if outcome == OK and device in connecting_since:
                 r.tallies.login(t - connecting_since.pop(device))
@@ -96,6 +114,8 @@ def measured_run(s: Scenario, end: float, attempts: Iterable[Attempt], states: I
         level.close(end)
     r.watch.close(end)
     summary = summarize(r, events=len(events), wallclock=0.0, engine="loadtest")
+    summary.update(successes=r.counts["successes"].total, in_flight=in_flight, touched=len(touched),
+                   peak_in_flight=peak)
     return MeasuredRun(summary, timeseries(r))
 
 

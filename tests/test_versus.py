@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from loadtests.measure import measured_run
 from loadtests.plan import build_plan
-from loadtests.versus import (RECOVERY_TOLERANCE, SHARE_TOLERANCE, divergence, parse_capacity, simulated_twin,
-                              smooth, versus_curves, write_versus_report)
-from sim.config import compress_scenario, load_scenario, parse_scenario
+from loadtests.versus import (RECOVERY_TOLERANCE, RELATIVE_TOLERANCE, SHARE_TOLERANCE, SPLIT_TOLERANCE,
+                              counts_identity, divergence, online_share, parse_capacity, read_capacity,
+                              server_table, simulated_twin, smooth, twin_server, versus_curves, write_versus_report)
+from sim.config import compress_scenario, load_scenario, parse_scenario, scale_scenario
 from sim.distributions import Constant, Empirical, Exponential, Lognormal, Normal, Uniform
 from sim.plots import versus_figure
 from sim.runner import simulate
+from sim.scenario import RateLimit, Server
 from sim.waves import wave_times
 
 K = 8.0
+ROOT = Path(__file__).resolve().parent.parent
 
 
 # --- compress_scenario ------------------------------------------------------------------------------
@@ -124,7 +132,10 @@ def test_capacity_values_are_read_and_validated_like_the_scenario():
     ("workers=0", "workers: must be >= 1"),
     ("workers=many", "--capacity workers"),
     ("service_time=5 minutes", "--capacity service_time"),
-    ("rate_limit=5", "unknown key 'rate_limit'"),
+    ("rate_limit=5", "--capacity rate_limit: Input should be a valid dictionary"),   # a table, not a number
+    ("rate_limit.rat=20", "unknown key 'rate_limit.rat'; did you mean 'rate_limit.rate'?"),
+    ("rate_limit.burst=0.5", "--capacity rate_limit.burst: Input should be greater than or equal to 1"),
+    ("overload.kne=4", "did you mean 'overload.knee'?"),
 ])
 def test_capacity_errors_name_the_key(text, message):
     with pytest.raises(ValueError, match="--capacity") as err:
@@ -303,3 +314,357 @@ def test_the_twin_of_a_load_test_cut_short_ends_where_it_ended():
         assert b.summary["attempts"] == a.timeseries["attempts"][:40].sum() > 0
         np.testing.assert_array_equal(b.timeseries["online"], a.timeseries["online"][:40])
 
+
+
+# --- --capacity: any [server] key, a calibration file, and where each of the twin's keys came from ---------
+
+CALIBRATED = """# loginstorm calibrate quickstart --host http://127.0.0.1:8080
+[server]
+workers = 1
+service_time = "22.9ms"
+queue_limit = "inf"
+retry_after = "0s"
+cancel_on_timeout = false
+
+[server.rate_limit]
+rate = 20.0
+burst = 11.0
+retry_after = "1s"
+
+[provenance]
+workers = { source = "measured", confidence = "high", note = "throughput flat from 2 concurrent logins on" }
+service_time = { source = "measured", confidence = "high", note = "" }
+queue_limit = { source = "measured", confidence = "medium", note = "no refusal with 40 logins in flight" }
+"rate_limit.rate" = { source = "measured", confidence = "high", note = "" }
+cancel_on_timeout = { source = "assumed", confidence = "low", note = "a client cannot see it" }
+
+[calibration]
+behaviour = "rate-limited"
+warnings = ["the client, not the server, was the limit at 2,900 logins/s"]
+"""
+
+
+def test_capacity_takes_nested_keys_dotted():
+    assert parse_capacity("rate_limit.rate=20,rate_limit.burst=11,rate_limit.retry_after=1s,overload.knee=4") == \
+        {"rate_limit.rate": 20.0, "rate_limit.burst": 11.0, "rate_limit.retry_after": 1.0, "overload.knee": 4.0}
+    assert parse_capacity("rate_limit={rate=20, burst=11}")["rate_limit"] == RateLimit(rate=20.0, burst=11.0)
+    assert parse_capacity("discipline=lifo,drop_expired=true") == {"discipline": "lifo", "drop_expired": True}
+
+
+def test_keys_given_by_hand_are_the_real_servers_and_the_rest_the_scaled_scenarios():
+    s = load_scenario("quickstart", scale=0.2)           # 2 workers x 0.2 -> 1 worker (>= 1), queue 200 -> 40
+    server, sources = twin_server(s, read_capacity("rate_limit.rate=20,rate_limit.burst=11,service_time=23ms"))
+    assert server.rate_limit == RateLimit(rate=20.0, burst=11.0) and server.service_time == Constant(0.023)
+    assert (server.workers, server.queue_limit) == (s.server.workers, s.server.queue_limit) == (1, 40)
+    assert sources["rate_limit.rate"][0] == sources["service_time"][0] == "given by hand (--capacity)"
+    assert sources["workers"][0] == sources["queue_limit"][0] == "the scenario (scaled by --scale 0.2)"
+    assert sources["retry_after"][0].startswith("the scenario (not a count")
+    assert sources["rate_limit.retry_after"][0].startswith("the scenario")     # the model's 0: kept from the scenario
+    with pytest.raises(ValueError, match=r"--capacity rate_limit.rate: Field required"):
+        twin_server(s, read_capacity("rate_limit.burst=11"))          # the scenario has no rate limit to complete
+
+
+def test_a_scaled_scenarios_rate_limit_is_replaced_not_scaled():
+    base = load_scenario("quickstart").model_copy(update={"server": load_scenario("quickstart").server.model_copy(
+        update={"rate_limit": RateLimit(rate=100.0, burst=50.0)})})
+    s = scale_scenario(base, 0.02)
+    assert s.server.rate_limit == RateLimit(rate=2.0, burst=1.0)     # --scale multiplies what the scenario says
+    server, sources = twin_server(s, read_capacity("rate_limit.rate=20"))
+    assert server.rate_limit.rate == 20.0 and server.rate_limit.burst == 1.0   # the real rate; the rest scaled
+    assert sources["rate_limit.burst"][0] == "the scenario (scaled by --scale 0.02)"
+
+
+def test_a_calibration_file_is_the_twins_whole_server_table(tmp_path):
+    path = tmp_path / "server.toml"
+    path.write_text(CALIBRATED)
+    capacity = read_capacity(str(path))
+    s = load_scenario("quickstart", scale=0.2)
+    server, sources = twin_server(s, capacity)
+    assert server == Server.model_validate(tomllib.loads(CALIBRATED)["server"])
+    assert server.queue_limit == math.inf and server.workers == 1       # not the scenario's 40 nor its scaling
+    assert sources["workers"][0] == "measured by calibrate (confidence high)"
+    assert sources["queue_limit"][0] == "measured by calibrate (confidence medium)"
+    assert sources["cancel_on_timeout"] == ("assumed by calibrate (confidence low)", "a client cannot see it")
+    assert sources["retry_after"][0] == "given in server.toml (no provenance)"
+    assert sources["discipline"][0] == sources["overload"][0] == "default"
+    assert capacity.warnings == ("the client, not the server, was the limit at 2,900 logins/s",)
+    rows = {r["key"]: r for r in server_table(server, sources)}
+    assert rows["rate_limit.burst"]["value"] == "11" and rows["queue_limit"]["value"] == "inf"
+    assert rows["service_time"]["value"] == "22.9ms" and rows["discipline"]["value"] == "fifo"
+
+
+@pytest.mark.parametrize("text, message", [
+    (None, "no such file"),
+    ("workers = ", "not a TOML file"),
+    ("[servr]\nworkers = 1\n", "no [server] table"),
+    ("[server]\nworkrs = 1\nservice_time = '1ms'\n", "[server]: unknown key 'workrs'; did you mean 'workers'?"),
+    ("[server]\nworkers = 'many'\nservice_time = '1ms'\n", "[server] workers: Input should be a valid integer"),
+    ("[server]\nworkers = 1\n", "[server] service_time: Field required"),
+    ("[server]\nworkers = 1\nservice_time = '1ms'\n[server.rate_limit]\nrat = 3\n",
+     "unknown key 'rate_limit.rat'; did you mean 'rate_limit.rate'?"),
+], ids=["missing", "not-toml", "no-server", "unknown-key", "bad-value", "incomplete", "nested-key"])
+def test_a_bad_capacity_file_names_the_file_and_the_key(tmp_path, text, message):
+    path = tmp_path / "server.toml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        read_capacity(str(path))
+    assert str(err.value).startswith(f"--capacity {path}") and message in str(err.value), str(err.value)
+
+
+# --- the verdict on the mechanism: synthetic storms whose answer is known -------------------------------
+
+EVENT_BIN = 10
+
+
+def _storm(*, clients=N, touched=N, back_at=20, stay=0.0, attempts=100.0, split=(1.0, 0.0, 0.0, 0.0),
+           startup=False) -> dict[str, np.ndarray]:
+    """`touched` devices go offline at bin EVENT_BIN and come back at `back_at` (a share `stay` never
+    does); `attempts` per bin from the event on, split into (logins, refusals, timeouts, errors)."""
+    bins = np.arange(BINS)
+    down = np.where((bins >= EVENT_BIN) & (bins < back_at), touched, np.where(bins >= back_at, stay * touched, 0))
+    online = clients - down
+    if startup:                                  # the load test's devices still starting up before the event
+        online = np.where(bins < EVENT_BIN // 2, 0.0, online)
+    zero = np.zeros(BINS)
+    a = np.where(bins >= EVENT_BIN, attempts, 0.0)
+    cols = dict(zip(("successes", "rejected", "timeouts", "errors"), (a * share for share in split)))
+    return {"t": bins * WIDTH, "online": online.astype(float), "connecting": zero, "offline": clients - online,
+            "gave_up": zero, "attempts": a, **cols}
+
+
+def _mech(p90=30.0, amplification=2.0, p50=1.0, p95=4.0, **extra) -> dict:
+    return {"clients": N, "recovery_s": {"p90": p90}, "amplification": amplification, "lowest_online_share": 0.5,
+            "login_time_s": {"p50": p50, "p95": p95}, **extra}
+
+
+START = EVENT_BIN * WIDTH
+
+
+def test_the_same_mechanism_agrees_on_every_measure():
+    out = divergence(_storm(), [_storm(), _storm(stay=0.05)], _mech(), [_mech(), _mech(p90=33.0)], start_s=START)
+    assert out["verdict"]["ok"], out["verdict"]["text"]
+    assert [m["name"] for m in out["measures"]] == [
+        "online share of the touched devices", "recovery p90", "share logins", "share refusals", "share timeouts",
+        "share errors", "attempts per episode", "login time p50", "login time p95", "time to first success"]
+    assert all(m["ok"] and m["reason"] for m in out["measures"])
+
+
+def test_refusals_where_the_server_let_clients_time_out_diverge():
+    # the issue's gunicorn run: 3,924 attempts = 12 logins + 3,881 timeouts (+ 31 in flight); the twin refused
+    measured = _storm(stay=0.9, attempts=3924 / 30, split=(12 / 3924, 0, 3881 / 3924, 0))
+    twin = _storm(stay=0.9, attempts=3924 / 30, split=(12 / 3924, 3886 / 3924, 26 / 3924, 0))
+    out = divergence(measured, [twin], _mech(p90=None), [_mech(p90=None)], start_s=START)
+    by = {m["name"]: m for m in out["measures"]}
+    assert by["online share of the touched devices"]["ok"] and by["recovery p90"]["ok"]   # the old verdict agreed
+    assert not by["share refusals"]["ok"] and not by["share timeouts"]["ok"]
+    assert by["share refusals"]["measured_count"] == 0 and by["share refusals"]["simulated_count"] == \
+        pytest.approx(3886)
+    assert not out["verdict"]["ok"] and "share refusals (0.0 % measured, 99.0 % simulated)" in out["verdict"]["text"]
+
+
+@pytest.mark.parametrize("refused, ok", [(30, False), (5, True), (0, True)])
+def test_an_outcome_on_one_side_only_diverges_once_it_is_not_a_stray(refused, ok):
+    # 3,000 attempts: 30 refusals are 1 point (well within 10) but a mechanism the twin never shows; 5 are strays
+    measured = _storm(attempts=100.0, split=(1 - refused / 3000, refused / 3000, 0, 0))
+    out = divergence(measured, [_storm()], _mech(), [_mech()], start_s=START)
+    refusals = next(m for m in out["measures"] if m["name"] == "share refusals")
+    assert refusals["gap"] <= SPLIT_TOLERANCE and refusals["only_one_side"] is (not ok)
+    assert refusals["ok"] is ok and out["verdict"]["ok"] is ok
+
+
+def test_never_recovered_on_both_sides_agrees_only_if_the_curves_agree():
+    same = divergence(_storm(stay=0.8), [_storm(stay=0.8)], _mech(p90=None), [_mech(p90=None)], start_s=START)
+    assert same["recovery_p90_s"]["ok"] and same["verdict"]["ok"]
+    apart = divergence(_storm(stay=0.8), [_storm(stay=0.3)], _mech(p90=None), [_mech(p90=None)], start_s=START)
+    assert not apart["online_share"]["ok"] and not apart["recovery_p90_s"]["ok"]
+    assert "recovery p90 (never measured, never simulated)" in apart["verdict"]["text"]
+
+
+def test_the_online_share_is_of_the_devices_the_storm_touched():
+    # 1,000 devices, 60 touched; the twin brings them back 10 bins later: 6 points of the whole population,
+    # the whole of the touched devices
+    late = divergence(_storm(clients=1000, touched=60), [_storm(clients=1000, touched=60, back_at=30)],
+                      _mech(touched=60), [_mech()], start_s=START)
+    assert late["touched"] == 60 and late["online_share"]["max_gap"] == pytest.approx(1.0)
+    assert not late["online_share"]["ok"]
+    diluted = online_share(_storm(clients=1000, touched=60), 1000) - \
+        online_share(_storm(clients=1000, touched=60, back_at=30), 1000)
+    assert np.abs(diluted).max() == pytest.approx(0.06) and 0.06 < SHARE_TOLERANCE   # the old definition agreed
+
+
+def test_the_start_up_is_left_out():
+    measured, twin = _storm(startup=True), _storm()
+    out = divergence(measured, [twin], _mech(), [_mech()], start_s=START)
+    assert out["verdict"]["ok"] and out["from_s"] == START and out["online_share"]["max_gap"] == 0.0
+    whole = divergence(measured, [twin], _mech(), [_mech()], start_s=0.0)
+    assert whole["online_share"]["max_gap_at_s"] == 0.0 and not whole["online_share"]["ok"]
+
+
+@pytest.mark.parametrize("measured, replications, ok", [
+    (2.3, [2.0, 2.0], True), (2.6, [2.0, 2.0], False),    # 20 % when the replications agree
+    (3.0, [1.0, 3.0], True),                               # 2 x CV (71 %) when they scatter
+])
+def test_attempts_per_episode_are_within_20_percent_or_twice_the_replications_cv(measured, replications, ok):
+    out = divergence(_storm(), [_storm()] * 2, _mech(amplification=measured),
+                     [_mech(amplification=a) for a in replications], start_s=START)
+    amp = next(m for m in out["measures"] if m["name"] == "attempts per episode")
+    assert amp["ok"] is ok and out["verdict"]["ok"] is ok
+    assert amp["tolerance"] == pytest.approx(max(RELATIVE_TOLERANCE, 2 * np.std(replications, ddof=1) /
+                                                 np.mean(replications)))
+
+
+def test_login_time_and_first_success_are_compared():
+    slow = divergence(_storm(), [_storm()], _mech(p50=3.0), [_mech(p50=1.0)], start_s=START)
+    assert [m["name"] for m in slow["measures"] if not m["ok"]] == ["login time p50"]
+    # the twin lets nobody in for 6 bins after the event (attempts all refused), the server at once
+    held = _storm(split=(0.0, 1.0, 0.0, 0.0))
+    held["successes"] = np.where(np.arange(BINS) >= EVENT_BIN + 6, 100.0, 0.0)
+    late = divergence(_storm(), [held], _mech(), [_mech()], start_s=START)
+    first = next(m for m in late["measures"] if m["name"] == "time to first success")
+    assert (first["measured"], first["simulated"], first["ok"]) == (0.0, 6 * WIDTH, False)
+
+
+# --- counts that add up ------------------------------------------------------------------------------------
+
+def test_measured_attempts_are_the_answered_ones_plus_those_in_flight_at_the_end():
+    s = load_scenario("quickstart", scale=0.001)           # 5 devices; the reboot at 5 min
+    at = s.events[0].at
+    states = [(0.0, d, "", "online") for d in range(5)] + [(at + 1, d, "online", "connecting") for d in range(3)]
+    attempts = [(0, 1, 1, at + 1, 0.5, "ok"), (1, 1, 1, at + 1, 5.0, "timeout"), (1, 1, 2, at + 7, 0.1, "rejected"),
+                (2, 1, 1, at + 1, 0.2, "error"), (2, 1, 2, at + 2, 0.2, "failed"),
+                (1, 1, 3, at + 9, 30.0, "ok"),               # answered after the end: in flight
+                (2, 1, 3, at + 9.5, 0.1, "timeout"),          # ends after the end too
+                (1, 1, 4, at + 20, 0.1, "ok")]                # starts after the end: not an attempt of this run
+    run = measured_run(s, at + 9.55, attempts, states)
+    c = run.summary
+    assert (c["attempts"], c["successes"], c["rejected"], c["timeouts"], c["errors"], c["in_flight"]) == \
+        (7, 1, 1, 1, 2, 2)
+    assert c["attempts"] == c["successes"] + c["rejected"] + c["timeouts"] + c["errors"] + c["in_flight"]
+    assert c["touched"] == 3 and c["peak_in_flight"] == 3
+    assert counts_identity(c) == {"attempts": 7, "successes": 1, "rejected": 1, "timeouts": 1, "errors": 2,
+                                  "in_flight": 2}
+
+
+def test_the_twins_in_flight_is_what_its_answers_leave():
+    s = load_scenario("quickstart", scale=0.1)
+    cut = simulated_twin(s, speed=K, replications=1, until=s.events[0].at / K + 6.0)[0].summary
+    c = counts_identity(cut)
+    assert c["in_flight"] == cut["attempts"] - cut["logins"] - cut["rejected"] - cut["timeouts"] - cut["errors"]
+    assert c["in_flight"] >= 0 and cut["attempts"] > 0
+
+
+# --- an assumed key that decides the outcome, and the report ---------------------------------------------
+
+def test_an_assumed_queue_limit_that_decides_the_outcome_is_warned_about(storm, tmp_path):
+    s, twin, measured = storm                  # the twin's queue limit (40) comes from the scenario, scaled
+    write_versus_report(tmp_path, s, speed=10, measured_summary=measured.summary, measured_ts=measured.timeseries,
+                        simulated=twin, title="t")
+    out = _strict_json(tmp_path / "versus.json")
+    decides = {d["key"]: d for d in out["assumptions_that_decide"]}
+    assert "queue_limit" in decides, out["assumptions_that_decide"]
+    text = decides["queue_limit"]["text"]
+    assert text.startswith("assumed key queue_limit = 40 (the scenario (scaled by --scale 0.2)) decides the "
+                           "outcome: with inf the twin ")
+    refused = sum(o.summary["rejected"] for o in twin[:1])      # the first replication: the one tried again
+    assert f"refuses 0 instead of {refused:,.0f}" in text and refused > 0
+    page = (tmp_path / "report.html").read_text()
+    assert "assumed key queue_limit = 40" in page
+
+
+def test_a_key_given_by_hand_is_not_questioned_and_the_report_says_where_each_came_from(tmp_path):
+    s = load_scenario("quickstart", scale=0.2)
+    capacity = read_capacity("queue_limit=40,retry_after=5s")
+    server, _ = twin_server(s, capacity)
+    twin = simulated_twin(s, speed=10, capacity=server, replications=2)
+    measured = simulate(compress_scenario(s, 10).model_copy(update={"seed": 77}), engine="des")
+    write_versus_report(tmp_path, s, speed=10, measured_summary=measured.summary, measured_ts=measured.timeseries,
+                        simulated=twin, title="t", capacity=capacity)
+    out = _strict_json(tmp_path / "versus.json")
+    assert not {"queue_limit", "retry_after"} & {d["key"] for d in out["assumptions_that_decide"]}
+    sources = {r["key"]: r["source"] for r in out["server"]}
+    assert sources["queue_limit"] == "given by hand (--capacity)" and sources["workers"].startswith("the scenario")
+    assert out["scale"] == 0.2 and len(out["measures"]) == 10
+    page = (tmp_path / "report.html").read_text()
+    assert "Capacity from" not in page and "<h2>The twin's server</h2>" in page
+    assert "unscaled" in page and "+ in flight at the end" in page and "given by hand (--capacity)" in page
+
+
+# --- `loginstorm loadtest --capacity FILE` from logs: the command's path, no request sent -----------------
+
+SMALL = """
+name = "small"
+duration = "20s"
+resolution = "1s"
+[population]
+clients = 20
+[client]
+timeout = "2s"
+policy = "none"
+[server]
+workers = 4
+service_time = "10ms"
+queue_limit = 3
+retry_after = "1s"
+[[events]]
+at = "5s"
+kind = "reboot"
+fraction = 1.0
+downtime = "1s"
+[target]
+host = "http://127.0.0.1:1"
+flow = "json"
+path = "/api/login"
+"""
+
+
+def _logs(folder: Path) -> Path:
+    """Twenty devices reboot at 5 s and log in at once; one attempt is still out when the run ends at 20 s."""
+    folder.mkdir()
+    states = ["t_s,device,from,to"] + [f"0.0,{d},,online" for d in range(20)]
+    attempts = ["device,episode,attempt,start_s,seconds,outcome,status,retry_after_s,wait_s,message"]
+    for d in range(20):
+        t = 5.0 + 0.01 * d
+        states += [f"{t},{d},online,offline", f"{t + 1},{d},offline,connecting", f"{t + 1.05},{d},connecting,online"]
+        attempts.append(f"{d},1,1,{t + 1},0.05,ok,200,,0,")
+    attempts.append("19,2,1,19.5,3.0,timeout,0,,0,")
+    (folder / "states.csv").write_text("\n".join(states) + "\n")
+    (folder / "attempts.csv").write_text("\n".join(attempts) + "\n")
+    return folder
+
+
+def _loadtest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    scenario = tmp_path / "small.toml"
+    scenario.write_text(SMALL)
+    return subprocess.run([sys.executable, "-m", "sim.cli", "loadtest", str(scenario), "--host", "http://127.0.0.1:1",
+                           "--out", str(tmp_path / "out"), "-q", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=240)
+
+
+def test_a_bad_capacity_file_stops_the_command_before_anything_is_done(tmp_path):
+    (tmp_path / "server.toml").write_text("[server]\nworkers = 1\nservice_tme = '20ms'\n")
+    done = _loadtest(tmp_path, "--from-logs", str(_logs(tmp_path / "logs")), "--capacity",
+                     str(tmp_path / "server.toml"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"--capacity {tmp_path / 'server.toml'}: [server]: unknown key 'service_tme'; did you mean " \
+           f"'service_time'?" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_calibration_file_makes_the_twin_and_the_counts_add_up(tmp_path):
+    (tmp_path / "server.toml").write_text(CALIBRATED.replace("[server.rate_limit]\nrate = 20.0", "[server.rate_limit]"
+                                                             "\nrate = 200.0"))
+    done = _loadtest(tmp_path, "--from-logs", str(_logs(tmp_path / "logs")), "--capacity",
+                     str(tmp_path / "server.toml"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert (summary["attempts"], summary["successes"], summary["timeouts"], summary["in_flight"]) == (21, 20, 0, 1)
+    assert summary["touched"] == 20
+    out = _strict_json(tmp_path / "out" / "versus.json")
+    sources = {r["key"]: (r["value"], r["source"]) for r in out["server"]}
+    assert sources["workers"] == ("1", "measured by calibrate (confidence high)")     # not the scenario's 4
+    assert sources["queue_limit"] == ("inf", "measured by calibrate (confidence medium)")   # nor its 3
+    assert out["counts"]["measured"]["in_flight"] == 1 and out["touched"] == 20 and out["from_s"] == 5.0
+    assert "calibrate: the client, not the server, was the limit at 2,900 logins/s" in out["warnings"]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "measured by calibrate (confidence high)" in page and "+ in flight at the end" in page
