@@ -11,13 +11,14 @@ of the load test); rows hold no credentials and no tokens.
 from __future__ import annotations
 
 import csv
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Sequence
 from pathlib import Path
 
 from loadtests.flows import Outcome
 
 __all__ = ["AttemptLog", "StateLog", "COLUMNS", "STATE_COLUMNS", "worker_path", "worker_files", "PROGRESS",
-           "STOPPED", "recent_rates"]
+           "STOPPED", "recent_rates", "MISCONFIGURED", "MISCONFIGURED_STATUS", "FIRST_ATTEMPTS", "misconfiguration"]
 
 COLUMNS = ("device", "episode", "attempt", "start_s", "seconds", "outcome", "status", "retry_after_s",
            "wait_s", "message")
@@ -25,6 +26,37 @@ STATE_COLUMNS = ("t_s", "device", "from", "to")
 #: with --progress, the master (or local) process prints these lines on stdout, one JSON object
 #: after the prefix; `loginstorm loadtest` reads them (this module is gevent-free, so it can import them)
 PROGRESS, STOPPED = "loginstorm-progress ", "loginstorm-stopped "
+
+#: the misconfiguration stop: the reason of its `loginstorm-stopped` line starts with MISCONFIGURED
+MISCONFIGURED = "misconfigured target: "
+#: answers that say the request itself is wrong (path, credentials, flow), unlike 429/503 or a timeout
+MISCONFIGURED_STATUS = frozenset({401, 403, 404})
+#: how many finished attempts (at most; fewer with fewer devices) the misconfiguration stop looks at
+FIRST_ATTEMPTS = 20
+
+
+def misconfiguration(statuses: Sequence[int], needed: int, path: str, flow: str) -> str | None:
+    """Why the run should stop now: the first finished attempts (`statuses`, 0 for no answer, at
+    least `needed` of them) all answered 401, 403 or 404. None while fewer are known, or if any did
+    not (a success, a refusal, a timeout). The hint names the target's path and flow, no secret.
+
+        >>> print(misconfiguration([404] * 5, 5, "/nope", "json"))    # doctest: +NORMALIZE_WHITESPACE
+        misconfigured target: the first 5 attempts all failed with HTTP 404 (5): the path is wrong?
+        (target.path '/nope'); --keep-going runs on regardless
+        >>> misconfiguration([401] * 4 + [429], 5, "/", "basic") is None, misconfiguration([401] * 4, 5, "/", "basic")
+        (True, None)
+    """
+    if len(statuses) < max(1, needed) or not all(s in MISCONFIGURED_STATUS for s in statuses):
+        return None
+    counts = Counter(statuses)
+    hints = []
+    if 404 in counts:
+        hints.append(f"the path is wrong? (target.path {path!r})")
+    if counts.keys() & {401, 403}:
+        hints.append(f"credentials or flow wrong? (--credentials, target.flow {flow!r}, client id/secret)")
+    seen = ", ".join(f"{status} ({counts[status]})" for status in sorted(counts))
+    return (f"{MISCONFIGURED}the first {len(statuses)} attempts all failed with HTTP {seen}: "
+            f"{'; '.join(hints)}; --keep-going runs on regardless")
 
 
 def recent_rates(samples: deque, span: float = 10.0) -> tuple[float, float]:

@@ -169,12 +169,17 @@ def loadtest(**values: Any) -> None:
 
     Writes timeseries.csv and summary.json (the simulator's columns and fields that a client can
     measure), Locust's CSV statistics and HTML, and report.html with the measured and simulated
-    storms overlaid. Ctrl-C stops the run gracefully and still writes everything.
+    storms overlaid. Ctrl-C stops the run gracefully and still writes everything. If the first
+    attempts all fail with 401, 403 or 404 the run stops at once with a hint (--keep-going: not).
+
+    Exit status: 0 done; 3 no login succeeded (or the misconfiguration stop), the outputs written
+    all the same; 2 bad input, nothing sent; 130 stopped before the first attempt; 1 Locust failed.
     """
-    from loadtests.command import Interrupted, LoadtestError, LoadtestOptions, run_loadtest
+    from loadtests.attemptlog import MISCONFIGURED
+    from loadtests.command import NO_LOGIN_EXIT, Interrupted, LoadtestError, LoadtestOptions, run_loadtest
 
     storm, run = run_values(values, duration)
-    run["host"] = run["host"].rstrip("/")
+    run.setdefault("host", None)                  # None: the target's host (run_loadtest checks it)
     run.setdefault("out", Path("out") / f"loadtest-{Path(storm['scenario']).stem}")
     options = LoadtestOptions(storm=StormOptions(**storm), **run)
     if options.from_logs is None:
@@ -207,6 +212,12 @@ def loadtest(**values: Any) -> None:
                  f"gave up {m['gave_up']:,}\n"
                  + recovery_line(rec, lambda seconds: f"{seconds:.1f} s"))
         say(err, f"wrote {', '.join(str(p) for p in result.files)}")
+    misconfigured = (result.stopped or "").startswith(MISCONFIGURED)
+    if misconfigured or (result.summary["attempts"] and not result.summary["logins"]):
+        if not misconfigured:
+            say(err, f"loginstorm loadtest: no login succeeded in {result.summary['attempts']:,} attempts: is the "
+                     "target right (path, flow, credentials)? Each attempt's status is in attempts.csv")
+        raise typer.Exit(code=NO_LOGIN_EXIT)
 
 
 def _live_line(enabled: bool) -> Callable[[dict | None], None]:
@@ -259,24 +270,53 @@ def calibrate_command(
                        ] = 10.0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the calibration as JSON on stdout (the table "
                                                           "goes to stderr).")] = False,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="The calibration file to write (default: "
+                                                     "out/calibrate-SCENARIO/server.toml), for `loadtest --capacity "
+                                                     "FILE`.")] = None,
+    probes: Annotated[bool, typer.Option("--probes/--no-probes", help="After the steps, probe at open-loop rates "
+                                         "for a rate limit and what happens beyond the capacity.")] = True,
 ) -> None:
-    """Fit the target's capacity (workers, mean service time) from a short step-load run.
+    """Identify the target's behaviour: workers, service time, rate limit, refuses or queues.
 
-    Clients log in back to back at concurrency 1, 2, 4, ... until the throughput saturates.
-    Prints the --capacity value to paste into `loginstorm loadtest`.
+    Clients log in back to back at concurrency 1, 2, 4, ... until the throughput saturates
+    (fit: workers, service time); then open-loop probes offer 0.5, 1, 2, ... times that
+    throughput until refusals start or the latency grows (rate limit, queue limit), and a burst
+    after an idle pause sizes a rate limit's bucket. Writes a calibration file (every [server]
+    key measured or assumed, with a confidence) for `loginstorm loadtest --capacity FILE`.
+    About 30-60 s against a small server.
     """
     storm, _ = run_values(dict(scenario=scenario, credentials=credentials, target=target, sets=sets), duration)
     try:
         loaded = load_storm(StormOptions(**storm), plan=False)   # the target and accounts only
         calibration = calibrate(loaded, host, max_concurrency, step_seconds, warmup, timeout,
-                                progress=lambda step: say(err, progress_line(step)))
+                                progress=lambda item: say(err, progress_line(item)), probes=probes)
     except (StormError, CalibrationError) as exc:
         raise fail(f"loginstorm calibrate: {exc}") from None
+    used = (host or loaded.target.host).rstrip("/")
+    path = out_file or Path("out") / f"calibrate-{Path(str(scenario)).stem}" / "server.toml"
+    written = _write_calibration(calibration, path, str(scenario), used)
     console = err if json_out else wide()
     console.print(_steps_table(calibration))
-    say(console, closing_lines(calibration))
+    say(console, closing_lines(calibration, written, f"loginstorm loadtest {scenario} --host {used} "
+                                                     f"--capacity {written}"))
     if json_out:
-        out.print_json(data=calibration.to_dict())
+        out.print_json(data={**calibration.to_dict(), "file": written})
+
+
+def _write_calibration(calibration: Calibration, path: Path, scenario: str, host: str) -> str:
+    """Write the calibration file (exit 2 naming --out if it cannot be written); returns its path."""
+    from datetime import datetime, timezone
+
+    from loadtests.identify import server_toml
+
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = server_toml(calibration.identification, host, f"loginstorm calibrate {scenario} --host {host}", when)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise fail(f"loginstorm calibrate: --out {path}: {exc.strerror}") from None
+    return str(path)
 
 
 def _steps_table(calibration: Calibration) -> Table:

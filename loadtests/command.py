@@ -23,19 +23,21 @@ import threading
 import time
 import urllib.request
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from loadtests.attemptlog import PROGRESS, STOPPED
 from loadtests.measure import CLIENT_FIELDS, measured_run, read_logs
 from loadtests.options import locust_argv
-from loadtests.storm import Storm, StormError, StormOptions, host_allowed, host_error, load_storm
+from loadtests.storm import Storm, StormError, StormOptions, host_allowed, host_error, load_storm, target_host
 
 __all__ = ["LoadtestOptions", "LoadtestResult", "LoadtestError", "Interrupted", "run_loadtest", "lab_capacity",
-           "terminate_as_interrupt"]
+           "terminate_as_interrupt", "NO_LOGIN_EXIT"]
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 STOP_GRACE_S = 30.0
+#: the exit status of `loginstorm loadtest` when no login succeeded (2: bad input; 1: Locust failed)
+NO_LOGIN_EXIT = 3
 #: the signals that stop a run: Ctrl-C, `kill`, a closed terminal
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
@@ -43,7 +45,7 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 @dataclass(frozen=True)
 class LoadtestOptions:
     storm: StormOptions
-    host: str
+    host: str | None                  # None: the target's host (--target FILE or the scenario's [target])
     out: Path
     run_time: float | None = None
     processes: int = 1
@@ -51,7 +53,8 @@ class LoadtestOptions:
     stop_on_error_rate: float = 0.0
     stop_after: float = 0.0
     stop_on_p99: float = 0.0
-    capacity: str = "auto"            # auto | lab | none | workers=..,service_time=..
+    keep_going: bool = False          # no stop when the first attempts all answer 401/403/404
+    capacity: str = "auto"            # auto | lab | none | FILE | workers=..,rate_limit.rate=..
     replications: int = 3
     from_logs: Path | None = None     # no run: measure the attempt and state logs already in this folder
     extra_env: dict[str, str] = field(default_factory=dict, repr=False)
@@ -92,6 +95,7 @@ def run_loadtest(o: LoadtestOptions, show=None) -> LoadtestResult:
     """Run the load test; `show(progress_dict)` is called at each progress line. Raises StormError
     (nothing sent) on a bad scenario, target, credentials or a host that is not allowed."""
     storm = load_storm(o.storm, accounts=o.from_logs is None)
+    o = replace(o, host=target_host(o.host, storm, required=o.from_logs is None))
     _check_capacity(o.capacity)
     if o.from_logs is not None:
         return _from_logs(o, storm)
@@ -211,11 +215,11 @@ def _locust_preexec(parent: int, held: set[int]):
 
 
 def _check_capacity(capacity: str) -> None:
-    """A bad --capacity stops the command before the load test, not after it."""
+    """A bad --capacity (a file or KEY=VALUE) stops the command before the load test, not after it."""
     if capacity not in ("auto", "lab", "none"):
-        from loadtests.versus import parse_capacity
+        from loadtests.versus import read_capacity
         try:
-            parse_capacity(capacity)
+            read_capacity(capacity)
         except ValueError as exc:
             raise StormError(str(exc)) from None
 
@@ -296,7 +300,7 @@ def _write_versus(o: LoadtestOptions, storm: Storm, measured_summary: dict, meas
     if o.capacity in ("auto", "lab"):
         published = lab_capacity(o.host) if host_allowed(o.host, []) or o.capacity == "lab" else None
         if published is not None and published.get("mode") == "sleep":
-            capacity = Server.model_validate(published["server"])
+            capacity = versus.Capacity("lab", "the lab's own table", server=Server.model_validate(published["server"]))
             notes.append("capacity: the lab server's own [server] table (GET /server.json)")
         elif published is not None:
             notes.append("the lab runs in cpu mode: its service time is the hash; give --capacity from "
@@ -304,21 +308,19 @@ def _write_versus(o: LoadtestOptions, storm: Storm, measured_summary: dict, meas
         elif o.capacity == "lab":
             notes.append(f"{o.host} did not answer GET /server.json: no lab capacity to simulate")
     elif o.capacity != "none":
-        capacity = versus.parse_capacity(o.capacity)
-        notes.append(f"capacity: --capacity {o.capacity}")
+        capacity = versus.read_capacity(o.capacity)
+        notes.append(f"capacity: {capacity.label}")
     if capacity is None:
         notes.append("no capacity known (--capacity): the report shows the measured storm only")
         return _measured_only_report(o, storm, measured_summary, measured_ts, notes)
-    scenario, overrides = storm.scenario, capacity
-    if isinstance(capacity, Server):     # the lab's whole table replaces the scenario's
-        scenario, overrides = scenario.model_copy(update={"server": capacity}), None
-    simulated = versus.simulated_twin(scenario, speed=storm.plan.speed, capacity=overrides, until=end,
+    server, _sources = versus.twin_server(storm.scenario, capacity)   # a real server's figures: not scaled
+    simulated = versus.simulated_twin(storm.scenario, speed=storm.plan.speed, capacity=server, until=end,
                                       replications=o.replications)
     return versus.write_versus_report(o.out, storm.scenario, speed=storm.plan.speed,
                                       measured_summary=measured_summary, measured_ts=measured_ts,
                                       simulated=simulated,
                                       title=f"{storm.scenario.name}, {storm.policy.name}: load test vs simulation",
-                                      notes=notes)
+                                      notes=notes, capacity=capacity, until=end)
 
 
 def _measured_only_report(o: LoadtestOptions, storm: Storm, summary: dict, ts: dict, notes: list[str]) -> list[Path]:

@@ -11,6 +11,11 @@ enforces the client timeout around the whole attempt, so a flow never sees a tim
 
 Failure messages are fixed strings ("HTTP 401", "no access_token in the body"): Locust groups
 errors by message, and no message can carry a secret or a token.
+
+Redirects are not followed: an answer is judged by its own status. A login that answers with a
+redirect (Django's LoginView: 302 to the next page; many form logins do the same) is a success
+when `[target].success.status` lists that status (`success = { status = [302] }`); otherwise it
+is a failure whose message says so ("HTTP 302: a redirect, not followed; ...").
 """
 
 from __future__ import annotations
@@ -107,7 +112,7 @@ def judge(reply: Reply, status: tuple[int, ...] | list[int], json_field: str | N
         return Outcome(ERROR, "connection error")
     if reply.status not in status:
         kind = REJECTED if reply.status in REJECT_STATUS else (ERROR if reply.status >= 500 else FAILED)
-        return Outcome(kind, f"HTTP {reply.status}", reply.status, retry_after)
+        return Outcome(kind, _unexpected(reply.status), reply.status, retry_after)
     if json_field is None:     # no field required; an `access_token` that came anyway is the heartbeat's
         return Outcome(OK, "", reply.status, retry_after, _bearer(reply.text))
     try:
@@ -119,6 +124,17 @@ def judge(reply: Reply, status: tuple[int, ...] | list[int], json_field: str | N
         return Outcome(FAILED, f"no {json_field} in the body", reply.status)
     token = body.get("access_token") if json_field != "access_token" else value
     return Outcome(OK, "", reply.status, retry_after, str(token) if token else None)
+
+
+def _unexpected(status: int) -> str:
+    """The message of a status that is not a success: a fixed text (no Location, which may hold a token).
+
+        >>> _unexpected(401), _unexpected(302)
+        ('HTTP 401', 'HTTP 302: a redirect, not followed; a success only if target.success.status lists 302')
+    """
+    if 300 <= status < 400:
+        return f"HTTP {status}: a redirect, not followed; a success only if target.success.status lists {status}"
+    return f"HTTP {status}"
 
 
 def _bearer(text: str) -> str | None:

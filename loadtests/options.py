@@ -76,8 +76,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("scenario", None, Path, REQUIRED, "Scenario file or shipped name.", to="storm",
            locust="--scenario", locust_default="quickstart",
            locust_help="scenario file or bundled name (default quickstart)"),
-    Option("host", "--host", str, REQUIRED, "The endpoint's base URL, e.g. http://127.0.0.1:8080. Must be "
-                                            "loopback or on the scenario's target.allowed_hosts.", to="run"),
+    Option("host", "--host", str, None, "The endpoint's base URL, e.g. http://127.0.0.1:8080 (default: the host "
+                                        "of --target's or the scenario's \\[target]). Must be loopback or on "
+                                        "target.allowed_hosts.", to="run"),
     Option("out", "--out", Path, None, "Output folder (default: out/loadtest-<name>).", to="run"),
     Option("sets", "--set", list, None, shared="SetOption", to="storm", locust="--set", dest="storm_set",
            metavar="KEY=VALUE", locust_help="override a scenario key, as for `loginstorm simulate` (repeatable)"),
@@ -111,9 +112,14 @@ OPTIONS: tuple[Option, ...] = (
                                                       "this (e.g. 5s).", to="run", duration=True,
            locust="--stop-on-p99",
            locust_help="stop when the attempts' p99 response time of the last 10 s exceeds this (seconds)"),
-    Option("capacity", "--capacity", str, "auto", "What the simulation takes as the target's capacity: auto (the "
-                                                  "lab's own table if the host is a lab), lab, none, or "
-                                                  "workers=N,service_time=T[,queue_limit=..] (see calibrate).",
+    Option("keep_going", "--keep-going", bool, False, "Go on when the first attempts all fail with 401, 403 or "
+                                                      "404 (else the run stops: a wrong path, credentials or flow).",
+           to="run", locust="--keep-going",
+           locust_help="do not stop when the first attempts all fail with 401, 403 or 404 (a misconfigured target)"),
+    Option("capacity", "--capacity", str, "auto", "The twin's [server] table: auto (the lab's own table if the "
+                                                  "host is a lab), lab, none, a FILE from `calibrate --out`, or "
+                                                  "any [server] keys, nested ones dotted (workers=1,"
+                                                  "service_time=20ms,rate_limit.rate=20); not scaled by --scale.",
            to="run"),
     Option("replications", "--replications", int, 3, "Simulated replications to compare with.", to="run", min=1),
     Option("from_logs", "--from-logs", Path, None, "Send nothing: measure the attempts*.csv and states*.csv of a "

@@ -19,7 +19,8 @@ import gevent
 from locust import LoadTestShape, events
 from locust.runners import MasterRunner, WorkerRunner
 
-from loadtests.attemptlog import PROGRESS, STOPPED, AttemptLog, StateLog, recent_rates, worker_path
+from loadtests.attemptlog import (FIRST_ATTEMPTS, PROGRESS, STOPPED, AttemptLog, StateLog, misconfiguration,
+                                  recent_rates, worker_path)
 from loadtests.coordination import Rows, install
 from loadtests.flows import Outcome
 from loadtests.options import add_locust_options, storm_options
@@ -43,6 +44,8 @@ class StormContext:
         self.states = StateLog(None)
         self.counts = dict.fromkeys(STATES, 0)     # this process's devices by state
         self.peers: dict[str, dict] = {}             # master: the latest counts of each worker
+        self.first: list[int] = []                   # the statuses of this process's first finished attempts
+        self.peer_first: dict[str, list[int]] = {}   # master: those of each worker
         self.rps = 0.0                               # this process's share of --max-rps (0: no cap)
         self._slot = 0.0
         self.rates = (0.0, 0.0)                      # attempts/s and failures/s over the last 10 s
@@ -68,6 +71,7 @@ class StormContext:
         self.states.close()
         self.states = StateLog(worker_path(states, index) if states else None)
         self.counts = dict.fromkeys(STATES, 0)
+        self.first, self.peer_first = [], {}
         self._slot = 0.0
 
     def state_changed(self, device: int, old: str | None, new: str) -> None:
@@ -100,8 +104,17 @@ class StormContext:
             return {k: sum(p.get(k, 0) for p in self.peers.values()) for k in STATES}
         return dict(self.counts)
 
+    def first_statuses(self) -> list[int]:
+        """The statuses (0: no answer) of the first finished attempts: this process's, or on a
+        master its workers' (each worker's first ones, as last reported)."""
+        if isinstance(self.environment.runner, MasterRunner):
+            return [status for first in self.peer_first.values() for status in first]
+        return list(self.first)
+
     def log_attempt(self, device: int, episode: int, attempt: int, start: float, seconds: float,
                     outcome: Outcome, wait: float | None) -> None:
+        if len(self.first) < FIRST_ATTEMPTS:
+            self.first.append(outcome.status)
         self.log.write(device, episode, attempt, start - (self.rows.start or 0.0), seconds, outcome, wait)
 
 
@@ -176,6 +189,7 @@ def _on_report(client_id, data, **_) -> None:
     context = getattr(environment, "loginstorm", None)
     if context is not None:
         data["loginstorm_states"] = dict(context.counts)
+        data["loginstorm_first"] = list(context.first)
 
 
 @events.worker_report.add_listener
@@ -184,6 +198,7 @@ def _on_worker_report(client_id, data, **_) -> None:
     context = getattr(environment, "loginstorm", None)
     if context is not None and "loginstorm_states" in data:
         context.peers[client_id] = data["loginstorm_states"]
+        context.peer_first[client_id] = data.get("loginstorm_first", [])
 
 
 # -- the watcher of the master (or local runner): progress lines and the stop rules -------------------
@@ -222,10 +237,13 @@ def stop_reason(window: deque, now: float, p99_s: float | None, error_rate: floa
 
 
 def _watch(environment, context) -> None:
-    options, rule = environment.parsed_options, context.storm.target.stop
+    options, target = environment.parsed_options, context.storm.target
+    rule = target.stop
     error_rate = getattr(options, "stop_on_error_rate", 0.0) or (rule.error_rate or 0.0)
     p99_limit = getattr(options, "stop_on_p99", 0.0) or (rule.p99 or 0.0)
     after = getattr(options, "stop_after", 0.0) or rule.after
+    # the misconfiguration stop looks once, at the first N finished attempts (N: at most one per device)
+    needed = None if getattr(options, "keep_going", False) else min(FIRST_ATTEMPTS, max(1, context.storm.plan.devices))
     window: deque = deque()
     recent: deque = deque([(time.monotonic(), 0, 0)])
     while True:
@@ -235,8 +253,13 @@ def _watch(environment, context) -> None:
         recent.append(window[-1])
         context.rates = recent_rates(recent)
         _progress(environment, context)
+        reason = None
+        first = context.first_statuses() if needed is not None else []
+        if needed is not None and len(first) >= needed:
+            reason, needed = misconfiguration(first[:needed], needed, target.path, target.flow), None
         p99 = entry.get_current_response_time_percentile(0.99)
-        reason = stop_reason(window, now, None if p99 is None else p99 / 1000.0, error_rate, after, p99_limit)
+        reason = reason or stop_reason(window, now, None if p99 is None else p99 / 1000.0, error_rate, after,
+                                       p99_limit)
         if reason is not None:
             log.error("stopping the load test: %s", reason)
             print(STOPPED + json.dumps({"reason": reason}), flush=True)

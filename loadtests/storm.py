@@ -27,7 +27,8 @@ from sim.config import ScenarioError, load_scenario, parse_target
 from sim.policies import Policy, make_policy
 from sim.scenario import Scenario, Target
 
-__all__ = ["StormOptions", "Storm", "load_storm", "LAB_TARGET", "host_allowed", "host_error", "StormError"]
+__all__ = ["StormOptions", "Storm", "load_storm", "LAB_TARGET", "host_allowed", "host_error", "target_host",
+           "StormError"]
 
 #: the target when neither the scenario nor --target names one: the lab server's OAuth2 password grant
 LAB_TARGET = Target(host="http://127.0.0.1:8080", flow="oauth2-password", path="/oauth/token",
@@ -132,6 +133,23 @@ def _credentials(target: Target, scenario: Scenario, options: StormOptions):
     raise StormError(f"the {target.flow} flow needs credentials: give --credentials users.csv "
                      "(username,password rows; `loginstorm lab --write-credentials users.csv --users N` "
                      "makes one for the lab server) or target.username and target.password")
+
+
+def target_host(host: str | None, storm: Storm, required: bool = True) -> str:
+    """--host if given (without a trailing slash), else the host of the target: the `--target` file's
+    or the scenario's `[target]`. Without either, --host is `required` (else the lab's default).
+
+        >>> storm = load_storm(StormOptions("quickstart", sets=('target={host="http://127.0.0.1:9000", flow="json"}',)),
+        ...                    plan=False, accounts=False)
+        >>> target_host(None, storm), target_host("http://127.0.0.1:8080/", storm)
+        ('http://127.0.0.1:9000', 'http://127.0.0.1:8080')
+    """
+    if host:
+        return host.rstrip("/")
+    if storm.target is LAB_TARGET and required:
+        raise StormError("--host: give the endpoint's URL, e.g. --host http://127.0.0.1:8080 (neither --target "
+                         "nor the scenario has a [target] table with a host)")
+    return storm.target.host
 
 
 def host_allowed(host: str, allowed: list[str]) -> bool:

@@ -27,6 +27,7 @@ from sim.units import format_duration
 
 __all__ = [
     "Problem", "ScenarioError", "ScenarioFile", "load_scenario", "read_scenario", "parse_scenario", "parse_target",
+    "target_file",
     "scale_scenario",
     "compress_scenario",
     "shipped_scenarios", "resolve_scenario_path", "SECRET_KEYS",
@@ -157,6 +158,26 @@ def parse_target(text: str, source: str = "<target>") -> Target:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(source, [Problem("", f"not valid TOML: {exc}")]) from None
+    return _target_table(raw, source)
+
+
+def target_file(f: ScenarioFile) -> Target | None:
+    """The target of a standalone target file (`--target FILE`: a file whose only table is `[target]`),
+    checked as a scenario's `[target]` is (allowed hosts included); None for any other file.
+
+        >>> target_file(ScenarioFile.parse('[target]\\nhost = "http://127.0.0.1:8080"\\nflow = "basic"')).flow
+        'basic'
+    """
+    if set(f.raw) != {"target"}:
+        return None
+    target = _target_table(f.raw, f.source)
+    problems = _check_target(target)
+    if problems:
+        raise ScenarioError(f.source, problems)
+    return target
+
+
+def _target_table(raw: dict[str, Any], source: str) -> Target:
     if not isinstance(raw.get("target"), dict):
         raise ScenarioError(source, [Problem("target", "missing required table [target]")])
     try:
@@ -297,17 +318,17 @@ def _check_consistency(s: Scenario) -> list[Problem]:
         if getattr(event, "supernode_fraction", None) is not None and s.server.p2p is None:
             problems.append(Problem(f"events.{i}.supernode_fraction", "needs a [server.p2p] block (supernodes)"))
     if s.target is not None:
-        problems.extend(_check_target(s))
+        problems.extend(_check_target(s.target))
     return problems
 
 
-def _check_target(s: Scenario) -> list[Problem]:
-    host = s.target.host.split("://", 1)[1].rsplit(":", 1)[0] if "]" not in s.target.host else \
-        s.target.host.split("://", 1)[1].split("]")[0] + "]"
-    if host in LOOPBACK or host.startswith("127.") or host in s.target.allowed_hosts:
+def _check_target(target: Target) -> list[Problem]:
+    host = target.host.split("://", 1)[1].rsplit(":", 1)[0] if "]" not in target.host else \
+        target.host.split("://", 1)[1].split("]")[0] + "]"
+    if host in LOOPBACK or host.startswith("127.") or host in target.allowed_hosts:
         return []
     return [Problem("target.host", f"{host!r} is not in target.allowed_hosts "
-                                   f"({', '.join(s.target.allowed_hosts) or 'empty'}); loopback is always allowed")]
+                                   f"({', '.join(target.allowed_hosts) or 'empty'}); loopback is always allowed")]
 
 
 # --- scale --------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 from lab_process import running_lab
 
 ROOT = Path(__file__).resolve().parent.parent
+NO_LOGIN = 3            # the exit status of a run in which no login succeeded (outputs written all the same)
 
 
 def loadtest_command(scenario: Path, host: str, out: Path, *args: str) -> list[str]:
@@ -64,7 +65,8 @@ path = "/api/login"
 
 
 def wrong_users(path: Path, n: int) -> Path:
-    """Accounts the lab does not know: every attempt fails with 401 and `none` retries at once."""
+    """Accounts the lab does not know: every attempt fails with 401 and `none` retries at once (the
+    runs that use them pass --keep-going, else the misconfiguration stop ends them, and exit 3)."""
     path.write_text("username,password\n" + "".join(f"nobody{i},wrong\n" for i in range(n)))
     return path
 
@@ -96,9 +98,9 @@ def test_max_rps_holds_the_attempt_rate(tmp_path):
     users = wrong_users(tmp_path / "u.csv", 60)
     with running_lab(str(scenario), "--users", "3") as lab:
         done = loadtest(scenario, lab.url, tmp_path / "out", "--credentials", str(users), "--max-rps", "40",
-                        "--capacity", "none", "-q")
+                        "--capacity", "none", "-q", "--keep-going")
         served = lab.metrics()['loginstorm_lab_requests_total{endpoint="/api/login"}']
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == NO_LOGIN, done.stderr[-2000:]
     starts = attempt_starts(tmp_path / "out")
     assert 0 <= served - len(starts) <= 60        # every logged attempt reached the lab (the stop cuts <= 1 each)
     window = starts[(starts >= 1.0) & (starts < 7.0)]
@@ -107,7 +109,7 @@ def test_max_rps_holds_the_attempt_rate(tmp_path):
     # the control: without the cap the same storm runs far faster
     with running_lab(str(scenario), "--users", "3") as lab:
         loadtest(scenario, lab.url, tmp_path / "free", "--credentials", str(users), "--run-time", "3s",
-                 "--capacity", "none", "-q")
+                 "--capacity", "none", "-q", "--keep-going")
     free = attempt_starts(tmp_path / "free")
     assert len(free[(free >= 1.0) & (free < 2.0)]) > 2 * 44
 
@@ -118,8 +120,8 @@ def test_an_error_rate_threshold_stops_the_run_and_still_reports(tmp_path):
     users = wrong_users(tmp_path / "u.csv", 20)
     with running_lab(str(scenario), "--users", "3") as lab:
         done = loadtest(scenario, lab.url, tmp_path / "out", "--credentials", str(users),
-                        "--stop-on-error-rate", "0.5", "--stop-after", "3s", "--capacity", "none")
-    assert done.returncode == 0, done.stderr[-2000:]
+                        "--stop-on-error-rate", "0.5", "--stop-after", "3s", "--capacity", "none", "--keep-going")
+    assert done.returncode == NO_LOGIN, done.stderr[-2000:]
     assert "stopped early: error rate 100%" in done.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["stopped"].startswith("error rate") and summary["duration_s"] < 15
@@ -221,7 +223,8 @@ def test_a_stopped_command_stops_its_locust_and_still_reports(tmp_path, how):
     out = tmp_path / "out"
     locust = []
     with running_lab(str(scenario), "--users", "3") as lab:
-        cmd = loadtest_command(scenario, lab.url, out, "--credentials", str(users), "--capacity", "none")
+        cmd = loadtest_command(scenario, lab.url, out, "--credentials", str(users), "--capacity", "none",
+                               "--keep-going")
         # a background job (make test under nohup, some CI runners) inherits SIGINT ignored, and
         # Python then never raises KeyboardInterrupt: give the command Ctrl-C's default disposition
         # for Ctrl-C, and for the others a background job's (Locust must not inherit it)
@@ -253,7 +256,7 @@ def test_a_stopped_command_stops_its_locust_and_still_reports(tmp_path, how):
     if how == "SIGKILL":
         assert proc.returncode == -signal.SIGKILL
         return
-    assert proc.returncode == 0, stderr[-2000:]
+    assert proc.returncode == NO_LOGIN, stderr[-2000:]              # the wrong users never logged in
     assert "interrupted" in stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] is True and 0 < summary["duration_s"] < 30 and summary["attempts"] >= 5
@@ -302,7 +305,7 @@ def test_nohup_keeps_sighup_ignored(tmp_path):
     users = wrong_users(tmp_path / "u.csv", 5)
     out = tmp_path / "out"
     with running_lab(str(scenario), "--users", "3") as lab:
-        proc = _start_loadtest(scenario, lab.url, out, users, "-q", ignore=("HUP",))
+        proc = _start_loadtest(scenario, lab.url, out, users, "-q", "--keep-going", ignore=("HUP",))
         try:
             deadline = time.monotonic() + 30
             while not list(out.glob("attempts*.csv")) and time.monotonic() < deadline:
@@ -313,7 +316,7 @@ def test_nohup_keeps_sighup_ignored(tmp_path):
         finally:
             if proc.poll() is None:
                 proc.kill()
-    assert proc.returncode == 0, stderr[-2000:]
+    assert proc.returncode == NO_LOGIN, stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] is False and summary["duration_s"] == 6.0
 
@@ -359,11 +362,12 @@ def test_from_logs_measures_a_run_made_elsewhere_the_same_way(tmp_path):
         'policy = "none"', 'policy = { name = "constant", base = "0.5s" }'))
     users = wrong_users(tmp_path / "u.csv", 10)
     with running_lab(str(scenario), "--users", "3") as lab:
-        done = loadtest(scenario, lab.url, tmp_path / "run", "--credentials", str(users), "--capacity", "none", "-q")
-    assert done.returncode == 0, done.stderr[-2000:]
+        done = loadtest(scenario, lab.url, tmp_path / "run", "--credentials", str(users), "--capacity", "none", "-q",
+                        "--keep-going")
+    assert done.returncode == NO_LOGIN, done.stderr[-2000:]
     again = loadtest(scenario, "http://127.0.0.1:1", tmp_path / "again", "--from-logs", str(tmp_path / "run"),
                      "--capacity", "none", "-q")   # port 1: nothing may be sent; no credentials needed
-    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.returncode == NO_LOGIN, again.stderr[-2000:]
     first, second = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("run", "again"))
     assert first["attempts"] > 0 and {k: v for k, v in first.items() if k != "target"} == \
         {k: v for k, v in second.items() if k != "target"}
@@ -386,7 +390,7 @@ def test_a_master_and_a_worker_as_the_readme_shows_then_from_logs_without_creden
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
     locust = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"),
-              "--scenario", str(scenario), "--credentials", str(users)]
+              "--scenario", str(scenario), "--credentials", str(users), "--keep-going"]
     with running_lab(str(scenario), "--users", "3") as lab:
         master = subprocess.Popen(locust + ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", port,
                                             "--expect-workers", "1", "--headless", "-t", "6s", "--host", lab.url,
@@ -409,7 +413,7 @@ def test_a_master_and_a_worker_as_the_readme_shows_then_from_logs_without_creden
     assert {int(r["device"]) for r in rows if r["attempt"] == "1"} == set(range(10))
     measured = loadtest(scenario, "http://127.0.0.1:1", tmp_path / "out", "--from-logs", str(tmp_path / "w"),
                         "--capacity", "none", "-q")                  # port 1: nothing may be sent
-    assert measured.returncode == 0, measured.stderr[-2000:]
+    assert measured.returncode == NO_LOGIN, measured.stderr[-2000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     # an attempt the worker began after the story's 6 s (before the master's stop reached it) is not counted
     assert summary["attempts"] == sum(float(r["start_s"]) <= 6.0 for r in rows) and summary["devices"] == 10

@@ -332,6 +332,17 @@ def test_locust_gets_the_stop_rules_in_seconds_and_only_when_given():
     assert (parsed.max_rps, parsed.stop_after, parsed.stop_on_p99, parsed.stop_on_error_rate) == (5.0, 90.0, 2.5, 0.0)
     assert (parsed.attempt_log, parsed.state_log, parsed.progress) == ("a.csv", "", True)
     assert "--stop-on-error-rate" not in locust_argv(run.storm, run)
+    assert parsed.keep_going is False and "--keep-going" not in locust_argv(run.storm, run)
+
+
+def test_keep_going_reaches_locust_only_when_given():
+    from dataclasses import replace
+
+    from loadtests.command import LoadtestOptions
+    run = LoadtestOptions(StormOptions("quickstart"), None, Path("out"), keep_going=True)
+    argv = locust_argv(run.storm, run)
+    assert argv.count("--keep-going") == 1 and _locust_parser().parse_args(argv).keep_going is True
+    assert "--keep-going" not in locust_argv(run.storm, replace(run, keep_going=False))
 
 
 def test_loginstorm_loadtest_and_locust_take_the_declared_options():

@@ -285,7 +285,8 @@ def test_a_wrong_password_is_a_failed_attempt_not_a_crash(tmp_path):
     wrong.write_text("username,password\n" + "".join(f"user{i}@lab,not-{PASSWORD}\n" for i in range(3)))
     scenario = flow_scenario(tmp_path, "json", clients=3, policy='{ name = "constant", base = "0.3s" }')
     with running_lab(str(scenario), "--credentials", str(lab_users)) as lab:
-        done = run_locust(scenario, lab.url, "--credentials", str(wrong), "-t", "2s", "--csv", str(tmp_path / "l"))
+        done = run_locust(scenario, lab.url, "--credentials", str(wrong), "-t", "2s", "--csv", str(tmp_path / "l"),
+                         "--keep-going")  # every attempt fails on purpose: no misconfiguration stop
     s = stats(tmp_path / "l")
     attempts_made = int(s["login attempt"]["Request Count"])
     assert attempts_made >= 3 * 3 and s["login attempt"]["Failure Count"] == str(attempts_made)  # all retried

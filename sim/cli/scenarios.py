@@ -11,7 +11,7 @@ from rich.table import Table
 
 from sim.cli.console import fail, out, say, scenario_failure, wide
 from sim.cli.options import ScaleOption, SeedOption, SetOption, duration
-from sim.config import ScenarioError, load_scenario, shipped_scenarios
+from sim.config import ScenarioError, load_scenario, read_scenario, shipped_scenarios, target_file
 from sim.describe import policy_rows, scenario_line
 from sim.units import format_duration
 
@@ -19,16 +19,27 @@ __all__ = ["validate", "scenarios", "policies"]
 
 
 def validate(
-    files: Annotated[list[Path], typer.Argument(help="Scenario files (or names of shipped scenarios).")],
+    files: Annotated[list[Path], typer.Argument(help="Scenario files (or names of shipped scenarios), or target "
+                                                     "files (a lone \\[target] table, as --target takes).")],
     sets: SetOption = None,
     scale: ScaleOption = 1.0,
     seed: SeedOption = None,
     show: Annotated[bool, typer.Option("--show", help="Also print the fully resolved scenario as JSON.")] = False,
 ) -> None:
-    """Check scenario files; print a one-line summary of each valid one, the problems otherwise."""
+    """Check scenario files; print a one-line summary of each valid one, the problems otherwise.
+
+    A file whose only table is \\[target] is a target file (`loadtest --target`): it is checked
+    as a target (--set, --scale and --seed apply to scenarios only).
+    """
     failed = False
     for file in files:
         try:
+            target = target_file(read_scenario(file))
+            if target is not None:
+                say(out, f"{file}: ok  {_target_line(target)}")
+                if show:
+                    out.print_json(target.model_dump_json(exclude={"password", "client_secret"}))
+                continue
             scenario = load_scenario(file, sets=sets or (), scale=scale, seed=seed)
         except ScenarioError as exc:
             scenario_failure(exc)
@@ -39,6 +50,13 @@ def validate(
             out.print_json(scenario.model_dump_json())
     if failed:
         raise typer.Exit(code=2)
+
+
+def _target_line(target) -> str:
+    """A target file in one line (no secret: no password, client secret or user name)."""
+    success = "/".join(str(s) for s in target.success.status)
+    field = f" with {target.success.json_field}" if target.success.json_field else ""
+    return f"target: {target.flow} flow at {target.host}{target.path}, success: HTTP {success}{field}"
 
 
 def scenarios() -> None:
