@@ -217,7 +217,7 @@ def _locust_preexec(parent: int, held: set[int]):
 def _check_capacity(capacity: str) -> None:
     """A bad --capacity (a file or KEY=VALUE) stops the command before the load test, not after it."""
     if capacity not in ("auto", "lab", "none"):
-        from loadtests.versus import read_capacity
+        from loadtests.capacity import read_capacity
         try:
             read_capacity(capacity)
         except ValueError as exc:
@@ -294,13 +294,15 @@ def _write_versus(o: LoadtestOptions, storm: Storm, measured_summary: dict, meas
                   end: float) -> list[Path]:
     """The simulation of what the load test did, up to where it ended (`end`, real seconds), and
     the report that sets the two side by side."""
-    from loadtests import versus
+    from loadtests.capacity import Capacity, read_capacity, twin_server
+    from loadtests.twin import simulated_twin
+    from loadtests.versus import write_versus_report
     from sim.scenario import Server
     notes, capacity = [], None
     if o.capacity in ("auto", "lab"):
         published = lab_capacity(o.host) if host_allowed(o.host, []) or o.capacity == "lab" else None
         if published is not None and published.get("mode") == "sleep":
-            capacity = versus.Capacity("lab", "the lab's own table", server=Server.model_validate(published["server"]))
+            capacity = Capacity("lab", "the lab's own table", server=Server.model_validate(published["server"]))
             notes.append("capacity: the lab server's own [server] table (GET /server.json)")
         elif published is not None:
             notes.append("the lab runs in cpu mode: its service time is the hash; give --capacity from "
@@ -308,19 +310,19 @@ def _write_versus(o: LoadtestOptions, storm: Storm, measured_summary: dict, meas
         elif o.capacity == "lab":
             notes.append(f"{o.host} did not answer GET /server.json: no lab capacity to simulate")
     elif o.capacity != "none":
-        capacity = versus.read_capacity(o.capacity)
+        capacity = read_capacity(o.capacity)
         notes.append(f"capacity: {capacity.label}")
     if capacity is None:
         notes.append("no capacity known (--capacity): the report shows the measured storm only")
         return _measured_only_report(o, storm, measured_summary, measured_ts, notes)
-    server, _sources = versus.twin_server(storm.scenario, capacity)   # a real server's figures: not scaled
-    simulated = versus.simulated_twin(storm.scenario, speed=storm.plan.speed, capacity=server, until=end,
-                                      replications=o.replications)
-    return versus.write_versus_report(o.out, storm.scenario, speed=storm.plan.speed,
-                                      measured_summary=measured_summary, measured_ts=measured_ts,
-                                      simulated=simulated,
-                                      title=f"{storm.scenario.name}, {storm.policy.name}: load test vs simulation",
-                                      notes=notes, capacity=capacity, until=end)
+    server, _sources = twin_server(storm.scenario, capacity)   # a real server's figures: not scaled
+    simulated = simulated_twin(storm.scenario, speed=storm.plan.speed, capacity=server, until=end,
+                               replications=o.replications)
+    return write_versus_report(o.out, storm.scenario, speed=storm.plan.speed,
+                               measured_summary=measured_summary, measured_ts=measured_ts,
+                               simulated=simulated,
+                               title=f"{storm.scenario.name}, {storm.policy.name}: load test vs simulation",
+                               notes=notes, capacity=capacity, until=end)
 
 
 def _measured_only_report(o: LoadtestOptions, storm: Storm, summary: dict, ts: dict, notes: list[str]) -> list[Path]:

@@ -116,9 +116,9 @@ OPTIONS: tuple[Option, ...] = (
                                                       "404 (else the run stops: a wrong path, credentials or flow).",
            to="run", locust="--keep-going",
            locust_help="do not stop when the first attempts all fail with 401, 403 or 404 (a misconfigured target)"),
-    Option("capacity", "--capacity", str, "auto", "The twin's [server] table: auto (the lab's own table if the "
-                                                  "host is a lab), lab, none, a FILE from `calibrate --out`, or "
-                                                  "any [server] keys, nested ones dotted (workers=1,"
+    Option("capacity", "--capacity", str, "auto", "The twin's \\[server] table: auto (the lab's own table if "
+                                                  "the host is a lab), lab, none, a FILE from `calibrate --out`, "
+                                                  "or any \\[server] keys, nested ones dotted (workers=1,"
                                                   "service_time=20ms,rate_limit.rate=20); not scaled by --scale.",
            to="run"),
     Option("replications", "--replications", int, 3, "Simulated replications to compare with.", to="run", min=1),

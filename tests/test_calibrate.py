@@ -32,7 +32,7 @@ from loadtests.identify import (burst_from, identify, latency_grew, overload_fro
                                 server_toml, sweep_stop)
 from loadtests.probe import Attempt, BurstResult, summarize
 from loadtests.storm import StormOptions, load_storm
-from loadtests.versus import parse_capacity
+from loadtests.capacity import parse_capacity
 from sim.config import load_scenario
 from sim.scenario import Server
 

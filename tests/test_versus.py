@@ -14,9 +14,11 @@ import pytest
 
 from loadtests.measure import measured_run
 from loadtests.plan import build_plan
-from loadtests.versus import (RECOVERY_TOLERANCE, RELATIVE_TOLERANCE, SHARE_TOLERANCE, SPLIT_TOLERANCE,
-                              counts_identity, divergence, online_share, parse_capacity, read_capacity,
-                              server_table, simulated_twin, smooth, twin_server, versus_curves, write_versus_report)
+from loadtests.capacity import parse_capacity, read_capacity, server_table, twin_server
+from loadtests.twin import simulated_twin
+from loadtests.verdict import (RECOVERY_TOLERANCE, RELATIVE_TOLERANCE, SHARE_TOLERANCE, SPLIT_TOLERANCE,
+                               counts_identity, divergence, online_share, smooth)
+from loadtests.versus import versus_curves, write_versus_report
 from sim.config import compress_scenario, load_scenario, parse_scenario, scale_scenario
 from sim.distributions import Constant, Empirical, Exponential, Lognormal, Normal, Uniform
 from sim.plots import versus_figure
