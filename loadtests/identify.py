@@ -203,6 +203,13 @@ def identify(fit: Calibration, probes: list[ProbeResult], burst: BurstResult | N
     if max_rps and any(p.offered_capped for p in probes) and limit is None and refusing is None and queued is None:
         warnings.append(f"the target's max_rps ({max_rps:g}/s) capped the probes: a limit above it is hidden")
     _assumed_keys(server, prov, behaviour)
+    if limit is None:
+        top = max((p.offered_rps for p in usable), default=0.0)
+        prov["rate_limit"] = (Provenance("measured", "medium", f"no rate limit: nothing refused as a rate limit up to "
+                                                               f"{top:.0f}/s offered")
+                              if top >= BEYOND * fit.capacity_rps else
+                              Provenance("assumed", "low", "no rate limit seen, but no probe went beyond the "
+                                                           "capacity: one above it would be hidden"))
     _overload(fit, server, prov, warnings)
     warnings.append("cancel_on_timeout, discipline and drop_expired are invisible to a client: assumed")
     statuses = sorted({s for p in usable for s in p.refused} | set(burst.statuses if burst else {}))
@@ -287,7 +294,12 @@ def _overload(fit: Calibration, server: dict, prov: dict, warnings: list) -> Non
         note = f"throughput fell {ratio:.2f}x beyond the knee: the service time grows with the logins in the system"
         prov["overload.knee"] = Provenance("measured", "medium", note)
         prov["overload.per_request"] = Provenance("measured", "medium", note)
-    elif ratio >= 1.1:
+    elif any(st.concurrency > server["workers"] and st.successes for st in fit.steps[1:]):
+        prov["overload"] = Provenance("measured", "medium", f"no overload: throughput beyond the knee within "
+                                                            f"{ratio:.2f}x of its peak")
+    else:
+        prov["overload"] = Provenance("assumed", "low", "no step went beyond the workers: overload not observable")
+    if table is None and ratio >= 1.1:
         warnings.append(f"throughput fell {ratio:.2f}x beyond the knee, too little to fill overload")
 
 

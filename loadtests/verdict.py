@@ -14,8 +14,8 @@ import numpy as np
 from sim.units import format_duration
 
 __all__ = ["SHARE_TOLERANCE", "RECOVERY_TOLERANCE", "SPLIT_TOLERANCE", "RELATIVE_TOLERANCE", "PRESENCE_COUNT",
-           "PRESENCE_SHARE", "LOGIN_TIME_SLACK_S", "online_share", "smooth", "divergence", "counts_identity",
-           "format_measure", "format_seconds", "format_pct", "format_num"]
+           "PRESENCE_SHARE", "LOGIN_TIME_SLACK_S", "quantile_error", "online_share", "smooth", "divergence",
+           "counts_identity", "format_measure", "format_seconds", "format_pct", "format_num"]
 
 #: online share of the devices the storm touched: absolute gap after smoothing
 SHARE_TOLERANCE = 0.10
@@ -110,7 +110,8 @@ def divergence(measured_ts: dict[str, np.ndarray], simulated: list[dict[str, np.
       other side has PRESENCE_COUNT of them (and PRESENCE_SHARE of its attempts);
     - attempts per episode, login time p50 and p95, time to first success after `start_s`:
       relative, within max(RELATIVE_TOLERANCE, 2 x the replications' coefficient of variation)
-      (login times: or LOGIN_TIME_SLACK_S; first success: or one bin).
+      (login times: also 2 x the quantile's sampling error over the measured logins,
+      `quantile_error`, or LOGIN_TIME_SLACK_S; first success: or one bin).
     The verdict agrees only if every measure is within its tolerance. `touched` defaults to the
     measured summary's `touched`, else the twin's episodes (at most the population).
     """
@@ -226,34 +227,50 @@ def _relative_measures(measured_ts, simulated, measured_summary, simulated_summa
         ok = np.nonzero(np.asarray(ts["successes"], dtype=float)[first:n] > 0)[0]
         return None if not len(ok) else max(0.0, float(ts["t"][first + ok[0]]) - start_s)
 
+    logins = float(measured_summary.get("logins") or 0)
     specs = [
         ("attempts per episode", "count", _mean_of([measured_summary], "amplification"),
          [_mean_of([s], "amplification") for s in simulated_summaries], 0.0,
-         "how hard the clients retry: the policy meeting the server's answers"),
+         "how hard the clients retry: the policy meeting the server's answers", 0.0),
         ("login time p50", "seconds", _mean_of([measured_summary], "login_time_s", "p50"),
          [_mean_of([s], "login_time_s", "p50") for s in simulated_summaries], LOGIN_TIME_SLACK_S,
-         "what a typical device waits, from wanting to be online to being online"),
+         "what a typical device waits, from wanting to be online to being online", quantile_error(0.5, logins)),
         ("login time p95", "seconds", _mean_of([measured_summary], "login_time_s", "p95"),
          [_mean_of([s], "login_time_s", "p95") for s in simulated_summaries], LOGIN_TIME_SLACK_S,
-         "the slow tail of the logins (p95: the quantile both summaries keep)"),
+         "the slow tail of the logins (p95: the quantile both summaries keep)", quantile_error(0.95, logins)),
         ("time to first success", "seconds", first_success(measured_ts), [first_success(ts) for ts in simulated],
-         width, "how soon after the first event the server lets a device back in (to the bin)"),
+         width, "how soon after the first event the server lets a device back in (to the bin)", 0.0),
     ]
     return [_relative(*spec) for spec in specs]
 
 
+def quantile_error(q: float, n: float) -> float:
+    """The relative standard error of the q-quantile of n login times, for an exponential tail:
+    sqrt(q / (n (1 - q))) / ln(1 / (1 - q)). The measured quantile is one draw of it, so the
+    comparison allows 2 of these; a lighter tail varies less (this errs on the wide side).
+
+        >>> round(quantile_error(0.95, 120), 3), round(quantile_error(0.5, 120), 3)
+        (0.133, 0.132)
+    """
+    if n <= 0:
+        return 0.0
+    return math.sqrt(q / (n * (1 - q))) / math.log(1 / (1 - q))
+
+
 def _relative(name: str, kind: str, measured: float | None, sims: list[float | None], slack: float,
-              reason: str) -> dict[str, Any]:
-    """Within max(RELATIVE_TOLERANCE, 2 x CV of the replications) of their mean, or within `slack`."""
+              reason: str, sampling: float = 0.0) -> dict[str, Any]:
+    """Within max(RELATIVE_TOLERANCE, 2 x CV of the replications, 2 x `sampling`, the measured
+    value's own relative standard error) of their mean, or within `slack`."""
     known = [v for v in sims if v is not None]
     simulated = float(np.mean(known)) if known and 2 * len(known) >= len(sims) else None
     cv = float(np.std(known, ddof=1) / abs(simulated)) if len(known) > 1 and simulated else 0.0
-    tolerance = max(RELATIVE_TOLERANCE, 2 * cv)
+    tolerance = max(RELATIVE_TOLERANCE, 2 * cv, 2 * sampling)
     if measured is None or simulated is None:
         ok = measured is None and simulated is None
     else:
         ok = abs(measured - simulated) <= max(tolerance * abs(simulated), slack)
-    reason += f"; tolerance max({RELATIVE_TOLERANCE:.0%}, 2 x the replications' CV {cv:.0%})" \
+    reason += f"; tolerance max({RELATIVE_TOLERANCE:.0%}, 2 x the replications' CV {cv:.0%}" \
+        + (f", 2 x the quantile's sampling error {sampling:.0%}" if sampling else "") + ")" \
         + (f" or {format_measure(slack, kind)}" if slack else "")
     return {**_pair(measured, simulated), "name": name, "kind": kind, "tolerance": tolerance, "slack": slack,
             "ok": bool(ok), "reason": reason}
