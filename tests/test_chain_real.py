@@ -49,16 +49,16 @@ import realservers as rs
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = {"none": "none", "full-jitter": "full-jitter"}
 
-NGINX_STORM = """
-name = "chain-nginx"
-description = "{clients} devices reboot within 1 s and log in again through nginx's rate limit (20/s, burst 10)"
+STORM = """
+name = "{name}"
+description = "{clients} devices reboot within {spread} and log in again through {through}"
 duration = "{duration}"
 resolution = "1s"
-seed = 5
+seed = {seed}
 [population]
 clients = {clients}
 [client]
-timeout = "2s"
+timeout = "{timeout}"
 policy = {{ name = "none", base = "0.5s", cap = "4s" }}
 [server]                       # the scenario's own guess, which --capacity FILE replaces
 workers = 4
@@ -69,7 +69,7 @@ retry_after = "5s"
 at = "3s"
 kind = "reboot"
 fraction = 1.0
-spread = {{ dist = "uniform", low = "0s", high = "1s" }}
+spread = {{ dist = "uniform", low = "0s", high = "{spread}" }}
 downtime = "0.5s"
 """
 
@@ -160,7 +160,8 @@ def nginx_chain(tmp_path_factory):
             target = root / "target.toml"
             target.write_text(server.target_toml("basic"))
             scenario = root / "storm.toml"
-            scenario.write_text(NGINX_STORM.format(clients=120, duration="16s"))
+            scenario.write_text(STORM.format(name="chain-nginx", through="nginx's rate limit (20/s, burst 10)", seed=5,
+                                              clients=120, spread="1s", timeout="2s", duration="16s"))
             t0 = time.monotonic()
             file, calibration = _calibrate(server, root, scenario, target)
             print(f"\ncalibrate nginx: {time.monotonic() - t0:.0f} s")
@@ -198,29 +199,6 @@ def test_chain_nginx_rate_limit_twin_agrees_and_a_queueing_model_diverges(nginx_
 
 DJANGO_ITERATIONS = 60_000    # PBKDF2-SHA256: about 20 ms a login on this project's 2-core machines
 
-DJANGO_STORM = """
-name = "chain-django"
-description = "{clients} devices reboot within {spread} and log in again against one gunicorn worker"
-duration = "{duration}"
-resolution = "1s"
-seed = 3
-[population]
-clients = {clients}
-[client]
-timeout = "{timeout}"
-policy = {{ name = "none", base = "0.5s", cap = "4s" }}
-[server]                       # the scenario's own guess, which --capacity FILE replaces
-workers = 4
-service_time = "5ms"
-queue_limit = 20
-retry_after = "5s"
-[[events]]
-at = "3s"
-kind = "reboot"
-fraction = 1.0
-spread = {{ dist = "uniform", low = "0s", high = "{spread}" }}
-downtime = "0.5s"
-"""
 
 
 def _drained(server, quick_s: float = 0.3, limit_s: float = 120.0) -> None:
@@ -245,7 +223,8 @@ def django_chain(tmp_path_factory):
             target = root / "target.toml"
             target.write_text(server.target_toml("oauth2-password"))
             scenario = root / "storm.toml"
-            scenario.write_text(DJANGO_STORM.format(clients=120, spread="0.5s", timeout="0.5s", duration="11s"))
+            scenario.write_text(STORM.format(name="chain-django", through="one gunicorn worker", seed=3, clients=120,
+                                              spread="0.5s", timeout="0.5s", duration="11s"))
             t0 = time.monotonic()
             file, calibration = _calibrate(server, root, scenario, target)
             print(f"\ncalibrate django: {time.monotonic() - t0:.0f} s")
