@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from loadtests.probe import BurstResult, ProbeResult
+from sim.overrides import toml_text
 from sim.units import format_duration
 
 if TYPE_CHECKING:
@@ -309,32 +310,20 @@ def _ms(seconds: float | None) -> str:
 
 # --- the calibration file -------------------------------------------------------------------
 
-def _value(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(float(v)) if isinstance(v, float) and not math.isinf(v) else str(v)
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_value(x)}" for k, x in v.items()) + " }"
-    if isinstance(v, list):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    return json.dumps(str(v))       # a TOML basic string
-
-
 def server_toml(ident: Identification, host: str, command: str, when: str) -> str:
     """The calibration file: [server], [server.rate_limit]/[server.overload], [provenance], [calibration]."""
     lines = [f"# {command} ({when})",
              "# every [server] key is measured or assumed: see [provenance]; warnings in [calibration]", "",
              "[server]"]
     nested = {k: v for k, v in ident.server.items() if isinstance(v, dict)}
-    lines += [f"{k} = {_value(v)}" for k, v in ident.server.items() if k not in nested]
+    lines += [f"{k} = {toml_text(v)}" for k, v in ident.server.items() if k not in nested]
     for name, table in nested.items():
-        lines += ["", f"[server.{name}]", *(f"{k} = {_value(v)}" for k, v in table.items())]
+        lines += ["", f"[server.{name}]", *(f"{k} = {toml_text(v)}" for k, v in table.items())]
     lines += ["", "[provenance]"]
     for key, p in ident.provenance.items():
-        lines.append(f"{json.dumps(key) if '.' in key else key} = {{ source = {_value(p.source)}, "
-                     f"confidence = {_value(p.confidence)}, note = {_value(p.note)} }}")
-    lines += ["", "[calibration]", f"host = {_value(host)}", f"behaviour = {_value(ident.behaviour)}",
-              f"refusal_status = {_value(ident.refusal_status)}", f"client_cpu_share = {ident.client_cpu_share}",
-              "warnings = [", *(f"    {_value(w)}," for w in ident.warnings), "]", ""]
+        lines.append(f"{json.dumps(key) if '.' in key else key} = {{ source = {toml_text(p.source)}, "
+                     f"confidence = {toml_text(p.confidence)}, note = {toml_text(p.note)} }}")
+    lines += ["", "[calibration]", f"host = {toml_text(host)}", f"behaviour = {toml_text(ident.behaviour)}",
+              f"refusal_status = {toml_text(ident.refusal_status)}", f"client_cpu_share = {ident.client_cpu_share}",
+              "warnings = [", *(f"    {toml_text(w)}," for w in ident.warnings), "]", ""]
     return "\n".join(lines)
