@@ -19,6 +19,7 @@ from sim.threshold import ThresholdResult, threshold_line, thresholds
 __all__ = ["sweep_command", "threshold_command"]
 
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no closing lines.")]
+UntilOption = Annotated[Optional[str], typer.Option(help="Stop every run early at this simulated time.")]
 
 
 def sweep_command(
@@ -35,7 +36,7 @@ def sweep_command(
     sets: SetOption = None,
     scale: ScaleOption = 1.0,
     seed: SeedOption = None,
-    until: Annotated[Optional[str], typer.Option(help="Stop every run early at this simulated time.")] = None,
+    until: UntilOption = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: out/sweep-<name>).")
                        ] = None,
     jobs: JobsOption = None,
@@ -93,7 +94,7 @@ def threshold_command(
     sets: SetOption = None,
     scale: ScaleOption = 1.0,
     seed: SeedOption = None,
-    until: Annotated[Optional[str], typer.Option(help="Stop every run early at this simulated time.")] = None,
+    until: UntilOption = None,
     jobs: JobsOption = None,
     dask: DaskOption = None,
     quiet: QuietOption = False,
