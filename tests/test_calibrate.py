@@ -386,9 +386,12 @@ def test_calibrate_reads_a_full_lab_queue_as_refusals_with_its_depth_and_retry_a
     truth = load_scenario(path).server
     users = tmp_path / "users.csv"
     with running_lab(str(path), "--write-credentials", str(users), "--users", "50", "--serve") as lab:
-        result = CliRunner().invoke(cli(), ["calibrate", str(path), "--host", lab.url, "--credentials", str(users),
-                                            "--step-seconds", "1.5", "--warmup", "0.3", "--json", "--max-concurrency",
-                                            "8", "--out", str(tmp_path / "server.toml")])
+        args = ["calibrate", str(path), "--host", lab.url, "--credentials", str(users), "--step-seconds", "1.5",
+                "--warmup", "0.3", "--json", "--max-concurrency", "8", "--out", str(tmp_path / "server.toml")]
+        result = CliRunner().invoke(cli(), args)
+        if result.exit_code == 0 and any("the client, not the server, was the limit" in w for w in
+                                         json.loads(result.stdout)["identification"]["warnings"]):
+            result = CliRunner().invoke(cli(), args)     # a busy machine held the client back: once more
     assert result.exit_code == 0, result.output
     ident = json.loads(result.stdout)["identification"]
     assert ident["behaviour"] == "refuses" and ident["refusal_status"] == [503]

@@ -37,7 +37,19 @@ def cli() -> typer.Typer:
     return app
 
 
+CLIENT_LIMITED = "the client, not the server, was the limit"
+
+
 def _calibrate(tmp_path, server, flow: str, *extra: str):
+    """calibrate once; again if a probe was the busy client's limit (calibrate then reads no server
+    figure from it and says so: on a test machine the other xdist worker may hold the CPU)."""
+    found = _calibrate_once(tmp_path, server, flow, *extra)
+    if any(CLIENT_LIMITED in w for w in found[1]["calibration"]["warnings"]):
+        found = _calibrate_once(tmp_path, server, flow, *extra)
+    return found
+
+
+def _calibrate_once(tmp_path, server, flow: str, *extra: str):
     scenario = tmp_path / "real.toml"
     scenario.write_text('name = "calibrate-real"\nduration = "1h"\n' + server.target_toml(flow)
                         + '\n[server]\nworkers = 1\nservice_time = "10ms"\n')
