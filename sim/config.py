@@ -5,15 +5,19 @@
     40
 
 Every problem becomes one line `FILE: key.path: what was expected, got what`, collected in a
-`ScenarioError` (the CLI prints them and exits with status 2).
+`ScenarioError` (the CLI prints them and exits with status 2). So does a file that is no
+scenario at all: a folder, binary, UTF-16, not UTF-8, over 1 MiB, nested too deeply.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
 import tomllib
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +30,8 @@ from sim.suggest import did_you_mean
 from sim.units import format_duration
 
 __all__ = [
-    "Problem", "ScenarioError", "ScenarioFile", "load_scenario", "read_scenario", "parse_scenario", "parse_target",
-    "target_file",
+    "Problem", "ScenarioError", "ScenarioFile", "load_scenario", "read_scenario", "read_toml_text", "parse_scenario",
+    "parse_target", "target_file", "MAX_FILE_BYTES",
     "scale_scenario",
     "compress_scenario",
     "shipped_scenarios", "resolve_scenario_path", "SECRET_KEYS",
@@ -36,6 +40,8 @@ __all__ = [
 #: keys whose values never appear in a message
 SECRET_KEYS = ("secret", "password", "token")
 LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
+#: a scenario or target file larger than this is refused unread (the shipped ones are a few KB)
+MAX_FILE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -75,12 +81,29 @@ def shipped_scenarios() -> list[Path]:
 
 
 def resolve_scenario_path(arg: str | Path) -> Path:
-    """A path as given, or the name of a shipped scenario (`quickstart` -> scenarios/quickstart.toml)."""
+    """An existing file as given, else the name of a shipped scenario (`quickstart` -> scenarios/quickstart.toml).
+
+    A bare name (no folder, no `.toml`) that is neither raises a ScenarioError with a did-you-mean;
+    a folder never shadows a shipped scenario of the same name.
+    """
     path = Path(arg)
-    if path.exists() or path.suffix == ".toml" or "/" in str(arg):
+    if path.is_file():
         return path
-    shipped = _scenario_dir() / f"{arg}.toml"
-    return shipped if shipped.exists() else path
+    text = str(arg)
+    if path.suffix == ".toml" or "/" in text or os.sep in text:
+        return path
+    shipped = _scenario_dir() / f"{text}.toml"
+    if shipped.is_file():
+        return shipped
+    if path.exists():
+        return path  # a folder or a device: reading says what it is
+    raise ScenarioError(text, [Problem("", "no such file, and no shipped scenario of that name"
+                                           f"{_shipped_hint(text)} (`loginstorm scenarios` lists them)")])
+
+
+def _shipped_hint(name: str) -> str:
+    """"; did you mean 'quickstart'?" when `name` is near the name of a shipped scenario."""
+    return did_you_mean(name, [p.stem for p in shipped_scenarios()])
 
 
 # --- loading ------------------------------------------------------------------------------
@@ -111,54 +134,137 @@ class ScenarioFile:
 
     @classmethod
     def parse(cls, text: str, source: str = "<scenario>") -> ScenarioFile:
-        try:
-            return cls(source, tomllib.loads(text))
-        except tomllib.TOMLDecodeError as exc:
-            raise ScenarioError(source, [Problem("", f"not valid TOML: {exc}")]) from None
+        """TOML text (a leading byte-order mark allowed) as a scenario file not yet validated."""
+        return cls(source, _toml(text, source))
 
     def scenario(self, sets: typing.Sequence[str] = (), scale: float = 1.0, seed: int | None = None) -> Scenario:
         """The file with these overrides, validated and scaled (a ScenarioError lists every problem)."""
-        raw = copy.deepcopy(self.raw)
-        problems = [Problem(path, message) for path, message in apply_sets(raw, sets)]
+        with _not_too_deep(self.source):
+            raw = copy.deepcopy(self.raw)
+        with _not_too_deep(self.source, "--set"):
+            problems = [Problem(path, message) for path, message in apply_sets(raw, sets)]
+            problems = problems or _out_of_range(raw, " (from --set)")  # the file's own were refused by parse
         if seed is not None:
             raw["seed"] = seed
         if problems:
             raise ScenarioError(self.source, problems)
-        try:
-            scenario = Scenario.model_validate(raw)
-        except ValidationError as exc:
-            overridden = {s.partition("=")[0].strip() for s in sets}
-            raise ScenarioError(self.source, [_problem(err, overridden) for err in exc.errors()]) from None
+        with _not_too_deep(self.source):
+            try:
+                scenario = Scenario.model_validate(raw)
+            except ValidationError as exc:
+                overridden = {s.partition("=")[0].strip() for s in sets}
+                raise ScenarioError(self.source, [_problem(err, overridden) for err in exc.errors()]) from None
         problems = _check_consistency(scenario)
         if problems:
             raise ScenarioError(self.source, problems)
         if not (scale > 0 and math.isfinite(scale)):
             raise ScenarioError(self.source, [Problem("--scale", f"must be a number > 0, got {scale!r}")])
-        scenario = scale_scenario(scenario, scale)
         scenario._source = self.source
-        return scenario
+        return scale_scenario(scenario, scale)
 
 
 def read_scenario(path: str | Path) -> ScenarioFile:
     """Read and parse one scenario file (a path, or the name of a shipped scenario) once."""
     path = resolve_scenario_path(path)
+    return ScenarioFile.parse(read_toml_text(path), str(path))
+
+
+def read_toml_text(path: str | Path) -> str:
+    """The text of a scenario or target file; a ScenarioError naming it when it is no UTF-8 text file.
+
+    At most MAX_FILE_BYTES + 1 bytes are read; a UTF-8 byte-order mark is dropped.
+    """
+    path = Path(path)
     source = str(path)
+    if path.is_dir():
+        raise ScenarioError(source, [Problem("", "is a folder, not a scenario file")])
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+            size = os.fstat(f.fileno()).st_size  # 0 for a device or a pipe
     except FileNotFoundError:
-        raise ScenarioError(source, [Problem("", "no such file")]) from None
+        hint = _shipped_hint(path.stem) if path.suffix == ".toml" else ""
+        raise ScenarioError(source, [Problem("", f"no such file{hint}")]) from None
     except OSError as exc:
-        raise ScenarioError(source, [Problem("", f"cannot read: {exc.strerror}")]) from None
-    return ScenarioFile.parse(text, source)
+        raise ScenarioError(source, [Problem("", f"cannot read: {exc.strerror or exc}")]) from None
+    if len(data) > MAX_FILE_BYTES:
+        size_shown = f"{size:,} bytes, " if size > MAX_FILE_BYTES else ""
+        raise ScenarioError(source, [Problem("", f"is {size_shown}more than the {MAX_FILE_BYTES:,} bytes a scenario "
+                                                 f"file may have (the shipped ones are a few KB)")])
+    return _decoded(data, source)
+
+
+def _decoded(data: bytes, source: str) -> str:
+    """UTF-8 bytes as text, or a ScenarioError that says what the bytes look like instead."""
+    for bom, encoding in ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+                          (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16")):
+        if data.startswith(bom):
+            raise ScenarioError(source, [Problem("", f"is {encoding} text (byte-order mark {bom.hex(' ').upper()}); "
+                                                     "save it as UTF-8")])
+    if _utf16_without_bom(data[:64]):
+        raise ScenarioError(source, [Problem("", "looks like UTF-16 text (every other byte is NUL, no byte-order "
+                                                 "mark); save it as UTF-8")])
+    if b"\x00" in data:
+        at = data.index(b"\x00")
+        raise ScenarioError(source, [Problem("", f"looks binary (a NUL byte at byte offset {at:,}), "
+                                                 "not a TOML text file")])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        start = data.rfind(b"\n", 0, exc.start) + 1
+        column = len(data[start:exc.start].decode("utf-8")) + 1
+        raise ScenarioError(source, [Problem("", f"is not UTF-8 text: byte 0x{data[exc.start]:02X} at line {line}, "
+                                                 f"column {column} (byte offset {exc.start:,}); save it as UTF-8")]) \
+            from None
+    return text.removeprefix("\ufeff")
+
+
+def _utf16_without_bom(head: bytes) -> bool:
+    """ASCII text as UTF-16 (a TOML file mostly is): NUL at every odd byte (little-endian) or every even byte."""
+    halves = head[0::2], head[1::2]
+    return len(head) >= 8 and any(h.count(0) == len(h) and 0 not in other for h, other in zip(halves, halves[::-1]))
 
 
 def parse_target(text: str, source: str = "<target>") -> Target:
     """A separate target file (a `[target]` table of MODEL.md section 7), with the scenario's messages."""
+    return _target_table(_toml(text, source), source)
+
+
+def _toml(text: str, source: str) -> dict[str, Any]:
+    """Parsed TOML (a leading byte-order mark allowed), or a ScenarioError naming `source`."""
+    with _not_too_deep(source):
+        try:
+            raw = tomllib.loads(text.removeprefix("\ufeff"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ScenarioError(source, [Problem("", f"not valid TOML: {exc}")]) from None
+    problems = _out_of_range(raw)
+    if problems:
+        raise ScenarioError(source, problems)
+    return raw
+
+
+def _out_of_range(raw: dict[str, Any], suffix: str = "") -> list[Problem]:
+    """Whole numbers outside TOML's 64-bit range (tomllib reads them; a duration cannot be one)."""
+    problems, stack = [], [((), raw)]
+    while stack:  # not recursive: the nesting may be as deep as tomllib allows
+        loc, node = stack.pop()
+        children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        stack.extend((loc + (key,), child) for key, child in children)
+        if isinstance(node, int) and not isinstance(node, bool) and not -2**63 <= node < 2**63:
+            problems.append(Problem(".".join(map(str, loc)),
+                                    f"whole number outside TOML's 64-bit range, got {_number(node)}{suffix}"))
+    return sorted(problems, key=lambda p: p.path)
+
+
+@contextmanager
+def _not_too_deep(source: str, path: str = "") -> Iterator[None]:
+    """A RecursionError (arrays or tables nested thousands deep) as a ScenarioError at `path`."""
     try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(source, [Problem("", f"not valid TOML: {exc}")]) from None
-    return _target_table(raw, source)
+        yield
+    except RecursionError:
+        raise ScenarioError(source, [Problem(path, "nested too deeply (arrays or tables hundreds of levels "
+                                                   "inside one another)")]) from None
 
 
 def target_file(f: ScenarioFile) -> Target | None:
@@ -180,11 +286,12 @@ def target_file(f: ScenarioFile) -> Target | None:
 def _target_table(raw: dict[str, Any], source: str) -> Target:
     if not isinstance(raw.get("target"), dict):
         raise ScenarioError(source, [Problem("target", "missing required table [target]")])
-    try:
-        return Target.model_validate(raw["target"])
-    except ValidationError as exc:
-        raise ScenarioError(source, [_problem({**err, "loc": ("target", *err["loc"])}, set())
-                                     for err in exc.errors()]) from None
+    with _not_too_deep(source):
+        try:
+            return Target.model_validate(raw["target"])
+        except ValidationError as exc:
+            raise ScenarioError(source, [_problem({**err, "loc": ("target", *err["loc"])}, set())
+                                         for err in exc.errors()]) from None
 
 
 # --- error messages -----------------------------------------------------------------------
@@ -333,11 +440,54 @@ def _check_target(target: Target) -> list[Problem]:
 
 # --- scale --------------------------------------------------------------------------------
 
+#: the largest count `--scale` may make (the engines count clients and workers in 64-bit integers)
+MAX_COUNT = 2**63 - 1
+#: the scaled counts, which must stay within MAX_COUNT (the others need only stay finite)
+_COUNTS = ("population.clients", "server.workers", "server.queue_limit")
+
+
 def _scaled_count(value: float, factor: float) -> float:
     """A count times the factor, rounded; a positive count stays at least 1 (inf stays inf)."""
     if math.isinf(value) or value == 0:
         return value
     return max(1, round(value * factor))
+
+
+def _scale_problems(s: Scenario, factor: float) -> list[Problem]:
+    """`--scale` must leave every scaled figure finite, and every count within MAX_COUNT."""
+    figures: dict[str, tuple[float, str]] = {
+        "population.clients": (s.population.clients, "x"), "population.login_rate": (s.population.login_rate, "x"),
+        "server.workers": (s.server.workers, "x"), "server.queue_limit": (s.server.queue_limit, "x")}
+    if s.server.rate_limit is not None:
+        figures["server.rate_limit.rate"] = (s.server.rate_limit.rate, "x")
+        figures["server.rate_limit.burst"] = (s.server.rate_limit.bucket, "x")
+    if s.server.overload is not None:
+        figures["server.overload.knee"] = (s.server.overload.knee, "x")
+        figures["server.overload.per_request"] = (s.server.overload.per_request, "/")
+    problems = []
+    for key, (value, op) in figures.items():
+        if value == math.inf:  # "inf" (no queue limit) stays inf
+            continue
+        try:
+            scaled = float(value) / factor if op == "/" else float(value) * factor
+        except OverflowError:  # a whole number past the largest float
+            scaled = math.inf
+        if key in _COUNTS and scaled > MAX_COUNT:
+            what = ("" if math.isinf(scaled) else f"{scaled:.3g}, ") + "larger than a 64-bit count"
+        elif math.isinf(scaled):
+            what = "infinite"
+        else:
+            continue
+        problems.append(Problem("--scale", f"makes {key} {what} ({_number(value)} {op} {_number(factor)})"))
+    return problems
+
+
+def _number(x: float) -> str:
+    """A number in a message, short: 5000, 1e+300 (a whole number too large for a float by its digits)."""
+    try:
+        return f"{x:g}"
+    except OverflowError:
+        return f"a {len(str(x))}-digit number"
 
 
 def scale_scenario(s: Scenario, factor: float) -> Scenario:
@@ -350,6 +500,9 @@ def scale_scenario(s: Scenario, factor: float) -> Scenario:
     """
     if factor == 1.0:
         return s
+    problems = _scale_problems(s, factor)
+    if problems:
+        raise ScenarioError(s.source or "<scenario>", problems)
     pop = s.population.model_copy(update={
         "clients": int(_scaled_count(s.population.clients, factor)),
         "login_rate": s.population.login_rate * factor,
