@@ -25,10 +25,14 @@ from sim.policies import make_policy, policy_names
 from sim.units import parse_duration
 
 __all__ = ["apply_sets", "assign", "toml_value", "toml_text", "canonical", "split_outside_brackets", "Variant",
-           "parse_variant", "policy_list", "parse_grid", "parse_grid_spec", "duration_or_none", "RESERVED"]
+           "parse_variant", "policy_list", "parse_grid", "parse_grid_spec", "grid_size", "duration_or_none", "RESERVED",
+           "MAX_GRID_VALUES"]
 
 #: grid keys swept by other means (policies by --policies, seeds by --replications or --seed)
 RESERVED = {"seed", "client.policy", "client.policy.name"}
+#: values one --grid key may take: a range's N is refused above it before any value is made (a log
+#: range spans decades with a few dozen; 10,000 points of one key is already a day of runs)
+MAX_GRID_VALUES = 10_000
 
 
 # --- values -------------------------------------------------------------------------------
@@ -191,7 +195,7 @@ def parse_variant(spec: str) -> Variant:
 
 # --- grids --------------------------------------------------------------------------------
 
-def parse_grid(spec: str) -> tuple[str, list]:
+def parse_grid(spec: str, limit: int | None = MAX_GRID_VALUES) -> tuple[str, list]:
     """`KEY=V1,V2,...` (TOML values, as `--set` reads them), `KEY=LO:HI:N` (N values, linear,
     both ends included) or `KEY=LO:HI:N:log` (geometric). Durations become seconds.
 
@@ -202,13 +206,14 @@ def parse_grid(spec: str) -> tuple[str, list]:
         >>> parse_grid("events.0.duration=1m:3m:3")
         ('events.0.duration', [60.0, 120.0, 180.0])
 
-    Integer ends give whole numbers (`workers=100:1000:4:log` -> 100, 215, 464, 1000).
+    Integer ends give whole numbers (`workers=100:1000:4:log` -> 100, 215, 464, 1000). More than
+    `limit` values is a ValueError (None: no limit, `--no-limits`).
     """
-    key, values, _ = parse_grid_spec(spec)
+    key, values, _ = parse_grid_spec(spec, limit)
     return key, values
 
 
-def parse_grid_spec(spec: str) -> tuple[str, list, bool]:
+def parse_grid_spec(spec: str, limit: int | None = MAX_GRID_VALUES) -> tuple[str, list, bool]:
     """As `parse_grid`, and whether the values are durations (seconds)."""
     key, sep, text = spec.partition("=")
     key, text = key.strip(), text.strip()
@@ -220,6 +225,7 @@ def parse_grid_spec(spec: str) -> tuple[str, list, bool]:
                          f"(or --seed) for seeds")
     parts = text.split(":")
     if len(parts) in (3, 4) and re.fullmatch(r"\s*[+-]?\d+\s*", parts[2]) and "," not in text:
+        _check_count(key, parts[2].strip(), limit)  # before numpy makes N values
         return (key, *_parse_range(key, parts))
     if len(parts) == 2 and "," not in text and all(part.strip() for part in parts):
         raise ValueError(f"--grid {key}: a range needs its number of values, LO:HI:N[:log], such as "
@@ -227,12 +233,36 @@ def parse_grid_spec(spec: str) -> tuple[str, list, bool]:
     items = [item.strip() for item in split_outside_brackets(text)]
     if any(not item for item in items):
         raise ValueError(f"--grid {key}: empty value in {text!r} (values are separated by commas)")
+    _check_count(key, str(len(items)), limit)
     values = [toml_value(item) for item in items]
     if all(isinstance(v, str) and duration_or_none(v) is not None for v in values):
         return key, [duration_or_none(v) for v in values], True
     if len({canonical(v) for v in values}) != len(values):
         raise ValueError(f"--grid {key}: a value is given twice in {text!r}")
     return key, values, False
+
+
+def grid_size(specs: Sequence[str], policies: Sequence[str] = (), replications: int = 1,
+              limit: int | None = MAX_GRID_VALUES) -> int:
+    """Runs a sweep plans: the product of the grids' value counts x policies (none given: the
+    scenario's own, one) x replications, before any point is made.
+
+        >>> grid_size(["server.workers=1:10:10", "events.0.fraction=0.1,0.2"], ["none,constant"], 3)
+        120
+    """
+    points = math.prod(len(parse_grid_spec(spec, limit)[1]) for spec in specs)
+    return points * max(1, len(policy_list(policies))) * replications
+
+
+def _check_count(key: str, digits: str, limit: int | None) -> None:
+    """N (as written) within `limit`; a wall of digits is over it without being read as a number."""
+    if limit is None or digits.startswith("-"):  # N < 2 is refused by _parse_range
+        return
+    digits = digits.lstrip("+").lstrip("0") or "0"
+    if len(digits) > len(str(limit)) or int(digits) > limit:
+        shown = f"{int(digits):,}" if len(digits) <= 30 else f"a {len(digits)}-digit number of"
+        raise ValueError(f"--grid {key}: {shown} values, more than the {limit:,} one key may take; use fewer "
+                         f"(LO:HI:N:log spans decades with a few dozen), or pass --no-limits")
 
 
 def _parse_range(key: str, parts: list[str]) -> tuple[list, bool]:
