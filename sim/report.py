@@ -133,9 +133,18 @@ def _parameters(s: Scenario) -> list[list[str]]:
     ]
     if srv.rate_limit is not None:
         rows.append(["rate limit", f"{srv.rate_limit.rate:g}/s, burst {srv.rate_limit.bucket:g}"])
-    for i, e in enumerate(s.events):
+    for i, e in enumerate(s.events[:_EVENT_ROWS]):
         rows.append([f"event {i}", f"{e.kind} at {format_duration(e.at)}"])
+    if len(s.events) > _EVENT_ROWS:
+        rest = s.events[_EVENT_ROWS:]
+        rows.append([f"events {_EVENT_ROWS}-{len(s.events) - 1}", f"{len(rest):,} more, from "
+                     f"{format_duration(min(e.at for e in rest))} to {format_duration(max(e.at for e in rest))} "
+                     "(all in the scenario file)"])
     return rows
+
+
+#: events listed one per row in the report; the rest are summed up in one row
+_EVENT_ROWS = 30
 
 
 def write_run_report(summary: dict[str, Any], s: Scenario, out_dir: Path, files: list[Path], *, png: bytes,
@@ -143,7 +152,8 @@ def write_run_report(summary: dict[str, Any], s: Scenario, out_dir: Path, files:
     """report.html in `out_dir`, embedding `png` (the run figure) and linking `files` and `images`
     (the figure's files, e.g. storm.png / storm.svg); returns report.html and `images`."""
     figure = figure_html(png, "Clients, offered load against capacity, goodput against wasted work, "
-                              "and the queue over time; dashed lines mark the scenario's events.")
+                              "and the queue over time; dashed lines mark the scenario's events (with many "
+                              "events, the first and the largest of each kind, and a strip counts them).")
     lines = plain_lines(summary, s)
     bad = summary.get("metastable") or summary["recovery_s"]["p99"] is None
     links = " · ".join(f"<a href=\"{html.escape(p.name)}\">{html.escape(p.name)}</a>" for p in files + images)
@@ -162,6 +172,6 @@ def _summary_table(summary: dict[str, Any]) -> str:
     if not summary.get("ci95") or not runs:
         return table_html(["field", "value"], summary_rows(summary))
     return (f"<p>Means over {runs} replications, with the 95 % confidence interval of each mean "
-            f"(Student t; empty where a run has no value).</p>"
+            f"(Student t, cut at 0, and at 1 for shares; empty where a run has no value).</p>"
             + table_html(["field", f"mean of {runs} runs", "95 % CI"], summary_rows(summary, ci=True)))
 

@@ -11,8 +11,8 @@ writes them as PNG and SVG, `figure_images` also gives the PNG bytes a report em
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
@@ -20,21 +20,28 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from sim.scenario import Scenario  # noqa: E402
 from sim.units import format_duration  # noqa: E402
 
 __all__ = ["run_figure", "compare_figure", "gallery_figure", "heatmap_figure", "phase_figure", "versus_figure",
-           "save_figure", "png_bytes", "figure_images", "time_unit", "capacity_series", "event_marks",
-           "mark_events", "log_scale_if_wide", "Figure", "COLORS", "SPANS", "DPI"]
+           "save_figure", "png_bytes", "figure_images", "time_unit", "capacity_series", "EventMark", "event_marks",
+           "mark_events", "key_marks", "merged_bands", "event_strip", "log_scale_if_wide", "Figure", "COLORS",
+           "SPANS", "GREY", "DPI", "MAX_MARKS", "STRIP_BINS", "STRIP_HEIGHT"]
 
 COLORS = {"online": "#2a9d8f", "connecting": "#e9c46a", "gave_up": "#e76f51", "offline": "#8d99ae",
           "attempts": "#264653", "capacity": "#d62828", "successes": "#2a9d8f", "wasted": "#e76f51",
           "queue": "#6a4c93", "busy": "#f4a261", "workers": "#d62828", "supernodes": "#457b9d"}
 SPANS = {"outage": "#d62828", "partition": "#f4a261", "surge": "#6a4c93", "failover": "#d62828"}
+GREY = "#555555"  # the events without a band colour: reboots, logins, admits, capacity changes
 #: dots per inch of every PNG, written or embedded: readable on a laptop screen
 DPI = 110
+#: more event marks than this within the plotted time are aggregated (`mark_events`)
+MAX_MARKS = 30
+#: columns and height (share of a panel) of the strip that counts events when they are aggregated
+STRIP_BINS, STRIP_HEIGHT = 200, 0.06
 
 
 def time_unit(duration: float) -> tuple[float, str]:
@@ -59,50 +66,147 @@ def capacity_series(ts: dict[str, np.ndarray], s: Scenario) -> np.ndarray:
     return capacity
 
 
-def event_marks(s: Scenario) -> list[tuple[float, float, str, str]]:
-    """(start, end, kind, label) of each event as drawn: a line where end == start, else a band."""
+class EventMark(NamedTuple):
+    """An event as drawn: a line at `start`, a band to `end` where it is later; `share`: the share of
+    the clients it hits (1 for what hits the whole tier), which ranks events when there are many."""
+
+    start: float
+    end: float
+    kind: str
+    label: str
+    share: float = 1.0
+
+
+def event_marks(s: Scenario) -> list[EventMark]:
+    """The marks of the scenario's events, one per wave of a wave event, in the scenario's order."""
     marks = []
     for e in s.events:
         if e.at >= s.duration:
             continue
         if e.kind in ("reboot", "disconnect", "login"):
-            for offset, share in e.wave_table():
-                label = f"{e.kind} {e.fraction:.0%}" + (f" (wave {share:.0%})" if len(e.wave_table()) > 1 else "")
-                marks.append((e.at + offset, e.at + offset, e.kind, label))
+            waves = e.wave_table()
+            for offset, share in waves:
+                label = f"{e.kind} {e.fraction:.0%}" + (f" (wave {share:.0%})" if len(waves) > 1 else "")
+                marks.append(EventMark(e.at + offset, e.at + offset, e.kind, label, e.fraction * share))
         elif e.kind in ("outage", "partition", "surge"):
-            marks.append((e.at, e.at + e.duration, e.kind, f"{e.kind} {format_duration(e.duration)}"))
-        elif e.kind == "admit":
-            marks.append((e.at, e.at, e.kind, f"admit {e.fraction:.0%}"))
+            marks.append(EventMark(e.at, e.at + e.duration, e.kind, f"{e.kind} {format_duration(e.duration)}",
+                                   e.fraction if e.kind == "partition" else 1.0))
+        elif e.kind == "admit":  # the gate turns away the clients outside `fraction`
+            marks.append(EventMark(e.at, e.at, e.kind, f"admit {e.fraction:.0%}", 1.0 - e.fraction))
         elif e.kind == "capacity":
-            marks.append((e.at, e.at + e.ramp, e.kind, f"capacity x{e.factor:g}"))
+            marks.append(EventMark(e.at, e.at + e.ramp, e.kind, f"capacity x{e.factor:g}"))
         elif e.kind == "p2p-rules":
-            marks.append((e.at, e.at, e.kind, "p2p: " + ", ".join(f"{k}={v:g}" for k, v in e.changes().items())))
+            marks.append(EventMark(e.at, e.at, e.kind,
+                                   "p2p: " + ", ".join(f"{k}={v:g}" for k, v in e.changes().items())))
         else:
-            marks.append((e.at, e.at, e.kind, f"failover x{e.factor:g}"))
+            marks.append(EventMark(e.at, e.at, e.kind, f"failover x{e.factor:g}"))
     return marks
 
 
 def mark_events(axes, s: Scenario, unit: float, shown_until: float, label_top: bool = True) -> None:
     """Markers for the events that start within the plotted time (a run cut short by --until
-    plots less than the scenario's duration)."""
-    # Labels closer than 2.5 % of the axis to the previous label would print over it: the
-    # line is drawn, the label is left out (the scenario's event table has them all).
+    plots less than the scenario's duration).
+
+    Up to MAX_MARKS marks: a dashed line (and a band) each on every panel, labelled on the top one.
+    Beyond, drawing time and file size stay bounded whatever the number of events: the bands merge,
+    a strip along the foot of each panel counts events over time, only the first event and the
+    largest of each kind keep a line and a label, and the x label says how many events there are.
+    """
+    marks = [m._replace(end=min(m.end, shown_until)) for m in sorted(event_marks(s)) if m.start < shown_until]
+    # Labels closer than 2.5 % of the axis to one already placed would print over it: the line is
+    # drawn, the label is left out (the scenario's event table has them all).
     min_gap = 0.025 * shown_until
+    bands = len(marks) <= MAX_MARKS
+    if not bands:
+        _aggregate_marks(axes, marks, sum(e.at < shown_until for e in s.events), unit, shown_until)
+        marks = key_marks(marks, min_gap)
     for k, ax in enumerate(axes):
-        labelled = -math.inf
-        for start, end, kind, label in sorted(event_marks(s)):
-            if start >= shown_until:
-                continue
-            end = min(end, shown_until)
-            color = SPANS.get(kind, "#555555")
-            if end > start and kind in SPANS:
+        placed: list[float] = []
+        for start, end, kind, label, _ in marks:
+            color = SPANS.get(kind, GREY)
+            if bands and end > start and kind in SPANS:
                 ax.axvspan(start / unit, end / unit, color=color, alpha=0.12, lw=0)
             ax.axvline(start / unit, color=color, ls="--", lw=1, alpha=0.8, gid=f"event:{kind}")
-            if k == 0 and label_top and start - labelled >= min_gap:
-                labelled = start
+            if k == 0 and label_top and all(abs(start - p) >= min_gap for p in placed):
+                placed.append(start)
                 ax.annotate(label, (start / unit, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3),
                             textcoords="offset points", va="top", fontsize=8, color=color, rotation=90,
                             bbox=dict(facecolor="white", alpha=0.75, lw=0, pad=0.5))
+
+
+def key_marks(marks: list[EventMark], min_gap: float = 0.0) -> list[EventMark]:
+    """The few of many marks (in time order) that keep a line and a label, most important first: the
+    first, then the largest of each kind (by share of clients hit, then length). Of equals, the
+    earliest at least `min_gap` from those already chosen, so that its label has room.
+
+        >>> [m.label for m in key_marks([EventMark(0, 0, "reboot", "reboot 1%", 0.01),
+        ...                              EventMark(5, 5, "reboot", "reboot 30%", 0.3)])]
+        ['reboot 1% (first)', 'reboot 30% (largest of 2)']
+    """
+    def size(m: EventMark) -> tuple[float, float]:  # lengths rounded: at + duration - at is not duration
+        return m.share, round(m.end - m.start, 6)
+
+    by_kind: dict[str, list[EventMark]] = {}
+    for m in marks:
+        by_kind.setdefault(m.kind, []).append(m)
+    first = marks[0]
+    chosen, notes = [first], {id(first): ["first"]}
+    for group in sorted(by_kind.values(), key=lambda g: max(map(size, g)), reverse=True):
+        top = max(map(size, group))
+        equal = [m for m in group if size(m) == top]
+        pick = first if any(m is first for m in equal) else next(
+            (m for m in equal if all(abs(m.start - c.start) >= min_gap for c in chosen)), equal[0])
+        if pick is not first:
+            chosen.append(pick)
+        notes.setdefault(id(pick), []).extend([f"largest of {len(group):,}"] if len(group) > 1 else [])
+    return [m._replace(label=f"{m.label} ({', '.join(notes[id(m)])})" if notes[id(m)] else m.label) for m in chosen]
+
+
+def merged_bands(marks: list[EventMark], gap: float) -> list[tuple[float, float, str]]:
+    """(start, end, kind) of the banded marks (outages, partitions, surges), those of a kind that
+    overlap or lie closer than `gap` merged into one: no more bands than fit on the axis."""
+    bands: list[tuple[float, float, str]] = []
+    for kind in SPANS:
+        for start, end in sorted((m.start, m.end) for m in marks if m.kind == kind and m.end > m.start):
+            if bands and bands[-1][2] == kind and start <= bands[-1][1] + gap:
+                bands[-1] = (bands[-1][0], max(bands[-1][1], end), kind)
+            else:
+                bands.append((start, end, kind))
+    return bands
+
+
+def event_strip(marks: list[EventMark], shown_until: float) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Column edges (s) over the plotted time and the mark starts counted in each column, one row per
+    colour (the marks drawn in that colour), with the colours."""
+    edges = np.linspace(0.0, shown_until, STRIP_BINS + 1)
+    colors = list(dict.fromkeys(SPANS.get(m.kind, GREY) for m in marks))
+    counts = np.array([np.histogram([m.start for m in marks if SPANS.get(m.kind, GREY) == c], edges)[0]
+                       for c in colors])
+    return edges, counts, colors
+
+
+def _aggregate_marks(axes, marks: list[EventMark], events: int, unit: float, shown_until: float) -> None:
+    """Draw many marks with a fixed number of artists: one collection of merged bands and one stacked
+    strip counting them per panel; say how many under the bottom panel."""
+    bands = merged_bands(marks, shown_until / STRIP_BINS)
+    rectangles = [[(a / unit, 0), (b / unit, 0), (b / unit, 1), (a / unit, 1)] for a, b, _ in bands]
+    edges, counts, colors = event_strip(marks, shown_until)
+    peak = int(counts.sum(axis=0).max())
+    heights = counts * (STRIP_HEIGHT / peak)
+    tops = np.cumsum(heights, axis=0)                                  # stacked: one colour on another
+    x = np.repeat(edges / unit, 2)[1:-1]                               # the steps of each column
+    strip = [np.column_stack([np.r_[x, x[::-1]], np.r_[np.repeat(top, 2), np.repeat(top - h, 2)[::-1]]])
+             for top, h in zip(tops, heights)]
+    for ax in axes:
+        ax.add_collection(PolyCollection(rectangles, facecolors=[SPANS[kind] for *_, kind in bands], alpha=0.12,
+                                         lw=0, transform=ax.get_xaxis_transform(), gid="events:bands"), autolim=False)
+        ax.add_collection(PolyCollection(strip, facecolors=colors, alpha=0.35, lw=0,
+                                         transform=ax.get_xaxis_transform(), gid="events:strip"), autolim=False)
+    waves = f" ({len(marks):,} counting each wave)" if len(marks) != events else ""
+    column = format_duration(shown_until / STRIP_BINS)
+    note = (f"{events:,} events{waves}: dashed lines mark the first and the largest of each kind; the strip "
+            f"along the foot of each panel counts them per {column} (up to {peak:,})")
+    axes[-1].set_xlabel(f"{axes[-1].get_xlabel()}\n{note}")
 
 
 def log_scale_if_wide(ax, *series: np.ndarray) -> None:
