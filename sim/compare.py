@@ -13,7 +13,10 @@ Ranking: recovery to 99 % online (`recovery_s.p99`, mean over replications) firs
 amplification (attempts per episode). A variant that did not recover in every replication ranks
 after all that did, by the share of replications that recovered, then amplification. Two
 variants are tied when the 95 % CIs of the key that orders them overlap: recovery, or
-amplification between two variants that did not both recover in every run.
+amplification between two variants that did not both recover in every run. The CIs are
+`sim.runner.combine`'s: Student t, cut at 0 (never below zero for these non-negative keys). With
+few replications (R <= FEW_RUNS) a tie whose runs do not overlap at all (every run of one beat
+every run of the other) is called out: more replications would likely separate the two.
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ from sim.runner import choose_engine, combine, finite_json, replication_seeds, w
 from sim.scenario import Scenario
 from sim.units import format_duration
 
-__all__ = ["VariantResult", "Comparison", "build_variants", "compare",
-           "rank", "tied", "closing_line", "table_rows", "to_json", "write_outputs", "CSV_FIELDS"]
+__all__ = ["VariantResult", "Comparison", "build_variants", "compare", "rank", "tied", "runs_apart",
+           "closing_line", "table_rows", "to_json", "write_outputs", "CSV_FIELDS", "FEW_RUNS"]
 
 #: how the ranking reads, written into compare.json
 RANKING = ("recovery_s.p99 (mean over replications; a variant that did not recover in every replication "
@@ -48,6 +51,9 @@ CSV_FIELDS = (
     "amplification", "amplification_low", "amplification_high", "attempts", "peak_offered_rps",
     "wasted_work_fraction", "metastable_share", "logins", "gave_up", "login_time_p50_s", "login_time_p99_s",
 )
+#: up to this many replications, a tie whose runs do not overlap is called out (t(R - 1) is so
+#: large that the CIs overlap even when every run of one variant beat every run of the other)
+FEW_RUNS = 5
 
 
 # --- variants -----------------------------------------------------------------------------
@@ -124,12 +130,15 @@ class Comparison:
 
 def compare(path: str | Path, variants: Sequence[Variant], *, sets: Sequence[str] = (), scale: float = 1.0,
             seed: int | None = None, until: float | None = None, replications: int = 1, jobs: int | None = None,
-            progress: Callable[[int, int], None] | None = None, engine: str = "auto") -> Comparison:
+            progress: Callable[[int, int], None] | None = None, engine: str = "auto",
+            before_runs: Callable[[Scenario, list[Scenario]], None] | None = None) -> Comparison:
     """Run every variant `replications` times (in `jobs` processes; 1 = here) and rank them.
 
     Each variant's scenario is loaded first, so a bad override fails before anything runs: a
     ScenarioError whose source names the variant. `progress(done, total)` counts finished runs.
     `engine` is resolved per variant as `simulate` does (`sim.runner.choose_engine`).
+    `before_runs(base, scenarios)` is called once every variant is loaded, before any run (the
+    CLI's resource and output-folder checks).
     """
     if replications < 1:
         raise ValueError("replications must be >= 1")
@@ -138,6 +147,8 @@ def compare(path: str | Path, variants: Sequence[Variant], *, sets: Sequence[str
     file = read_scenario(path)
     base = file.scenario(sets=sets, scale=scale, seed=seed)
     scenarios = [_load_variant(file, v, sets, scale, seed) for v in variants]
+    if before_runs is not None:
+        before_runs(base, scenarios)
     engines = [choose_engine(s, engine)[0] for s in scenarios]
     warm_up(engines)  # here, once, not in every worker process at once
     runs = [Run((i, k), s, child, engines[i], until, series=True) for i, s in enumerate(scenarios)
@@ -198,9 +209,46 @@ def tied(a: VariantResult, b: VariantResult) -> bool:
     """The 95 % CIs of the key that orders a and b overlap: no winner between them."""
     if a.recovered != b.recovered:
         return False
-    key = ("recovery_s", "p99") if a.recovered else ("amplification",)
+    key = _tie_key(a)
     unknown = (-math.inf, math.inf)
     return _overlap(_ci(a, *key) or unknown, _ci(b, *key) or unknown)
+
+
+def _tie_key(r: VariantResult) -> tuple[str, ...]:
+    return ("recovery_s", "p99") if r.recovered else ("amplification",)
+
+
+def runs_apart(a: VariantResult, b: VariantResult) -> VariantResult | None:
+    """Of two tied variants with 2 to FEW_RUNS replications, the one whose every run beat (was
+    lower than) every run of the other on the key that ties them; None if their runs overlap.
+
+    At R = 2 that happens by chance one time in three, at R = 5 one time in 126: the CIs are
+    too wide to tell, and more replications would likely separate the two.
+    """
+    if not 2 <= a.replications <= FEW_RUNS or not tied(a, b):
+        return None
+    ours, theirs = _run_values(a), _run_values(b)
+    if ours is None or theirs is None:
+        return None
+    return a if max(ours) < min(theirs) else b if max(theirs) < min(ours) else None
+
+
+def _run_values(r: VariantResult) -> list[float] | None:
+    """Every replication's value of the tie key; None where a run has none."""
+    values = []
+    for run in r.summary["runs"]:
+        node: Any = run
+        for part in _tie_key(r):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return None
+        values.append(node)
+    return values
+
+
+def _more_runs(replications: int) -> int:
+    """How many replications to suggest to separate a tie whose runs do not overlap."""
+    return max(FEW_RUNS, 2 * replications)
 
 
 def _ci(r: VariantResult, *key: str) -> tuple[float, float] | None:
@@ -229,13 +277,13 @@ def closing_line(results: list[VariantResult]) -> str:
     group = [top] + [r for r in results[1:] if r.name in top.tied_with]
     if len(group) == 1:
         return f"best: {top.name} — {_outcome(top)}; {_gap(top, results[1])}"
-    why = _why_tied(top)
+    why, hint = _why_tied(top), _apart_hint(top, group[1:])
     if len(group) == len(results):
         single = ("; one replication per variant has no confidence interval: run 3 or more"
                   if top.replications == 1 else "")
         every = "both variants" if len(results) == 2 else f"all {len(results)} variants"
-        return f"no winner: {every} are tied ({why}){single}"
-    said = f"no single winner: {_names(group)} are tied ({why})"
+        return f"no winner: {every} are tied ({why}){single}{hint}"
+    said = f"no single winner: {_names(group)} are tied ({why}){hint}"
     # Overlap is not transitive: name the first variant that is clearly behind every one of them.
     behind = next((r for r in results if r not in group and not any(tied(r, g) for g in group)), None)
     if behind is None:
@@ -247,6 +295,20 @@ def _why_tied(r: VariantResult) -> str:
     if r.recovered:
         return "95 % CIs of the time back to 99 % online overlap"
     return "none of them recovered in every run; 95 % CIs of attempts per episode overlap"
+
+
+def _apart_hint(top: VariantResult, others: list[VariantResult]) -> str:
+    """`; tied at R = 2, but every run of a beat every run of b: run --replications 5 or more to
+    separate them`, for the variants tied with `top` whose runs do not overlap with its runs."""
+    winners = [(other, runs_apart(top, other)) for other in others]
+    beaten = [other for other, winner in winners if winner is top]
+    clauses = [f"every run of {top.name} beat every run of {_names(beaten)}"] if beaten else []
+    clauses += [f"every run of {other.name} beat every run of {top.name}" for other, winner in winners
+                if winner is other]
+    if not clauses:
+        return ""
+    return (f"; tied at R = {top.replications}, but {'; '.join(clauses)}: run --replications "
+            f"{_more_runs(top.replications)} or more to separate them")
 
 
 def _outcome(r: VariantResult) -> str:
@@ -273,7 +335,7 @@ def _gap(top: VariantResult, nxt: VariantResult) -> str:
 
 def _names(results: list[VariantResult]) -> str:
     names = [r.name for r in results]
-    return " and ".join(names) if len(names) == 2 else ", ".join(names[:-1]) + " and " + names[-1]
+    return " and ".join(names) if len(names) <= 2 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _duration(seconds: float) -> str:
@@ -296,9 +358,21 @@ def table_rows(results: list[VariantResult]) -> tuple[list[str], list[list[str]]
             str(r.rank), r.name, _recovery_cell(r, "p99"), _recovery_cell(r, "p90"),
             _with_ci(s["amplification"], _ci(r, "amplification"), "{:.3g}"),
             f"{s['peak_offered_rps']:,.0f}", "n/a" if wasted is None else f"{wasted:.0%}",
-            f"{s['metastable_share']:.0%}", ", ".join(r.tied_with) or "-",
+            f"{s['metastable_share']:.0%}", _tied_cell(r, results),
         ])
     return headers, rows
+
+
+def _tied_cell(r: VariantResult, results: list[VariantResult]) -> str:
+    """`a, b (runs apart from b: --replications 5 would likely separate them)`, or `-`."""
+    if not r.tied_with:
+        return "-"
+    apart = [o.name for o in results if o.name in r.tied_with and runs_apart(r, o) is not None]
+    if not apart:
+        return ", ".join(r.tied_with)
+    whom = "all of them" if len(apart) == len(r.tied_with) > 1 else ", ".join(apart)
+    return (f"{', '.join(r.tied_with)} (runs apart from {whom}: --replications {_more_runs(r.replications)} "
+            "would likely separate them)")
 
 
 def _recovery_cell(r: VariantResult, level: str) -> str:
@@ -309,13 +383,17 @@ def _recovery_cell(r: VariantResult, level: str) -> str:
 
 
 def _with_ci(value: float | None, ci: tuple[float, float] | None, fmt: str | None) -> str:
-    """`1m51s ± 0.3s`: the mean and the half-width of its 95 % CI (none with one replication)."""
+    """`1m51s ± 0.3s`: the mean and the half-width of its 95 % CI (none with one replication);
+    `28m25s [0s, 1h26m35s]` where the CI was cut at 0 and is no longer centred on the mean."""
     if value is None:
         return "n/a"
     show = _duration if fmt is None else fmt.format
     if ci is None or not all(math.isfinite(x) for x in ci):
         return show(value)
-    return f"{show(value)} ± {show((ci[1] - ci[0]) / 2)}"
+    low, high = ci
+    if not math.isclose(high - value, value - low, rel_tol=1e-9, abs_tol=1e-12):
+        return f"{show(value)} [{show(low)}, {show(high)}]"
+    return f"{show(value)} ± {show((high - low) / 2)}"
 
 
 # --- writing ------------------------------------------------------------------------------
@@ -412,7 +490,8 @@ def _write_report(comparison: Comparison, out_dir: Path, data: list[Path]) -> li
         "share of the workers' busy time spent on requests that finished after their client's timeout; "
         "<b>metastable</b>: share of "
         "replications where the storm sustained itself after its trigger ended. "
-        "Values are means ± the half-width of their 95 % CI.</p>",
+        "Values are means ± the half-width of their 95 % CI, or a mean and its CI [low, high] where the CI "
+        "was cut at 0 (none of these quantities can be negative).</p>",
         "<h2>Side by side</h2>", figure,
         "<h2>Variants</h2>", table_html(["variant", "overrides"], overrides),
         f"<h2>Data</h2><p>{links}</p>",

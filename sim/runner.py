@@ -22,7 +22,8 @@ from sim.results import RunResult, UnsupportedScenario
 from sim.scenario import Scenario
 
 __all__ = ["Outcome", "simulate", "check_engine", "choose_engine", "run_engine", "warm_up", "write_outputs",
-           "write_timeseries", "combine", "finite_json", "replication_seeds", "ENGINES", "AUTO_FAST_CLIENTS"]
+           "write_timeseries", "combine", "finite_json", "replication_seeds", "ENGINES", "AUTO_FAST_CLIENTS",
+           "SHARE_FIELDS"]
 
 ENGINES = ("auto", "des", "fast")
 #: `auto` runs the `fast` engine for populations of at least this many clients (MODEL.md section 6)
@@ -31,6 +32,9 @@ AUTO_FAST_CLIENTS = 100_000
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
          2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
          2.052, 2.048, 2.045, 2.042)
+#: summary fields that are shares of a whole: their means and intervals lie in [0, 1]
+SHARE_FIELDS = frozenset({"wasted_work_fraction", "lowest_online_share", "utilization", "p_wait", "blocking",
+                          "abandonment"})
 
 
 @dataclass
@@ -113,10 +117,10 @@ def combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean of each numeric field over replications, with a 95 % confidence interval beside it.
 
     The result keeps the summary's shape (means in place of values), adds `replications`,
-    `ci95` (the same shape, [low, high] per numeric field) and `runs` (every replication's
-    summary). A field that is null in any replication (say, recovery that never came) is null in
-    the mean; `metastable` becomes true when most replications are, and `metastable_share` says
-    how many.
+    `ci95` (the same shape, [low, high] per numeric field: the Student t interval cut to the
+    field's range, see `_ci`) and `runs` (every replication's summary). A field that is null in
+    any replication (say, recovery that never came) is null in the mean; `metastable` becomes
+    true when most replications are, and `metastable_share` says how many.
     """
     out = _combine_level(summaries)
     out["ci95"] = _ci_level(summaries)
@@ -154,17 +158,36 @@ def _ci_level(items: list[dict[str, Any]]) -> dict[str, Any]:
         if isinstance(first, dict):
             out[key] = _ci_level(values)
         elif isinstance(first, (int, float)) and not isinstance(first, bool) and key not in ("seed", "scale"):
-            out[key] = None if any(v is None for v in values) else _ci(values)
+            top = 1.0 if key in SHARE_FIELDS else math.inf
+            out[key] = None if any(v is None for v in values) else _ci(values, top)
     return out
 
 
-def _ci(values: list[float]) -> list[float]:
+def _ci(values: list[float], top: float = math.inf) -> list[float]:
+    """The 95 % Student t interval of the mean of `values`, cut to the range [0, top] of the quantity.
+
+    Every number in a summary is non-negative (times, counts, rates, attempts per episode) and a
+    share also lies below top = 1. So does the true mean, so cutting the t-interval to that range
+    only drops impossible values: the coverage stays exactly the t-interval's, the mean (what
+    compare ranks by) stays inside, and an interval that already lay inside is unchanged. With
+    R = 2 (t = 12.7) the cut often gives [0, high]: the runs rule out only means above high.
+    A t-interval on log(x) would never reach 0, but it is an interval for the geometric mean, not
+    the mean, and misses the mean of skewed samples more often as R grows; a percentile bootstrap
+    is [min, max] at R = 2 and covers the mean at most half the time. A sample with a value outside
+    [0, top] is not of such a quantity: it keeps the plain t-interval. One value has no interval:
+    (-inf, inf).
+
+        >>> _ci([1.0, 100.0])  # plain t: 50.5 ± 12.706 * 49.5 (sd / sqrt(R)) = [-578.4, 679.4]
+        [0.0, 679.44...]
+    """
     n = len(values)
     mean = float(np.mean(values))
     half = _T975[min(n - 1, 30) - 1] * float(np.std(values, ddof=1)) / math.sqrt(n) if n > 1 else math.inf
     if n > 31:
         half = 1.96 * float(np.std(values, ddof=1)) / math.sqrt(n)
-    return [mean - half, mean + half]
+    if n == 1 or not 0 <= min(values) <= max(values) <= top:
+        return [mean - half, mean + half]
+    return [max(mean - half, 0.0), min(mean + half, top)]
 
 
 def _mean_series(series: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

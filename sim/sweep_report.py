@@ -199,6 +199,8 @@ def _mean_ci(p: Point, field: str, fmt: str | None) -> str:
     show = (lambda s: format_duration(round(s)) if s >= 60 else f"{s:.3g}s") if fmt is None else fmt.format
     low, high = p.get(f"{field}.ci_low"), p.get(f"{field}.ci_high")
     if isinstance(low, float) and isinstance(high, float):
+        if abs((value - low) - (high - value)) > 1e-9 * max(1.0, abs(value)):  # cut at 0 (or 1): not symmetric
+            return f"{show(value)} [{show(low)}, {show(high)}]"
         return f"{show(value)} ± {show((high - low) / 2)}"
     return show(value)
 
