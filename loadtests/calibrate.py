@@ -50,7 +50,7 @@ from loadtests.httpclient import Connection, attempt, round_trip
 from loadtests.identify import (Identification, client_limited, identify, rate_limited, sweep_stop,
                                 unloaded_latency)
 from loadtests.probe import MAX_THREADS, BurstResult, ProbeResult, burst_probe, drain, run_probe
-from loadtests.storm import LOOPBACK, Storm, host_allowed
+from loadtests.storm import LOOPBACK, Storm, StormError, check_host
 from sim.units import format_duration
 
 __all__ = ["StepResult", "Calibration", "CalibrationError", "Connection", "concurrency_levels", "run_step",
@@ -290,7 +290,10 @@ def calibrate(storm: Storm, host: str | None = None, max_concurrency: int = 64, 
               probes: bool = True, probe_budget_s: float = PROBE_BUDGET_S) -> Calibration:
     """Check the host (nothing is sent to a host off `allowed_hosts`), step the load, fit; then probe
     at open-loop rates and identify the server's behaviour (`Calibration.identification`)."""
-    host = _checked_host(host or storm.target.host, storm.target.allowed_hosts)
+    try:
+        host = check_host(host or storm.target.host, storm.target.allowed_hosts, "--host" if host else "target.host")
+    except StormError as exc:
+        raise CalibrationError(str(exc)) from None
     rtt = round_trip(host, timeout, storm.target.verify_tls)
     steps = step_load(storm, host, max_concurrency, step_seconds, warmup, timeout, progress)
     if steps[0].successes == 0:
@@ -340,23 +343,6 @@ def probe_sweep(storm: Storm, host: str, fitted: Calibration, seconds: float, ti
     if progress is not None:
         progress(burst)
     return found, burst
-
-
-def _checked_host(host: str, allowed: list[str]) -> str:
-    """The base URL without a trailing slash; CalibrationError (which never repeats a user:password@)
-    unless it is a plain http(s)://host[:port] on `allowed` or loopback."""
-    url = urlsplit(host.rstrip("/"))
-    try:
-        url.port  # noqa: B018 - a port that is no number raises ValueError
-    except ValueError:
-        url = urlsplit("")
-    if (url.scheme not in ("http", "https") or not url.hostname or "@" in url.netloc
-            or url.path or url.query or url.fragment):
-        raise CalibrationError("--host must be a URL like http://host:port, with no path and no user:password@")
-    if not host_allowed(url.geturl(), allowed):
-        raise CalibrationError(f"{url.hostname} is not on the target's allowed_hosts (loopback always is); "
-                               "nothing was sent")
-    return url.geturl()
 
 
 # --- what a person reads ----------------------------------------------------------------------

@@ -20,10 +20,10 @@ from rich.table import Table
 
 from loadtests.calibrate import Calibration, CalibrationError, calibrate, closing_lines, milliseconds, progress_line
 from loadtests.options import LOADTEST, REQUIRED, Option, option, run_values
-from loadtests.storm import StormError, StormOptions, load_storm
+from loadtests.storm import StormError, StormOptions, check_host, load_storm
 from sim.cli import options as shared
 from sim.cli.console import err, fail, out, say, scenario_failure, wide
-from sim.cli.options import ScaleOption, SeedOption, SetOption, duration
+from sim.cli.options import ScaleOption, SeedOption, SetOption, positive_duration
 from sim.config import ScenarioError, load_scenario
 from sim.describe import recovery_line
 
@@ -151,14 +151,18 @@ def lab(
                 return
         else:
             accounts = read_credentials(credentials) if credentials is not None else generate_users(users)
-        options = LabOptions(host=host, port=port, mode=mode, hash_iterations=hash_iterations, seed=s.seed,
-                             access_log=access_log)
+    except UsersFileError as exc:
+        raise fail(f"loginstorm lab: --credentials {exc}") from None
+    except OSError as exc:  # writing the credentials file
+        raise fail(f"loginstorm lab: --write-credentials {exc.filename}: {exc.strerror}") from None
+    options = LabOptions(host=host, port=port, mode=mode, hash_iterations=hash_iterations, seed=s.seed,
+                         access_log=access_log)
+    try:
         run_lab(s.server, accounts, options, announce=lambda line: print(line, flush=True),
                 note=lambda line: say(err, line))
-    except (LabError, UsersFileError) as exc:
-        raise fail(f"loginstorm lab: {exc}") from None
-    except OSError as exc:  # writing the credentials file
-        raise fail(f"loginstorm lab: {exc.filename}: {exc.strerror}") from None
+    except LabError as exc:
+        where = "--host/--port: " if str(exc).startswith("cannot listen") else ""
+        raise fail(f"loginstorm lab: {where}{exc}") from None
 
 
 # --- loadtest -------------------------------------------------------------------------------
@@ -173,12 +177,14 @@ def loadtest(**values: Any) -> None:
     attempts all fail with 401, 403 or 404 the run stops at once with a hint (--keep-going: not).
 
     Exit status: 0 done; 3 no login succeeded (or the misconfiguration stop), the outputs written
-    all the same; 2 bad input, nothing sent; 130 stopped before the first attempt; 1 Locust failed.
+    all the same; 2 bad input, nothing sent; 130 stopped before the first attempt; 1 Locust failed,
+    or the devices raised exceptions (a bug: the outputs are written, the first error is shown).
     """
     from loadtests.attemptlog import MISCONFIGURED
-    from loadtests.command import NO_LOGIN_EXIT, Interrupted, LoadtestError, LoadtestOptions, run_loadtest
+    from loadtests.command import (DEVICE_ERROR_EXIT, NO_LOGIN_EXIT, Interrupted, LoadtestError, LoadtestOptions,
+                                   run_loadtest)
 
-    storm, run = run_values(values, duration)
+    storm, run = run_values(values, positive_duration)
     run.setdefault("host", None)                  # None: the target's host (run_loadtest checks it)
     run.setdefault("out", Path("out") / f"loadtest-{Path(storm['scenario']).stem}")
     options = LoadtestOptions(storm=StormOptions(**storm), **run)
@@ -212,6 +218,10 @@ def loadtest(**values: Any) -> None:
                  f"gave up {m['gave_up']:,}\n"
                  + recovery_line(rec, lambda seconds: f"{seconds:.1f} s"))
         say(err, f"wrote {', '.join(str(p) for p in result.files)}")
+    if result.device_errors:
+        say(err, f"loginstorm loadtest: {result.device_errors:,} exception(s) inside the devices (a loginstorm bug, "
+                 f"not the target's answers); the first: {result.device_error} (tracebacks in locust.log)")
+        raise typer.Exit(code=DEVICE_ERROR_EXIT)
     misconfigured = (result.stopped or "").startswith(MISCONFIGURED)
     if misconfigured or (result.summary["attempts"] and not result.summary["logins"]):
         if not misconfigured:
@@ -234,7 +244,8 @@ def _live_line(enabled: bool) -> Callable[[dict | None], None]:
         booted = p["online"] + p["connecting"] + p["gave_up"] + p["offline"]
         line = (f"{p['elapsed_s']:7.1f} s  devices {booted:,}  online {p['online']:,}  connecting "
                 f"{p['connecting']:,}  gave up {p['gave_up']:,}  attempts {p['attempts']:,} "
-                f"({p['attempts_per_s']:.1f}/s)  failures {p['failures_per_s']:.1f}/s")
+                f"({p['attempts_per_s']:.1f}/s)  failures {p['failures_per_s']:.1f}/s"
+                + (f"  device errors {p['device_errors']:,}" if p.get("device_errors") else ""))
         if err.is_terminal:
             sys.stderr.write("\r" + line[:err.width - 1].ljust(err.width - 1))
             sys.stderr.flush()
@@ -285,14 +296,15 @@ def calibrate_command(
     key measured or assumed, with a confidence) for `loginstorm loadtest --capacity FILE`.
     About 30-60 s against a small server.
     """
-    storm, _ = run_values(dict(scenario=scenario, credentials=credentials, target=target, sets=sets), duration)
+    storm, _ = run_values(dict(scenario=scenario, credentials=credentials, target=target, sets=sets),
+                          positive_duration)
     try:
         loaded = load_storm(StormOptions(**storm), plan=False)   # the target and accounts only
         calibration = calibrate(loaded, host, max_concurrency, step_seconds, warmup, timeout,
                                 progress=lambda item: say(err, progress_line(item)), probes=probes)
     except (StormError, CalibrationError) as exc:
         raise fail(f"loginstorm calibrate: {exc}") from None
-    used = (host or loaded.target.host).rstrip("/")
+    used = check_host(host or loaded.target.host, loaded.target.allowed_hosts)     # checked: the URL as sent
     path = out_file or Path("out") / f"calibrate-{Path(str(scenario)).stem}" / "server.toml"
     written = _write_calibration(calibration, path, str(scenario), used)
     console = err if json_out else wide()

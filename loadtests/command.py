@@ -8,13 +8,15 @@ from the run's `loginstorm-progress` lines, stops the run on Ctrl-C, SIGTERM or 
 Locust, by its PID: its own Ctrl-C path, which still writes its statistics and HTML report; on
 Linux Locust also gets it if this process dies anyhow), and afterwards turns the logs into the
 simulator's `timeseries.csv` and `summary.json` (`loadtests.measure`) and the
-measured-versus-simulated report (`loadtests.versus`).
+measured-versus-simulated report (`loadtests.versus`). The progress lines also count the
+exceptions raised inside the devices (Locust's `runner.exceptions`): `LoadtestResult.device_errors`.
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import signal
 import subprocess
@@ -29,15 +31,18 @@ from pathlib import Path
 from loadtests.attemptlog import PROGRESS, STOPPED
 from loadtests.measure import CLIENT_FIELDS, measured_run, read_logs
 from loadtests.options import locust_argv
-from loadtests.storm import Storm, StormError, StormOptions, host_allowed, host_error, load_storm, target_host
+from loadtests.storm import Storm, StormError, StormOptions, check_host, host_allowed, load_storm, target_host
 
 __all__ = ["LoadtestOptions", "LoadtestResult", "LoadtestError", "Interrupted", "run_loadtest", "lab_capacity",
-           "terminate_as_interrupt", "NO_LOGIN_EXIT"]
+           "terminate_as_interrupt", "NO_LOGIN_EXIT",
+           "DEVICE_ERROR_EXIT"]
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 STOP_GRACE_S = 30.0
 #: the exit status of `loginstorm loadtest` when no login succeeded (2: bad input; 1: Locust failed)
 NO_LOGIN_EXIT = 3
+#: ... and when devices raised exceptions: a bug of ours, since every input was checked before the run
+DEVICE_ERROR_EXIT = 1
 #: the signals that stop a run: Ctrl-C, `kill`, a closed terminal
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
@@ -75,6 +80,8 @@ class LoadtestResult:
     stopped: str | None
     interrupted: bool
     returncode: int
+    device_errors: int = 0            # exceptions raised inside the devices (a bug): Locust's runner.exceptions
+    device_error: str | None = None   # the first one's message (secret-free)
 
 
 def _locust_command(o: LoadtestOptions) -> list[str]:
@@ -83,7 +90,7 @@ def _locust_command(o: LoadtestOptions) -> list[str]:
            "--host", o.host, "--exit-code-on-error", "0",
            "--csv", str(o.out / "locust"), "--html", str(o.out / "locust.html"),
            "--logfile", str(o.out / "locust.log")]
-    if o.run_time:
+    if o.run_time and math.isfinite(o.run_time):
         cmd += ["-t", f"{max(1, round(o.run_time))}s"]
     if o.processes > 1:
         cmd += ["--processes", str(o.processes)]
@@ -95,18 +102,17 @@ def run_loadtest(o: LoadtestOptions, show=None) -> LoadtestResult:
     """Run the load test; `show(progress_dict)` is called at each progress line. Raises StormError
     (nothing sent) on a bad scenario, target, credentials or a host that is not allowed."""
     storm = load_storm(o.storm, accounts=o.from_logs is None)
+    where = "--host" if o.host else "target.host"
     o = replace(o, host=target_host(o.host, storm, required=o.from_logs is None))
     _check_capacity(o.capacity)
-    if o.from_logs is not None:
-        return _from_logs(o, storm)
-    problem = host_error(o.host, storm.target.allowed_hosts)
-    if problem:
-        raise StormError(problem)
-    o.out.mkdir(parents=True, exist_ok=True)
+    if o.from_logs is not None:                 # nothing is sent: the host is a label of the outputs
+        return _from_logs(replace(o, host=o.host.rstrip("/")), storm)
+    o = replace(o, host=check_host(o.host, storm.target.allowed_hosts, where))
+    _make_out(o.out)
     for stale in list(o.out.glob("attempts*.csv")) + list(o.out.glob("states*.csv")):
         stale.unlink()
     errors = (o.out / "locust.stderr.txt").open("w", encoding="utf-8")
-    stopped, interrupted, elapsed = None, False, 0.0
+    stopped, interrupted, elapsed, progress = None, False, 0.0, {}
     with terminate_as_interrupt():
         held = _hold(STOP_SIGNALS)              # none may strike between fork and `proc` below
         try:
@@ -144,7 +150,8 @@ def run_loadtest(o: LoadtestOptions, show=None) -> LoadtestResult:
         elapsed = time.monotonic() - launched
     end = min(horizon, elapsed) if (stopped or interrupted) and elapsed > 0 else horizon
     summary, files = _write_outputs(o, storm, end, stopped, interrupted, o.out)
-    return LoadtestResult(summary, files, stopped, interrupted, proc.returncode if proc.returncode is not None else -1)
+    return LoadtestResult(summary, files, stopped, interrupted, proc.returncode if proc.returncode is not None else -1,
+                          progress.get("device_errors", 0), progress.get("device_error"))
 
 
 def _logged_attempts(folder: Path) -> int:
@@ -224,6 +231,14 @@ def _check_capacity(capacity: str) -> None:
             raise StormError(str(exc)) from None
 
 
+def _make_out(out: Path) -> None:
+    """The output folder, or StormError naming --out (before anything is sent)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StormError(f"--out {out}: cannot make the folder ({exc.strerror or exc})") from None
+
+
 def _stop(proc: subprocess.Popen) -> None:
     """Ctrl-C: let Locust stop gracefully (SIGINT: it writes its statistics and HTML report; on
     SIGTERM it would skip the report), then make sure it is gone."""
@@ -254,8 +269,9 @@ def _from_logs(o: LoadtestOptions, storm: Storm) -> LoadtestResult:
     several machines, their `attempts*.csv` and `states*.csv` gathered in DIR)."""
     logs = o.from_logs
     if not list(logs.glob("attempts*.csv")) or not list(logs.glob("states*.csv")):
-        raise StormError(f"{logs}: no attempts*.csv and states*.csv (Locust's --attempt-log and --state-log) here")
-    o.out.mkdir(parents=True, exist_ok=True)
+        raise StormError(f"--from-logs {logs}: no attempts*.csv and states*.csv (Locust's --attempt-log and "
+                         "--state-log) here")
+    _make_out(o.out)
     summary, files = _write_outputs(o, storm, _horizon(o, storm), None, False, logs)
     return LoadtestResult(summary, files, None, False, 0)
 

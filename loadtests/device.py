@@ -8,8 +8,10 @@ its built-in retries would hide attempts (../shared/research/loadtest-anchors.md
 
 What Locust shows: each attempt is a `LOGIN login attempt` request, each finished episode a
 `LOGIN login episode` request (time from the first attempt to success; a give-up is its
-failure), and the optional heartbeat a `GET heartbeat` request. The user never raises out of
-`on_start` or its task: an unexpected error is reported and the device carries on.
+failure), and the optional heartbeat a `GET heartbeat` request. An exception inside a device (a
+bug, never an answer of the server) goes where Locust keeps a task's exceptions
+(`runner.exceptions`, `*_exceptions.csv`), with no secret in its message; that device's activity
+ends (it waits for its plan's next action) and `loginstorm loadtest` exits 1.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import traceback
 
 import gevent
 import numpy as np
@@ -27,17 +30,23 @@ from loadtests.flows import ERROR, TIMEOUT, Outcome, Reply, Step
 from loadtests.plan import DROP, LOGIN, REBOOT
 from sim.policies import with_retry_after
 
-__all__ = ["DeviceUser", "LoginFailure", "OFFLINE", "CONNECTING", "ONLINE", "GAVE_UP"]
+__all__ = ["DeviceUser", "LoginFailure", "DeviceError", "OFFLINE", "CONNECTING", "ONLINE", "GAVE_UP"]
 
 log = logging.getLogger("loginstorm")
 OFFLINE, CONNECTING, ONLINE, GAVE_UP = "offline", "connecting", "online", "gave_up"
 ATTEMPT, EPISODE, HEARTBEAT = "login attempt", "login episode", "heartbeat"
 #: the HTTP client's own timeouts stay out of the way: the device's timer decides
 TRANSPORT_TIMEOUT_S = 24 * 3600.0
+#: an exception's message is cut to this length (one line on the terminal)
+MESSAGE_CHARS = 300
 
 
 class LoginFailure(Exception):
     """A failed attempt or episode, with a fixed message (grouped by Locust, never holding a secret)."""
+
+
+class DeviceError(RuntimeError):
+    """An exception raised inside a device, its message secret-free (`Storm.masked`)."""
 
 
 class _Silent:
@@ -74,9 +83,8 @@ class DeviceUser(User):
         """The device's whole life; returns only when the test stops it."""
         try:
             self._live()
-        except Exception as exc:  # the device stops, the load test goes on; no message text (secrets)
-            log.error("device %s stopped by an unexpected %s", self.row, type(exc).__name__)
-            self._report(ATTEMPT, 0.0, 0, LoginFailure(f"device error: {type(exc).__name__}"), time.time())
+        except Exception as exc:  # the device stops, the load test goes on
+            self._failed(exc)
         gevent.sleep(TRANSPORT_TIMEOUT_S)
 
     def on_stop(self) -> None:
@@ -128,8 +136,11 @@ class DeviceUser(User):
     # -- activities: each runs in self.activity and returns the next one (None: wait for the plan) ----
 
     def _run(self, activity) -> None:
-        while activity is not None:
-            activity = activity()
+        try:
+            while activity is not None:
+                activity = activity()
+        except Exception as exc:  # the activity ends; the plan's next action starts the next one
+            self._failed(exc)
 
     def _reboot(self, downtime: float):
         self._set_state(OFFLINE)
@@ -309,6 +320,14 @@ class DeviceUser(User):
         cookies = self.session.cookiejar
         self._reset_session()
         self.session.cookiejar = self.session.client.cookiejar = cookies
+
+    def _failed(self, exc: Exception) -> None:
+        """Record an exception raised inside this device as Locust records a task's (its `user_error`
+        event), under a message with this device's secrets masked."""
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())       # one line
+        error = DeviceError(self.storm.masked(message, self.row)[:MESSAGE_CHARS])
+        log.error("device %s stopped by %s\n%s", self.row, error, "".join(traceback.format_tb(exc.__traceback__)))
+        self.environment.events.user_error.fire(user_instance=self, exception=error, tb=exc.__traceback__)
 
     def _report(self, name: str, seconds: float, length: int, exception: Exception | None, start: float,
                 request_type: str = "LOGIN") -> None:

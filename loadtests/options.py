@@ -199,17 +199,17 @@ def storm_options(parsed: Any) -> StormOptions:
 
 
 def run_values(values: Mapping[str, Any],
-               parse_duration: Callable[[str], float]) -> tuple[dict[str, Any], dict[str, Any]]:
+               parse_duration: Callable[[str, str], float]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The Typer command's values as keyword arguments of `StormOptions` and `LoadtestOptions`:
-    paths to text for the storm, durations through `parse_duration`, absent values left out (each
-    class's default applies)."""
+    paths to text for the storm, durations through `parse_duration(value, flag)` (which raises the
+    usage error naming the flag), absent values left out (each class's default applies)."""
     storm: dict[str, Any] = {}
     run: dict[str, Any] = {}
     for o in OPTIONS:
         if o.to is None or values.get(o.name) is None:
             continue
         value = values[o.name]
-        value = parse_duration(value) if o.duration else value
+        value = parse_duration(value, o.flag) if o.duration else value
         if o.to == "storm":
             storm[o.name] = tuple(value) if o.kind is list else str(value) if o.kind is Path else value
         else:

@@ -4,7 +4,9 @@ storm, and the shape that spawns devices.
 Every process (local, master, each worker) holds one `StormContext` as `environment.loginstorm`.
 The master or local runner checks everything when Locust starts (a bad scenario, target, host or
 credentials file ends the run with exit code 2 before any request); workers build the same
-storm from the options the master forwards at test start, but keep their own log paths.
+storm from the options the master forwards at test start, but keep their own log paths. Each
+progress line carries the exceptions raised inside the devices (`device_errors`): a run with any
+makes `loginstorm loadtest` exit 1.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from loadtests.attemptlog import (FIRST_ATTEMPTS, PROGRESS, STOPPED, AttemptLog,
 from loadtests.coordination import Rows, install
 from loadtests.flows import Outcome
 from loadtests.options import add_locust_options, storm_options
-from loadtests.storm import Storm, StormError, host_error, load_storm
+from loadtests.storm import Storm, StormError, check_host, load_storm
 
-__all__ = ["StormContext", "StormShape"]
+__all__ = ["StormContext", "StormShape", "device_errors"]
 
 STATES = ("offline", "connecting", "online", "gave_up")
 
@@ -142,11 +144,11 @@ def _on_init(environment, **_) -> None:
         storm = context.build()
     except StormError as exc:
         _fail(str(exc))
-    if not environment.host:
-        environment.host = storm.target.host
-    problem = host_error(environment.host, storm.target.allowed_hosts)
-    if problem:
-        _fail(problem)
+    where = "--host" if environment.host else "target.host"
+    try:
+        environment.host = check_host(environment.host or storm.target.host, storm.target.allowed_hosts, where)
+    except StormError as exc:
+        _fail(str(exc))
     if storm.plan.server_side:
         log.warning("the server under test plays these events itself, the devices do not: %s",
                     ", ".join(storm.plan.server_side))
@@ -215,8 +217,16 @@ def _progress(environment, context, final: bool = False) -> None:
     line = {"elapsed_s": round(time.time() - start, 2), **context.all_counts(),
             "attempts": entry.num_requests, "failures": entry.num_failures,
             "attempts_per_s": round(context.rates[0], 2), "failures_per_s": round(context.rates[1], 2),
-            "final": final}
+            **device_errors(environment.runner), "final": final}
     print(PROGRESS + json.dumps(line), flush=True)
+
+
+def device_errors(runner) -> dict:
+    """The exceptions raised inside the devices (a bug, not an answer of the server), as Locust
+    records a user's exceptions (`runner.exceptions`; a master's holds its workers'): how many, and
+    the first one's message (secret-free: `DeviceUser` reports them)."""
+    rows = list(getattr(runner, "exceptions", {}).values())
+    return {"device_errors": sum(row["count"] for row in rows), "device_error": rows[0]["msg"] if rows else None}
 
 
 def stop_reason(window: deque, now: float, p99_s: float | None, error_rate: float, after: float,
