@@ -12,7 +12,7 @@ from sim.scenario import Scenario
 from sim.units import format_duration
 
 __all__ = ["scenario_line", "summary_lines", "plain_lines", "dist_text", "policy_text", "capacity_rps", "PolicyRow",
-           "policy_rows", "recovery_line"]
+           "policy_rows", "recovery_line", "plural"]
 
 
 def capacity_rps(s: Scenario) -> float:
@@ -108,44 +108,74 @@ def _simulated_means(policy: Policy, retries: int, seed: int, draws: int) -> lis
 
 
 def recovery_line(recovery: dict, when=lambda seconds: format_duration(round(seconds, 1))) -> str:
-    """The closing line on recovery; `recovery` holds p90 and p99 in seconds, None if not reached.
+    """The closing line on recovery; `recovery` holds p90 and p99 in seconds, None if not reached,
+    0 if the share never fell below.
 
         >>> recovery_line({"p90": 322.4, "p99": None})
         '  back to 90 % online: 5m22.4s after the first event; 99 %: not by the end of the run'
         >>> recovery_line({"p90": None, "p99": None})
         '  back to 90 % online: not by the end of the run (nor 99 %)'
+        >>> recovery_line({"p90": 0.0, "p99": 0.0})
+        '  the online share never fell below 99 %'
     """
-    if recovery["p90"] is None:
+    p90, p99 = recovery["p90"], recovery["p99"]
+    if p90 is None:
         return "  back to 90 % online: not by the end of the run (nor 99 %)"
-    p99 = "not by the end of the run" if recovery["p99"] is None else when(recovery["p99"])
-    return f"  back to 90 % online: {when(recovery['p90'])} after the first event; 99 %: {p99}"
+    if p90 == 0 and p99 == 0:
+        return "  the online share never fell below 99 %"
+    if p90 == 0:
+        head = "  the online share never fell below 90 %"
+    else:
+        head = f"  back to 90 % online: {when(p90)} after the first event"
+    return f"{head}; 99 %: {'not by the end of the run' if p99 is None else when(p99) + ' after the first event'}"
 
 
-def summary_lines(summary: dict) -> str:
-    """A few plain-language lines about a run's summary, for the terminal."""
+def summary_lines(summary: dict, first_event_at: float | None = None) -> str:
+    """A few plain-language lines about a run's summary, for the terminal. `first_event_at` (the
+    scenario's first event, None when it has none) lets them say when no event fired at all.
+
+    Times are written one way, as scenario files write them (5m22.4s), and say what they count from.
+    """
     rec = summary["recovery_s"]
     amp = summary["amplification"]
     reps = summary.get("replications")
     head = f"{summary['scenario']} ({summary['engine']} engine" + (f", mean of {reps} replications)" if reps else ")")
+    end = summary["duration_s"]
+    if summary["clients"] == 0:
+        return f"{head}\n  no clients (population.clients = 0): nothing to log in"
     lines = [
         head,
-        f"  {summary['logins']:,.0f} logins in {summary['episodes']:,.0f} episodes; "
-        f"{summary['attempts']:,.0f} attempts" + (f" ({amp:.2f} per episode)" if amp is not None else ""),
+        f"  {summary['logins']:,.0f} logins in {plural(summary['episodes'], 'episode')}; "
+        f"{plural(summary['attempts'], 'attempt')}" + (f" ({amp:.2f} per episode)" if amp is not None else ""),
         f"  rejected {summary['rejected']:,.0f}, timed out {summary['timeouts']:,.0f}, "
         f"gave up {summary['gave_up']:,.0f}; wasted work "
         + ("n/a" if summary["wasted_work_fraction"] is None else f"{summary['wasted_work_fraction']:.1%}"),
         f"  peak offered load {summary['peak_offered_rps']:,.1f}/s against a capacity of "
         + ("unlimited" if summary["capacity_rps"] is None or math.isinf(summary["capacity_rps"])
            else f"{summary['capacity_rps']:,.1f}/s"),
-        recovery_line(rec),
     ]
+    if first_event_at is None or first_event_at >= end:
+        why = "the scenario has no events" if first_event_at is None else (
+            f"the first is at {format_duration(first_event_at)}, the run ended at {format_duration(end)}")
+        lines.append(f"  no event fired before the end of the run ({why}): no recovery to measure")
+    else:
+        lines.append(recovery_line(rec))
     lowest = summary.get("lowest_online_share")
     if lowest is not None and lowest < 0.99:
         lines.append(f"  lowest online share (of the clients that want to be online): {_share(lowest)}, "
-                     f"{_human(summary['lowest_online_at_s'])} after the start")
+                     f"at {format_duration(round(summary['lowest_online_at_s'], 1))} into the run")
     if summary["metastable"]:
         lines.append("  the storm sustained itself: METASTABLE (still down and saturated at the end)")
     return "\n".join(lines)
+
+
+def plural(n: float, noun: str) -> str:
+    """`1 episode`, `2,500 episodes`: a count and its noun, agreed (means are rounded to whole numbers).
+
+        >>> plural(1, "variant"), plural(2, "variant"), plural(1234.4, "attempt")
+        ('1 variant', '2 variants', '1,234 attempts')
+    """
+    return f"{n:,.0f} {noun}" if n == 1 else f"{n:,.0f} {noun}s"
 
 
 def _human(seconds: float) -> str:

@@ -29,6 +29,7 @@ import csv
 import hashlib
 import itertools
 import json
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from sim import batch
 from sim.batch import Finished, Run
 from sim.config import ScenarioError, ScenarioFile, read_scenario
 from sim.metrics import STEADY_FIELDS, SUMMARY_FIELDS
-from sim.overrides import canonical, parse_grid_spec, policy_list, toml_text
+from sim.overrides import MAX_GRID_VALUES, canonical, parse_grid_spec, policy_list, toml_text
 from sim.runner import choose_engine, combine, finite_json, warm_up
 from sim.scenario import Scenario
 from sim.units import format_duration
@@ -173,7 +174,8 @@ def run_sweep(scenario_path: str | Path, grids: Sequence[str | tuple[str, Sequen
               policies: Sequence[str] = (), *, replications: int = 1, engine: str = "auto",
               sets: Sequence[str] = (), scale: float = 1.0, seed: int | None = None, until: float | None = None,
               out_dir: str | Path, executor: Any = "process", jobs: int | None = None, resume: bool = False,
-              progress: Progress | None = None) -> SweepResult:
+              progress: Progress | None = None, max_runs: int | None = None,
+              before_runs: Callable[[Scenario, list[Scenario]], None] | None = None) -> SweepResult:
     """Run every point (grid values x policies) `replications` times; write sweep.csv, points.csv, sweep.json.
 
     `grids` holds specs ("KEY=...", see `parse_grid`) or parsed (key, values) pairs; `policies`
@@ -182,17 +184,28 @@ def run_sweep(scenario_path: str | Path, grids: Sequence[str | tuple[str, Sequen
     Without `resume`, sweep.csv starts afresh; with it, the (point, replication) pairs already
     in it are kept, not rerun (the scenario, seed, scale, sets, engine and until must match
     sweep.json). `progress(done, total, eta_s)` counts runs of the whole plan, resumed included;
-    `eta_s` is None until a run of this call has ended.
+    `eta_s` is None until a run of this call has ended. A plan of more than `max_runs` runs, or
+    a grid key of more than MAX_GRID_VALUES values, is refused (ValueError) before any point is
+    loaded (max_runs=None: no limits); `before_runs(base, scenarios)` is called once
+    every point is loaded, before the output folder is touched (the CLI's resource check).
     """
     if replications < 1:
         raise ValueError("replications must be >= 1")
     out = Path(out_dir)
-    parsed = [parse_grid_spec(g) if isinstance(g, str) else (g[0], list(g[1]), False) for g in grids]
+    grid_limit = MAX_GRID_VALUES if max_runs is not None else None
+    parsed = [parse_grid_spec(g, limit=grid_limit) if isinstance(g, str) else (g[0], list(g[1]), False)
+              for g in grids]
     file = read_scenario(scenario_path)
     base = file.scenario(sets=sets, scale=scale, seed=seed)
     names = policy_list(policies) or [base.client.policy.name]
+    planned = math.prod(len(v) for _, v, _ in parsed) * len(names)
+    if max_runs is not None and planned * replications > max_runs:
+        raise ValueError(f"{planned:,} points x {replications} replications = {planned * replications:,} runs, more "
+                         f"than the {max_runs:,} a sweep may plan (fewer --grid values, or --no-limits)")
     points = plan_points([(k, v) for k, v, _ in parsed], names)
     scenarios = {p.id: load_point(file, p, sets, scale, seed) for p in points}
+    if before_runs is not None:
+        before_runs(base, list(scenarios.values()))
     meta = _metadata(base, parsed, names, points, replications, engine, sets, until, scenario_path)
     columns = _run_columns([k for k, _, _ in parsed])
     out.mkdir(parents=True, exist_ok=True)

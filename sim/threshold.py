@@ -22,6 +22,7 @@ from sim.batch import Finished, Run, RunAll
 from sim.config import ScenarioFile, read_scenario
 from sim.overrides import duration_or_none, policy_list, toml_value
 from sim.runner import choose_engine
+from sim.scenario import Scenario
 from sim.sweep import Point, format_value, load_point
 from sim.units import format_duration
 
@@ -69,7 +70,8 @@ def threshold(scenario_path: str | Path, vary_key: str, lo: float | str, hi: flo
               tolerance: float = 0.05, relative: bool = True, engine: str = "auto", sets: Sequence[str] = (),
               scale: float = 1.0, seed: int | None = None, until: float | None = None, executor: Any = "process",
               jobs: int | None = None, max_probes: int = 24,
-              on_probe: Callable[[Probe], None] | None = None) -> ThresholdResult:
+              on_probe: Callable[[Probe], None] | None = None,
+              before_runs: Callable[[list[Scenario]], None] | None = None) -> ThresholdResult:
     """Bisect `vary_key` over [lo, hi] for the value where the storm tips, for one policy.
 
     Tipped: metastable in more than half of the replications (criterion "metastable"), or, with
@@ -78,7 +80,8 @@ def threshold(scenario_path: str | Path, vary_key: str, lo: float | str, hi: flo
     bracket is halved until it is at most `tolerance` wide (relative: of its upper end) or
     `max_probes` is reached. Bisection is geometric when lo > 0 and hi/lo >= 10 (`log_scale`).
     Whole-number ends give whole-number probes. Every probe's seeds come from its point (key =
-    value, policy), so the result is the same on any executor.
+    value, policy), so the result is the same on any executor. `before_runs(scenarios)` sees the
+    scenarios at both ends before anything runs (the CLI's resource check).
     """
     low, high, duration = _bound(vary_key, lo), _bound(vary_key, hi), _is_duration(lo) or _is_duration(hi)
     if not low < high:
@@ -88,6 +91,9 @@ def threshold(scenario_path: str | Path, vary_key: str, lo: float | str, hi: flo
     whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi))
     log_scale = low > 0 and high / low >= 10
     label = _criterion_label(criterion)
+    if before_runs is not None:
+        before_runs([load_point(file, Point(((vary_key, int(round(v)) if whole else v),), name), sets, scale, seed,
+                                what="probe") for v in (low, high)])
     probes: list[Probe] = []
     with batch.executor(executor, jobs) as run_all:
         def probe(value: float) -> bool:
@@ -196,7 +202,8 @@ def thresholds(scenario_path: str | Path, vary_key: str, lo: str, hi: str, *, po
                tolerance: str = "5%", replications: int = 3, criterion: str | tuple[str, float] = "metastable",
                engine: str = "auto", sets: Sequence[str] = (), scale: float = 1.0, seed: int | None = None,
                until: float | None = None, executor: Any = "process", jobs: int | None = None,
-               on_probe: Callable[[str], None] | None = None) -> list[ThresholdResult]:
+               on_probe: Callable[[str], None] | None = None,
+               before_runs: Callable[[list[Scenario]], None] | None = None) -> list[ThresholdResult]:
     """`threshold` once per policy, with bounds, policies and tolerance written as on the command line.
 
         thresholds("quickstart", "events.0.fraction", "0.01", "1", policies="none,full-jitter", tolerance="5%")
@@ -216,7 +223,7 @@ def thresholds(scenario_path: str | Path, vary_key: str, lo: str, hi: str, *, po
         results.append(threshold(scenario_path, vary_key, bounds[0], bounds[1], policy=name,
                                  replications=replications, criterion=criterion, tolerance=tol, relative=relative,
                                  engine=engine, sets=sets, scale=scale, seed=seed, until=until, executor=executor,
-                                 jobs=jobs, on_probe=shown))
+                                 jobs=jobs, on_probe=shown, before_runs=before_runs))
     return results
 
 

@@ -196,7 +196,7 @@ def test_simulate_writes_summary_and_timeseries(tmp_path):
     assert rows[0].split(",") == list(COLUMNS)
     assert len(rows) - 1 == 1200 / 30  # quickstart's resolution is 30 s
     assert sum(int(r.split(",")[5]) for r in rows[1:]) == summary["attempts"]
-    assert f"wrote {out / 'summary.json'}" in result.stderr and "logins in" in result.stderr
+    assert f"wrote {out / 'summary.json'}" in result.stdout and "logins in" in result.stdout
 
 
 def test_simulate_json_matches_file_and_seed_changes_it(tmp_path):

@@ -18,8 +18,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sim.config import ScenarioError
 from sim.units import format_duration
 
-__all__ = ["out", "err", "say", "wide", "fail", "scenario_failure", "input_failure", "runs_progress",
-           "simulation_progress", "sweep_progress"]
+__all__ = ["out", "err", "say", "wide", "fail", "scenario_failure", "input_failure", "bug", "runs_progress",
+           "simulation_progress", "sweep_progress", "Ticker", "DEBUG_ENV"]
+
+#: set to 1 (or pass --debug) to see a bug's Python traceback instead of its one-line report
+DEBUG_ENV = "LOGINSTORM_DEBUG"
 
 out = Console()
 err = Console(stderr=True)
@@ -55,11 +58,57 @@ def input_failure(exc: Exception, where: str) -> typer.Exit:
     return fail(f"{where}: {exc}")
 
 
+def bug(exc: BaseException, command: str) -> typer.Exit:
+    """A failure that is not the input's: one line on stderr and a hint; the exit (status 1) to raise."""
+    text = str(exc).strip().splitlines()
+    say(err, f"loginstorm {command}: internal error, {type(exc).__name__}: {text[0] if text else '(no message)'}")
+    say(err, f"This is a bug in loginstorm, not in your input. Run again with --debug (or {DEBUG_ENV}=1) for the "
+             "Python traceback, and please report it with the command line.")
+    return typer.Exit(code=1)
+
+
+class Ticker:
+    """Progress as plain lines on stderr every `every` seconds, for when stderr is not a terminal
+    (CI, nohup, a pipe): a long run must not look hung. `tick(text)` prints
+    `what: text (1m10s elapsed)` when `every` seconds have passed since the last line, or when final.
+    """
+
+    def __init__(self, what: str, every: float = 10.0):
+        self.what = what
+        self.every = every
+        self.start = time.monotonic()
+        self.last = self.start
+
+    def __call__(self, text: str, final: bool = False) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every and not final:
+            return
+        self.last = now
+        sys.stderr.write(f"{self.what}: {text} ({format_duration(round(now - self.start))} elapsed)\n")
+        sys.stderr.flush()
+
+
+def _eta(done: float, total: float, elapsed: float) -> str:
+    """`, about 3m left` from the share done so far, or "" while it cannot be told."""
+    if not (0 < done < total) or elapsed < 1:
+        return ""
+    return f", about {format_duration(max(1, round(elapsed * (total - done) / done)))} left"
+
+
 @contextmanager
 def runs_progress(description: str, total: int, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A progress bar over finished runs (variants x replications); silent when not a TTY."""
+    """A progress bar over finished runs (variants x replications); a line every ~10 s when stderr
+    is not a terminal; nothing when not `enabled` (--quiet)."""
     if not enabled:
         yield None
+        return
+    if not err.is_terminal:
+        tick = Ticker(description)
+
+        def line(done: int, total: int) -> None:
+            tick(f"{done}/{total} runs{_eta(done, total, time.monotonic() - tick.start)}", final=done == total)
+
+        yield line
         return
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
                TimeElapsedColumn())
@@ -75,9 +124,24 @@ def runs_progress(description: str, total: int, enabled: bool) -> Iterator[Calla
 @contextmanager
 def simulation_progress(name: str, end: float, replications: int,
                         enabled: bool) -> Iterator[Callable[[int, float, int], None] | None]:
-    """A progress bar over simulated time up to `end` (all replications), with events/s."""
+    """A progress bar over simulated time up to `end` (all replications), with events/s; a line every
+    ~10 s when stderr is not a terminal; nothing when not `enabled` (--quiet)."""
     if not enabled:
         yield None
+        return
+    if not err.is_terminal:
+        tick = Ticker(f"simulating {name}")
+        begun: dict[int, float] = {}
+
+        def line(k: int, t: float, events: int) -> None:
+            now = time.monotonic()
+            elapsed = now - begun.setdefault(k, now)
+            run = f" (run {k + 1}/{replications})" if replications > 1 else ""
+            rate = f", {events / elapsed:,.0f} events/s" if elapsed > 0 else ""
+            tick(f"{format_duration(round(t))} of {format_duration(end)} simulated{run}{rate}"
+                 f"{_eta(k * end + t, end * replications, now - tick.start)}")
+
+        yield line
         return
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[sim]}"),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn())
@@ -101,15 +165,11 @@ def sweep_progress(enabled: bool) -> Iterator[Callable[[int, int, float | None],
         yield None
         return
     if not err.is_terminal:
-        last = [0.0]
+        tick = Ticker("sweep")
 
         def line(done: int, total: int, eta: float | None) -> None:
-            now = time.monotonic()
-            if now - last[0] >= 10 or done == total:
-                last[0] = now
-                left = "" if eta is None else f", about {format_duration(round(eta))} left"
-                sys.stderr.write(f"sweep: {done}/{total} runs{left}\n")
-                sys.stderr.flush()
+            left = "" if eta is None else f", about {format_duration(round(eta))} left"
+            tick(f"{done}/{total} runs{left}", final=done == total)
 
         yield line
         return

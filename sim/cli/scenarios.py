@@ -9,10 +9,11 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from sim.cli.console import fail, out, say, scenario_failure, wide
-from sim.cli.options import ScaleOption, SeedOption, SetOption, duration
+from sim.cli.console import err, fail, out, say, scenario_failure, wide
+from sim.cli.options import NoLimitsOption, ScaleOption, SeedOption, SetOption, duration
 from sim.config import ScenarioError, load_scenario, read_scenario, shipped_scenarios, target_file
 from sim.describe import policy_rows, scenario_line
+from sim.limits import check, describe, estimate
 from sim.units import format_duration
 
 __all__ = ["validate", "scenarios", "policies"]
@@ -25,11 +26,14 @@ def validate(
     scale: ScaleOption = 1.0,
     seed: SeedOption = None,
     show: Annotated[bool, typer.Option("--show", help="Also print the fully resolved scenario as JSON.")] = False,
+    no_limits: NoLimitsOption = False,
 ) -> None:
     """Check scenario files; print a one-line summary of each valid one, the problems otherwise.
 
     A file whose only table is \\[target] is a target file (`loadtest --target`): it is checked
-    as a target (--set, --scale and --seed apply to scenarios only).
+    as a target (--set, --scale and --seed apply to scenarios only). Each scenario's second line
+    is the resource estimate `simulate` checks (memory, attempts, time on the engine auto picks);
+    one too large for this machine fails here as it would there, unless --no-limits.
     """
     failed = False
     for file in files:
@@ -46,6 +50,11 @@ def validate(
             failed = True
             continue
         say(out, f"{file}: ok  {scenario_line(scenario)}")
+        needs = estimate(scenario, "auto")
+        say(out, f"  {describe(needs)}")
+        for problem in check(needs):
+            say(err, f"{file}: {'--no-limits: going on although ' if no_limits else ''}{problem}")
+            failed = failed or not no_limits
         if show:
             out.print_json(scenario.model_dump_json())
     if failed:
@@ -77,17 +86,17 @@ def scenarios() -> None:
 
 
 def policies(
-    base: Annotated[str, typer.Option(help="Base delay b (e.g. 1s, 250ms).")] = "1s",
-    cap: Annotated[str, typer.Option(help="Cap c (e.g. 5m, inf).")] = "5m",
+    base: Annotated[str, typer.Option(metavar="DURATION", help="Base delay b (e.g. 1s, 250ms).")] = "1s",
+    cap: Annotated[str, typer.Option(metavar="DURATION", help="Cap c (e.g. 5m, inf).")] = "5m",
     multiplier: Annotated[Optional[float], typer.Option(min=1.0, help="Multiplier m (default 2; grpc 1.6).")] = None,
     retries: Annotated[int, typer.Option(min=1, max=30, help="How many retries to show.")] = 10,
 ) -> None:
     """The backoff policies with their formulas and the mean delay before retries 0..N-1."""
-    b, c = duration(base), duration(cap)
+    b, c = duration(base, "--base"), duration(cap, "--cap")
     try:
         rows = policy_rows(b, c, multiplier, retries)
-    except ValueError as exc:
-        raise fail(f"loginstorm policies: {exc}") from None
+    except ValueError as exc:  # base and cap as policies check them: "base: must be > 0 ..."
+        raise fail(f"loginstorm policies: --{exc}") from None
     formulas = Table(title="Backoff policies (MODEL.md section 4)")
     formulas.add_column("policy", style="bold", no_wrap=True)
     formulas.add_column("delay before retry n", no_wrap=True)

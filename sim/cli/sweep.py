@@ -9,17 +9,23 @@ from typing import Annotated, Optional, Sequence
 import typer
 from rich.table import Table
 
-from sim.cli.console import err, input_failure, say, sweep_progress, wide
-from sim.cli.options import DaskOption, EngineOption, JobsOption, ScaleOption, SeedOption, SetOption, positive_duration
+from sim.batch import cores
+from sim.cli.console import err, fail, input_failure, out, say, sweep_progress, wide
+from sim.cli.guard import MAX_RUNS, check_resources
+from sim.cli.options import DaskOption, EngineOption, JobsOption, NoLimitsOption, ScaleOption, SeedOption, SetOption, \
+    UntilOption, positive_duration
+from sim.cli.outputs import out_option, output_folder
 from sim.config import ScenarioError, load_scenario
+from sim.describe import plural
 from sim.results import UnsupportedScenario
+from sim.scenario import Scenario
 from sim.sweep import format_value, run_sweep
 from sim.threshold import ThresholdResult, threshold_line, thresholds
 
 __all__ = ["sweep_command", "threshold_command"]
 
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no closing lines.")]
-UntilOption = Annotated[Optional[str], typer.Option(help="Stop every run early at this simulated time.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no closing lines (the files are "
+                                                                   "the same).")]
 
 
 def sweep_command(
@@ -37,12 +43,12 @@ def sweep_command(
     scale: ScaleOption = 1.0,
     seed: SeedOption = None,
     until: UntilOption = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: out/sweep-<name>).")
-                       ] = None,
+    out_dir: Annotated[Optional[str], out_option("out/sweep-<name>")] = None,
     jobs: JobsOption = None,
     dask: DaskOption = None,
     resume: Annotated[bool, typer.Option("--resume", help="Keep the runs already in --out's sweep.csv; run the "
                                                           "rest.")] = False,
+    no_limits: NoLimitsOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Run a scenario over a grid of values (x policies x replications); write sweep.csv, points.csv, sweep.json.
@@ -51,21 +57,42 @@ def sweep_command(
     order, --jobs or --dask. sweep.csv grows as runs end; --resume continues a stopped sweep.
     """
     stop = positive_duration(until, "--until")
+    started = False
+
+    def before_runs(base: Scenario, scenarios: list[Scenario]) -> None:
+        nonlocal started
+        check_resources("sweep", scenarios, engine, replications=replications, until=stop,
+                        parallel=jobs or cores(), no_limits=no_limits)
+        output_folder(out_dir, target)
+        started = True
+
     try:
         base = load_scenario(scenario, sets=sets or (), scale=scale, seed=seed)
-        target = out_dir if out_dir is not None else Path("out") / f"sweep-{base.name}"
+        target = Path(out_dir) if out_dir else Path("out") / f"sweep-{base.name}"
         with sweep_progress(enabled=not quiet) as report:
             result = run_sweep(scenario, grid or [], [policies] if policies else [], replications=replications,
-                               engine=engine, sets=sets or (), scale=scale, seed=seed, until=stop, out_dir=target,
-                               executor=dask if dask else "process", jobs=jobs, resume=resume, progress=report)
-    except (ScenarioError, ValueError, UnsupportedScenario) as exc:
+                               engine=engine, sets=sets or (), scale=scale, seed=seed, until=stop,
+                               out_dir=target, executor=dask if dask else "process", jobs=jobs,
+                               resume=resume, progress=report, max_runs=None if no_limits else MAX_RUNS,
+                               before_runs=before_runs)
+    except (ScenarioError, UnsupportedScenario) as exc:
         raise input_failure(exc, f"loginstorm sweep {scenario}") from None
+    except ValueError as exc:
+        if started:  # once the runs have started, a ValueError is not the input's
+            raise
+        raise input_failure(exc, f"loginstorm sweep {scenario}") from None
+    except OSError as exc:
+        if not dask:
+            raise
+        raise fail(f"loginstorm sweep: --dask {dask}: {exc}") from None
+    files = result.files + _sweep_report(result.out_dir)
     if quiet:
         return
     metastable = sum(row["regime"] == "metastable" for row in result.table)
-    say(err, f"{len(result.points)} points x {replications} replications ({result.runs_now} runs made now, "
-             f"{result.runs_resumed} kept from before); metastable at {metastable} of {len(result.table)} points")
-    say(err, f"wrote {', '.join(str(p) for p in result.files + _sweep_report(result.out_dir))}")
+    say(out, f"{plural(len(result.points), 'point')} x {plural(replications, 'replication')} "
+             f"({plural(result.runs_now, 'run')} made now, {result.runs_resumed:,} kept from before); "
+             f"metastable at {metastable} of {len(result.table)} points")
+    say(out, f"wrote {', '.join(str(p) for p in files)}")
 
 
 def _sweep_report(out_dir: Path) -> list[Path]:
@@ -87,7 +114,8 @@ def threshold_command(
         metavar="all|A,B", help="One search per policy (default: the scenario's own).")] = None,
     replications: Annotated[int, typer.Option(min=1, help="Seeds per probe; tipped = most of them.")] = 3,
     recovery_limit: Annotated[Optional[str], typer.Option(
-        help="Tipped = mean recovery to 99 % online longer than this (e.g. 10m) instead of metastable.")] = None,
+        metavar="DURATION", help="Tipped = mean recovery to 99 % online longer than this (e.g. 10m) instead of "
+                                 "metastable.")] = None,
     tolerance: Annotated[str, typer.Option(help="Stop when the bracket is this narrow: 5% (of its upper end) or "
                                                 "an absolute width (0.01, 30s).")] = "5%",
     engine: EngineOption = "auto",
@@ -97,20 +125,37 @@ def threshold_command(
     until: UntilOption = None,
     jobs: JobsOption = None,
     dask: DaskOption = None,
+    no_limits: NoLimitsOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Find the value of a key where the storm tips into metastability (or slow recovery), per policy."""
     limit = positive_duration(recovery_limit, "--recovery-limit")
     stop = positive_duration(until, "--until")
+    started = False
+
+    def before_runs(scenarios: list[Scenario]) -> None:
+        nonlocal started
+        check_resources("threshold", scenarios, engine, replications=replications, until=stop,
+                        parallel=jobs or cores(), no_limits=no_limits)
+        started = True
+
     try:
         results = thresholds(scenario, vary, lo, hi, policies=policies, tolerance=tolerance,
                              replications=replications,
                              criterion=("recovery_p99", limit) if limit is not None else "metastable",
                              engine=engine, sets=sets or (), scale=scale, seed=seed, until=stop,
                              executor=dask if dask else "process", jobs=jobs,
-                             on_probe=None if quiet else (lambda line: say(err, line)))
-    except (ScenarioError, ValueError, UnsupportedScenario) as exc:
+                             on_probe=None if quiet else (lambda line: say(err, line)), before_runs=before_runs)
+    except (ScenarioError, UnsupportedScenario) as exc:
         raise input_failure(exc, f"loginstorm threshold {scenario}") from None
+    except ValueError as exc:
+        if started:  # once the probes have started, a ValueError is not the input's
+            raise
+        raise input_failure(exc, f"loginstorm threshold {scenario}") from None
+    except OSError as exc:
+        if not dask:
+            raise
+        raise fail(f"loginstorm threshold: --dask {dask}: {exc}") from None
     console = wide()
     console.print(_threshold_table(results))
     say(console, threshold_line(results))
@@ -118,7 +163,8 @@ def threshold_command(
 
 def _threshold_table(results: Sequence[ThresholdResult]) -> Table:
     first = results[0]
-    table = Table(title=f"{first.key}: where the storm tips ({first.criterion}; {first.replications} replications "
+    reps = plural(first.replications, "replication")
+    table = Table(title=f"{first.key}: where the storm tips ({first.criterion}; {reps} "
                         f"per probe{', log-scale bisection' if first.log_scale else ''})")
     for header in ("policy", "survived", "tipped", "estimate", "probes"):
         table.add_column(header, justify="left" if header == "policy" else "right")
