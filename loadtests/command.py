@@ -272,7 +272,10 @@ def _from_logs(o: LoadtestOptions, storm: Storm) -> LoadtestResult:
         raise StormError(f"--from-logs {logs}: no attempts*.csv and states*.csv (Locust's --attempt-log and "
                          "--state-log) here")
     _make_out(o.out)
-    summary, files = _write_outputs(o, storm, _horizon(o, storm), None, False, logs)
+    try:
+        summary, files = _write_outputs(o, storm, _horizon(o, storm), None, False, logs)
+    except ValueError as exc:  # rows that no device wrote: the folder given, not a bug
+        raise StormError(f"--from-logs {logs}: {exc}") from None
     return LoadtestResult(summary, files, None, False, 0)
 
 

@@ -29,7 +29,7 @@ import csv
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -120,14 +120,23 @@ def measured_run(s: Scenario, end: float, attempts: Iterable[Attempt], states: I
 
 
 def read_logs(attempt_log: Path, state_log: Path) -> tuple[list[Attempt], list[StateChange]]:
-    """The rows of a run's attempt and state logs (every worker's files)."""
+    """The rows of a run's attempt and state logs (every worker's files); a ValueError naming the
+    file and line when a row is not one the devices write (a file from elsewhere, cut or edited)."""
     attempts: list[Attempt] = []
     for path in worker_files(attempt_log):
-        with path.open(newline="", encoding="utf-8") as handle:
-            attempts += [(int(r["device"]), int(r["episode"]), int(r["attempt"]), float(r["start_s"]),
-                          float(r["seconds"]), r["outcome"]) for r in csv.DictReader(handle)]
+        attempts += _rows(path, lambda r: (int(r["device"]), int(r["episode"]), int(r["attempt"]),
+                                           float(r["start_s"]), float(r["seconds"]), str(r["outcome"])))
     states: list[StateChange] = []
     for path in worker_files(state_log):
-        with path.open(newline="", encoding="utf-8") as handle:
-            states += [(float(r["t_s"]), int(r["device"]), r["from"], r["to"]) for r in csv.DictReader(handle)]
+        states += _rows(path, lambda r: (float(r["t_s"]), int(r["device"]), str(r["from"]), str(r["to"])))
     return attempts, states
+
+
+def _rows(path: Path, row: Callable[[dict], tuple]) -> list:
+    with path.open(newline="", encoding="utf-8", errors="strict") as handle:
+        reader = csv.DictReader(handle)
+        try:
+            return [row(r) for r in reader]
+        except (KeyError, ValueError, TypeError, csv.Error) as exc:  # UnicodeDecodeError is a ValueError
+            what = f"no column {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ValueError(f"{path}: line {reader.line_num}: not a row of a loginstorm device log ({what})") from None

@@ -87,18 +87,26 @@ def resolve_scenario_path(arg: str | Path) -> Path:
     a folder never shadows a shipped scenario of the same name.
     """
     path = Path(arg)
-    if path.is_file():
-        return path
     text = str(arg)
-    if path.suffix == ".toml" or "/" in text or os.sep in text:
-        return path
-    shipped = _scenario_dir() / f"{text}.toml"
-    if shipped.is_file():
-        return shipped
-    if path.exists():
-        return path  # a folder or a device: reading says what it is
+    try:
+        if path.is_file():
+            return path
+        if path.suffix == ".toml" or "/" in text or os.sep in text:
+            return path
+        shipped = _scenario_dir() / f"{text}.toml"
+        if shipped.is_file():
+            return shipped
+        if path.exists():
+            return path  # a folder or a device: reading says what it is
+    except OSError as exc:  # a name too long, a loop of links
+        raise ScenarioError(_shown_path(text), [Problem("", f"not a usable path ({exc.strerror or exc})")]) from None
     raise ScenarioError(text, [Problem("", "no such file, and no shipped scenario of that name"
                                            f"{_shipped_hint(text)} (`loginstorm scenarios` lists them)")])
+
+
+def _shown_path(text: str) -> str:
+    """A path as messages show it: whole, or its ends when it is absurdly long."""
+    return text if len(text) <= 200 else f"{text[:90]}...({len(text):,} characters)...{text[-90:]}"
 
 
 def _shipped_hint(name: str) -> str:
@@ -175,10 +183,10 @@ def read_toml_text(path: str | Path) -> str:
     At most MAX_FILE_BYTES + 1 bytes are read; a UTF-8 byte-order mark is dropped.
     """
     path = Path(path)
-    source = str(path)
-    if path.is_dir():
-        raise ScenarioError(source, [Problem("", "is a folder, not a scenario file")])
+    source = _shown_path(str(path))
     try:
+        if path.is_dir():
+            raise ScenarioError(source, [Problem("", "is a folder, not a scenario file")])
         with path.open("rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)
             size = os.fstat(f.fileno()).st_size  # 0 for a device or a pipe

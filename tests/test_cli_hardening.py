@@ -251,3 +251,23 @@ def test_validate_prints_the_estimate_and_no_limits_lets_a_refused_run_go(tmp_pa
     forced = invoke("simulate", "quickstart", *QUICK, "--out", str(tmp_path / "b"), "--no-limits")
     assert forced.exit_code == 0 and "--no-limits: going on although server.workers" in forced.stderr
     assert (tmp_path / "b" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("argv", [["validate", "x" * 300], ["validate", "a/" + "x" * 300 + ".toml"],
+                                  ["simulate", "quickstart", "--until", "1m", "--out", "x" * 300]])
+def test_a_path_too_long_for_the_system_is_bad_input_not_a_bug(argv):
+    result = invoke(*argv)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    assert max(len(line) for line in result.stderr.splitlines()) < 300  # the path shown by its ends
+
+
+@pytest.mark.parametrize("rows", [b"device,episode\nx,1\n", b"\xe9\xe9\n", b"device,episode,attempt,start_s\n1,1,1,\n"])
+def test_from_logs_with_rows_no_device_wrote_is_bad_input(tmp_path, rows):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "attempts.csv").write_bytes(rows)
+    (logs / "states.csv").write_text("t_s,device,from,to\n")
+    result = invoke("loadtest", "quickstart", "--from-logs", str(logs), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2, result.output
+    assert f"{logs / 'attempts.csv'}: line" in result.stderr and "Traceback" not in result.output

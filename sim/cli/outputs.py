@@ -29,9 +29,13 @@ def output_folder(given: str | None, default: Path, option: str = "--out") -> Pa
     if given is not None and str(given).strip() == "":
         raise fail(f"{option}: empty; name a folder (default: {default})")
     folder = Path(given) if given is not None else default
-    if folder.exists() and not folder.is_dir():
-        what = "a file" if folder.is_file() else "not a folder"
-        raise fail(f"{option} {folder}: is {what}; name a folder (created if missing)")
+    try:
+        exists, is_dir, is_file = folder.exists(), folder.is_dir(), folder.is_file()
+    except OSError as exc:  # a name too long, a loop of links
+        raise fail(f"{option}: not a usable path ({exc.strerror or exc})") from None
+    if exists and not is_dir:
+        raise fail(f"{option} {folder}: is {'a file' if is_file else 'not a folder'}; name a folder (created if "
+                   "missing)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
