@@ -133,7 +133,7 @@ def _target(scenario: Scenario, path: str | None) -> Target:
     except OSError as exc:
         raise StormError(f"--target {path}: cannot read the file ({exc.strerror})") from None
     except ScenarioError as exc:
-        raise StormError(str(exc)) from None
+        raise StormError(f"--target {exc}") from None
 
 
 def _credentials(target: Target, scenario: Scenario, options: StormOptions):
