@@ -1,11 +1,13 @@
 """Raw per-attempt and per-state-change rows, for comparisons with the simulator and for our tests.
 
-Locust's statistics are bucketed and lagged (../shared/research/loadtest-anchors.md item 7), so
-with `--attempt-log FILE` every process also writes one CSV row per attempt, and with
-`--state-log FILE` one row per change of a device's state (`offline`, `connecting`, `online`,
-`gave_up`; a newcomer's first row has an empty `from`). In a distributed run each worker writes
-its own files, `FILE` with `.wN` before the suffix. Times are seconds of story time (the start
-of the load test); rows hold no credentials and no tokens.
+Locust's statistics are bucketed and lagged (percentiles rounded to about two significant
+digits, its current rate averaged over the window from 12 s to 2 s ago, history percentiles
+cumulative since the start; docs/loadtests.md), so with `--attempt-log FILE` every process also
+writes one CSV row per attempt, and with `--state-log FILE` one row per change of a device's
+state (`offline`, `connecting`, `online`, `gave_up`; a newcomer's first row has an empty
+`from`). In a distributed run each worker writes its own files, `FILE` with `.wN` before the
+suffix. Times are seconds of story time (the start of the load test); rows hold no credentials
+and no tokens.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`loginstorm calibrate`: identify a login endpoint's behaviour from closed-loop steps and open-loop probes.
 
 The simulator models the target as `workers` parallel servers with a mean `service_time`
-(MODEL.md section 3), optionally behind a token-bucket rate limit, with a queue that refuses
+(docs/model.md section 3), optionally behind a token-bucket rate limit, with a queue that refuses
 beyond `queue_limit`. This module measures them in two parts.
 
 Closed-loop steps: clients log in back to back at concurrency c = 1, 2, 4, ... (each step after

@@ -1,5 +1,5 @@
 """`loginstorm loadtest`: replay a scenario's storm against a real endpoint, safely, and set it
-beside the simulation (MODEL.md section 7).
+beside the simulation (docs/model.md section 7).
 
 Locust runs as a subprocess on `loadtests/locustfile.py` (its own interpreter: gevent patches
 the one it runs in), headless, with the device users' attempt and state logs in the output

@@ -1,10 +1,11 @@
-"""One Locust user = one device of the scenario (MODEL.md section 7).
+"""One Locust user = one device of the scenario (docs/model.md section 7).
 
 A device sleeps until its planned actions (reboot, dropped session, login), logs in with the
 target's flow, and on failure waits the delay of the SAME policy object the simulator uses
 (honouring Retry-After, `max_attempts`, `give_up_after`, `relaunch`). It enforces
 `client.timeout` itself around each attempt: `FastHttpUser` ignores a per-request timeout and
-its built-in retries would hide attempts (../shared/research/loadtest-anchors.md, items 4-5).
+its built-in retries would hide attempts: it sends a per-request `timeout` as a query parameter,
+and `max_retries` retries idempotent requests without backoff, reported as one sample.
 
 What Locust shows: each attempt is a `LOGIN login attempt` request, each finished episode a
 `LOGIN login episode` request (time from the first attempt to success; a give-up is its
@@ -184,7 +185,7 @@ class DeviceUser(User):
         gevent.sleep(wait)
         return True
 
-    # -- an episode: attempts and the policy's delays (MODEL.md section 3.1) -------------------------
+    # -- an episode: attempts and the policy's delays (docs/model.md section 3.1) -------------------------
 
     def _episode(self) -> bool:
         """One episode; True at success, False at give-up."""

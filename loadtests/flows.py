@@ -1,4 +1,4 @@
-"""The login flows of MODEL.md section 7 as step generators, free of gevent and of Locust.
+"""The login flows of docs/model.md section 7 as step generators, free of gevent and of Locust.
 
 A flow yields the `Step`s (HTTP requests) of one login attempt and receives each `Reply`; it
 returns the attempt's `Outcome`. The device user runs the steps over its HTTP session and
@@ -35,7 +35,7 @@ from loadtests.credentials import Account, Secret
 __all__ = ["Step", "Reply", "Outcome", "Flow", "build_flow", "judge", "parse_retry_after", "FLOWS",
            "OK", "REJECTED", "FAILED", "ERROR", "TIMEOUT"]
 
-# The kinds of outcome, in the simulator's vocabulary (timeseries columns of MODEL.md section 5).
+# The kinds of outcome, in the simulator's vocabulary (timeseries columns of docs/model.md section 5).
 OK, REJECTED, FAILED, ERROR, TIMEOUT = "ok", "rejected", "failed", "error", "timeout"
 #: answers that say "not now" (counted as `rejected`, like the simulator's refusals)
 REJECT_STATUS = frozenset({429, 503})

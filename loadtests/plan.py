@@ -10,7 +10,7 @@ the simulation tells.
     >>> plan.devices, sum(1 for d in range(plan.devices) if plan.actions(d))
     (50, 25)
 
-What a load generator can replay is the clients' side of MODEL.md section 3.1: `reboot`,
+What a load generator can replay is the clients' side of docs/model.md section 3.1: `reboot`,
 `disconnect` and `login` waves, sessions dropped by an `outage` with `drop_sessions` or by a
 `failover`, and `login_rate` arrivals (with `surge`s). The rest happens inside the server under
 test (`capacity`, `admit`, `partition`, an outage's refusals, the failover's refusals until a
@@ -19,7 +19,7 @@ client learns the standby, `p2p-rules`) and is listed in `Plan.server_side`.
 Whom a later event picks depends on how the storm went. The plan decides it on the *planned*
 state: a device is ONLINE unless the plan has it offline (rebooting, or offline with no login
 planned), as if every login succeeded at once. For the first event of a scenario (the usual
-storm) this is exact; for later events it is an approximation the README states.
+storm) this is exact; for later events it is an approximation docs/loadtests.md states.
 """
 
 from __future__ import annotations

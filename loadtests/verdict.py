@@ -1,5 +1,5 @@
 """How far a measured storm is from its simulated twin: measure by measure, each with a tolerance and
-its reason, and the verdict (MODEL.md 7: "the report puts measured and simulated curves side by side").
+its reason, and the verdict (docs/model.md section 7: "the report puts measured and simulated curves side by side").
 
 Pure: numpy over the two sides' time series and summaries; no simulation and no HTML here.
 """

@@ -1,4 +1,4 @@
-"""The token bucket of `server.rate_limit` (MODEL.md section 3), shared by the simulator's server
+"""The token bucket of `server.rate_limit` (docs/model.md section 3), shared by the simulator's server
 and the lab server so both refuse exactly the same requests.
 
     >>> bucket = TokenBucket(rate=2, burst=2, now=0.0)

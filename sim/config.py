@@ -235,7 +235,7 @@ def _utf16_without_bom(head: bytes) -> bool:
 
 
 def parse_target(text: str, source: str = "<target>") -> Target:
-    """A separate target file (a `[target]` table of MODEL.md section 7), with the scenario's messages."""
+    """A separate target file (a `[target]` table of docs/model.md section 7), with the scenario's messages."""
     return _target_table(_toml(text, source), source)
 
 

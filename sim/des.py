@@ -1,4 +1,4 @@
-"""The reference engine (`des`): MODEL.md section 3 in SimPy, one process per active client.
+"""The reference engine (`des`): docs/model.md section 3 in SimPy, one process per active client.
 
 A client's life is one generator (`Model.life`), read like its sequence diagram: online until
 its session ends or an event drops it, offline, then an episode of attempts with the policy's
@@ -278,7 +278,7 @@ class Model(RunRecords):
             self.counts["errors"].add(env.now)
         return outcome
 
-    # --- supernodes (MODEL.md 3.2) ----------------------------------------------------------
+    # --- supernodes (docs/model.md section 3.2) ----------------------------------------------------------
 
     def _start_p2p(self) -> None:
         """The wanted supernodes among the clients online at t = 0; every other one homed."""
@@ -379,7 +379,7 @@ class Model(RunRecords):
             self.wake(self._new_client(CONNECTING), EPISODE)
 
     def fire(self, e) -> Generator:
-        """One scenario event: wait for its `at`, then act (MODEL.md 3.1)."""
+        """One scenario event: wait for its `at`, then act (docs/model.md section 3.1)."""
         env = self.env
         yield env.timeout(e.at)
         if e.kind in ("reboot", "disconnect", "login"):

@@ -23,7 +23,7 @@ def capacity_rps(s: Scenario) -> float:
 
 
 def supernode_slots(s: Scenario) -> int:
-    """The workers the supernodes add at t = 0 (MODEL.md 3.2: the wanted number is in place)."""
+    """The workers the supernodes add at t = 0 (docs/model.md section 3.2: the wanted number is in place)."""
     p2p = s.server.p2p
     if p2p is None:
         return 0

@@ -1,10 +1,11 @@
-"""The README gallery: every shipped scenario run at the scale its description states, one figure each.
+"""The gallery (docs/gallery.md): every shipped scenario run at the scale its description states,
+one figure each.
 
     python -m sim.gallery --out docs/gallery          # or: make gallery
 
 Each scenario's description ends with "Runs in under a minute at --scale S"; that S is used
 (1 where none is stated). The figures are written from the real runs, with `gallery.json`
-holding each run's scale, wall-clock time and headline numbers, so the README's table can be
+holding each run's scale, wall-clock time and headline numbers, so the gallery's table can be
 checked against it.
 """
 

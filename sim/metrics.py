@@ -1,4 +1,4 @@
-"""The summary of MODEL.md section 5 as pure functions over a run's records.
+"""The summary of docs/model.md section 5 as pure functions over a run's records.
 
 Everything here reads counters, time-weighted levels and tallies; nothing runs the model, so
 both engines share these definitions.
@@ -57,7 +57,7 @@ def quantiles(values: np.ndarray, qs: tuple[float, ...] = (0.50, 0.95, 0.99)) ->
 
 
 def summarize(r: Records, *, events: int, wallclock: float, engine: str = "des") -> dict[str, Any]:
-    """Every field of MODEL.md section 5 (nulls where undefined)."""
+    """Every field of docs/model.md section 5 (nulls where undefined)."""
     s, t = r.s, r.tallies
     attempts = r.counts["attempts"].total
     width = s.bin_width
@@ -89,7 +89,7 @@ def summarize(r: Records, *, events: int, wallclock: float, engine: str = "des")
         "recovery_s": {"p90": p90, "p99": p99},
         "metastable": metastable(r),
         "steady": steady(r),
-        # beyond MODEL.md: the deepest point of the storm, exact (not a bin average)
+        # an extension (docs/model.md section 5): the deepest point of the storm, exact (not a bin average)
         "lowest_online_share": r.watch.lowest,
         "lowest_online_at_s": r.watch.lowest_at,
     }
@@ -113,7 +113,7 @@ def metastable(r: Records) -> bool:
 
 
 def steady(r: Records) -> dict[str, float | None]:
-    """Queueing measures over [warmup, end] (MODEL.md 5 `steady`)."""
+    """Queueing measures over [warmup, end] (docs/model.md section 5 `steady`)."""
     length = r.steady.length
     if length <= 0:
         return dict.fromkeys(STEADY_FIELDS)

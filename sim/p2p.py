@@ -1,4 +1,4 @@
-"""Supernodes and homes (MODEL.md 3.2): the bookkeeping of a Skype-style peer-to-peer login tier.
+"""Supernodes and homes (docs/model.md section 3.2): the bookkeeping of a Skype-style peer-to-peer login tier.
 
 Supernodes are ONLINE clients with a role: each adds `slots` login workers and can home up to
 `children` online clients. This module holds who is a supernode, who is homed where, and which

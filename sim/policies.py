@@ -1,4 +1,4 @@
-"""Backoff policies: how long a client waits before retry n (MODEL.md section 4).
+"""Backoff policies: how long a client waits before retry n (docs/model.md section 4).
 
 Pure (numpy and the standard library only): the simulator's engines and the Locust users import
 the very same objects. Each policy is a frozen dataclass whose delay is ONE function,
@@ -56,8 +56,8 @@ _SHARED = ("base", "cap", "multiplier", "max_attempts")  # every policy accepts 
 
 
 # --- the formulas, once ---------------------------------------------------------------------
-# Each row of the MODEL.md table is one plain function of (n, u, previous, base, cap, multiplier,
-# top), written with numpy ufuncs only: on arrays it is the vectorised form the Policy classes
+# Each row of the policy table (docs/model.md section 4) is one plain function of (n, u, previous, base, cap,
+# multiplier, top), written with numpy ufuncs only: on arrays it is the vectorised form the Policy classes
 # call; on floats numba compiles the very same function for the fast engine (`sim.fast`
 # registers these with numba, so this module never imports it). `top` is the retry number
 # where the envelope stops growing (``_growth_limit``); `previous` is already resolved (the
@@ -116,10 +116,10 @@ class Policy:
 
     max_attempts: int = field(default=0, kw_only=True)  # counts the first attempt; 0 = unlimited
 
-    name: ClassVar[str] = ""           # the MODEL.md table name
+    name: ClassVar[str] = ""           # the policy table (docs/model.md section 4) name
     random: ClassVar[bool] = False     # draws u (deterministic policies leave the generator alone)
     uses_previous: ClassVar[bool] = False  # the caller must keep the last draw (decorrelated)
-    formula_text: ClassVar[str] = ""   # the MODEL.md row, for display
+    formula_text: ClassVar[str] = ""   # its row in that table, for display
     kernel: ClassVar = staticmethod(none_delay)  # the module-level formula function (one per row)
 
     def __post_init__(self) -> None:
@@ -335,7 +335,7 @@ class GrpcBackoff(_Growing):
 
     grpc/grpc doc/connection-backoff.md: INITIAL_BACKOFF 1 s, MULTIPLIER 1.6, JITTER 0.2,
     MAX_BACKOFF 120 s (MIN_CONNECT_TIMEOUT 20 s is the attempt timeout, ``client.timeout`` here).
-    Jitter comes after the cap, as there, so a delay reaches 1.2·c (144 s). MODEL.md simplifies
+    Jitter comes after the cap, as there, so a delay reaches 1.2·c (144 s). docs/model.md section 4 simplifies
     the original in two ways: the first retry is jittered too, and the delay counts from the
     failure rather than from the start of the failed attempt.
     """
@@ -361,7 +361,7 @@ POLICIES: dict[str, type[Policy]] = {
 
 
 def policy_names() -> list[str]:
-    """The policy names in MODEL.md's table order."""
+    """The policy names in the order of docs/model.md section 4."""
     return list(POLICIES)
 
 
@@ -387,7 +387,7 @@ def make_policy(name: str, **params: float) -> Policy:
 def with_retry_after(delay: Real, retry_after: Real | None, honor: bool) -> Real:
     """The wait before the next attempt: max(delay, Retry-After) when honoured and given.
 
-    MODEL.md 3.1 (botocore's lower bound too). Works on arrays; NaN in ``retry_after`` means
+    docs/model.md section 3.1 (botocore's lower bound too). Works on arrays; NaN in ``retry_after`` means
     no header for that client. The policy's own ``previous`` stays the undelayed draw.
     """
     if not honor or retry_after is None:

@@ -22,7 +22,7 @@ STATES = ("online", "connecting", "offline", "gave_up")
 LEVELS = STATES + ("queue", "serving", "rejecting", "workers", "supernodes", "orbit")
 #: levels that are sums of recorded ones: busy workers and requests in the system
 DERIVED = {"busy": ("serving", "rejecting"), "in_system": ("queue", "serving")}
-#: the columns of timeseries.csv (MODEL.md section 5)
+#: the columns of timeseries.csv (docs/model.md section 5)
 COLUMNS = ("t",) + STATES + COUNTS + ("queue", "busy", "workers", "supernodes")
 
 
@@ -178,7 +178,7 @@ class ShareWatch:
 
     share = online / (online + connecting + gave_up), 1 when the denominator is 0. Recovery
     for a threshold is measured from `start` to the start of the last stretch during which the
-    share stays at or above it until the end (MODEL.md section 5, `recovery_s`).
+    share stays at or above it until the end (docs/model.md section 5, `recovery_s`).
     """
 
     __slots__ = ("start", "tail_start", "thresholds", "below", "ever", "last_up", "share", "since", "tail_max",

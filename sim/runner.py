@@ -26,7 +26,7 @@ __all__ = ["Outcome", "simulate", "check_engine", "choose_engine", "run_engine",
            "SHARE_FIELDS"]
 
 ENGINES = ("auto", "des", "fast")
-#: `auto` runs the `fast` engine for populations of at least this many clients (MODEL.md section 6)
+#: `auto` runs the `fast` engine for populations of at least this many clients (docs/model.md section 6)
 AUTO_FAST_CLIENTS = 100_000
 # Student t quantiles t(0.975, df) for df = 1..30; beyond that the normal 1.96 is close enough.
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
@@ -213,7 +213,7 @@ def write_outputs(outcome: Outcome, out_dir: Path, report: bool = True) -> list[
 
 
 def write_timeseries(ts: dict[str, np.ndarray], path: Path, whole_counts: bool = True) -> Path:
-    """timeseries.csv (MODEL.md section 5): counts as whole numbers unless they are means."""
+    """timeseries.csv (docs/model.md section 5): counts as whole numbers unless they are means."""
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(COLUMNS)

@@ -1,4 +1,4 @@
-"""The scenario file of MODEL.md section 2 as validated, immutable objects.
+"""The scenario file of docs/model.md section 2 as validated, immutable objects.
 
 Every key of the format lives here once, with its type, default and bounds. Loading a file
 (TOML, overrides, readable errors, `--scale`) is `sim.config`'s job; this module only says
@@ -141,7 +141,7 @@ class Overload(_Table):
 
 
 class P2P(_Table):
-    """Skype-style supernodes: online clients carry login capacity and homes (MODEL.md 3.2)."""
+    """Skype-style supernodes: online clients carry login capacity and homes (docs/model.md section 3.2)."""
 
     supernode_ratio: Annotated[float, Field(gt=0.0, le=1.0)]
     children: Annotated[int, Field(ge=1)]
@@ -275,7 +275,8 @@ class Failover(_Event):
 
 
 class P2PChange(_Event):
-    """From `at`, the [server.p2p] rules change: a fix deployed, parameters tuned (beyond MODEL.md).
+    """From `at`, the [server.p2p] rules change: a fix deployed, parameters tuned (an extension,
+    docs/model.md section 8).
 
     Each key given replaces the block's value; a key left out stays as it was.
     """
@@ -334,7 +335,7 @@ class StopRule(_Table):
 
 
 class Target(_Table):
-    """MODEL.md section 7: the real endpoint a load test replays the storm against."""
+    """docs/model.md section 7: the real endpoint a load test replays the storm against."""
 
     host: Annotated[str, Field(pattern=r"^https?://[^/\s]+$")]
     allowed_hosts: list[str] = []
@@ -342,7 +343,7 @@ class Target(_Table):
     path: Annotated[str, Field(pattern=r"^/")] = "/"
     client_id: str | None = None
     client_secret: Annotated[str, BeforeValidator(_env_reference)] | None = None
-    # one account for every device when there is no credentials file (beyond MODEL.md section 7)
+    # one account for every device when there is no credentials file (beyond docs/model.md section 7)
     username: str | None = None
     password: Annotated[str, BeforeValidator(_env_reference)] | None = None
     client_auth: Literal["basic", "body"] = "basic"

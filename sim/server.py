@@ -1,4 +1,4 @@
-"""The login tier of the reference engine: checks, queue, workers, protections (MODEL.md 3, 3.1).
+"""The login tier of the reference engine: checks, queue, workers, protections (docs/model.md section 3, 3.1).
 
 Requests are plain objects moved by SimPy callbacks (no process per request): an arrival goes
 through the checks in the contract's order, then to a free worker or the queue; a worker's
@@ -85,7 +85,7 @@ class LoginServer:
     # --- arrival --------------------------------------------------------------------------
 
     def submit(self, req: Request) -> tuple[str, float] | None:
-        """An attempt reaches the server: the first check that applies decides (MODEL.md 3).
+        """An attempt reaches the server: the first check that applies decides (docs/model.md section 3).
 
         Returns the refusal when the server refuses at once (the client takes it one round trip
         later), else None: the request waits, is served or is blackholed, and `req.reply` fires.

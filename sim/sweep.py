@@ -55,7 +55,7 @@ UNDISTURBED = 0.99
 #: the regimes of a run, worst first (a tie in a point's majority goes to the worse)
 REGIMES = ("metastable", "unrecovered", "recovered", "undisturbed")
 _NESTED = {"login_time_s": ("p50", "p95", "p99"), "recovery_s": ("p90", "p99"), "steady": STEADY_FIELDS}
-#: every summary field of MODEL.md 5, flattened with dots: `recovery_s.p99`, `steady.utilization`
+#: every summary field of docs/model.md section 5, flattened with dots: `recovery_s.p99`, `steady.utilization`
 SUMMARY_COLUMNS = tuple(f"{name}.{sub}" if name in _NESTED else name
                         for name in SUMMARY_FIELDS for sub in _NESTED.get(name, ("",)))
 #: columns that measure the machine, not the model: they differ between identical runs

@@ -1,7 +1,7 @@
 """Who an event picks and when each picked client is hit: pure functions over numpy arrays.
 
 Both the simulator and the Locust device users draw event times here, so a load test replays
-the same story the simulation tells (MODEL.md section 3.1, "Fraction events").
+the same story the simulation tells (docs/model.md section 3.1, "Fraction events").
 """
 
 from __future__ import annotations

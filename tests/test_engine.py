@@ -1,4 +1,4 @@
-"""The reference engine against the precise rules of MODEL.md 3.1, one rule per test.
+"""The reference engine against the precise rules of docs/model.md section 3.1, one rule per test.
 
 Each scenario is small and, where it can be, deterministic: constant service times, constant
 timeouts, constant backoff and binary-exact numbers (0.5, 0.125, 1.5 ...) make the outcome
@@ -8,7 +8,7 @@ engine. Random outcomes (who is picked, who is admitted, Poisson arrivals) are h
 binomial or Poisson bands (5 standard deviations), never to numbers from an earlier run.
 
 Same-instant ordering is avoided on purpose: no client acts at the very instant an event
-starts or ends (except where a test is about exactly that), because MODEL.md does not say
+starts or ends (except where a test is about exactly that), because docs/model.md does not say
 which goes first.
 """
 
@@ -343,7 +343,7 @@ def test_admit_gate_lets_a_fixed_share_in_and_refuses_the_rest():
 
 
 def test_admit_gate_applies_to_attempts_at_its_own_instant():
-    """MODEL.md: 'admit -- from `at`, only `fraction` of clients may log in'. Attempts made at
+    """`admit` (docs/model.md section 2): from `at`, only `fraction` of clients may log in. Attempts made at
     exactly `at` = 0 are from `at`; with fraction 0 nobody may log in."""
     r = simulate(duration=10, population={"clients": 100, **ALL_AT_ZERO}, client={"max_attempts": 1},
                  events=[{"at": 0, "kind": "admit", "fraction": 0.0}])

@@ -4,7 +4,7 @@ Agreement is statistical: each check runs the same scenario on both engines over
 replications (SeedSequence children) and compares the means of summary fields and of the online
 share of every bin with Welch's t-test, two-sided, 1 % family-wise per test (Bonferroni): on
 scenarios built to exercise many features at once, and on the shipped scenarios scaled down. The
-precise-rule stories of `test_engine` (MODEL.md 3.1, exact outcomes of small timelines) run here
+precise-rule stories of `test_engine` (docs/model.md section 3.1, exact outcomes of small timelines) run here
 on the fast engine too. The theory checks hold the fast engine alone to Erlang C, with the helpers
 of `test_theory`.
 
@@ -413,7 +413,7 @@ def test_a_dispatch_short_of_draws_resumes_at_its_instant(monkeypatch):
     assert_agree(runs, defined(runs, EVENT_FIELDS))
 
 
-# --- the precise rules of MODEL.md 3.1, one story each (tests/test_engine.py), on this engine ---------
+# --- the precise rules of docs/model.md section 3.1, one story each (tests/test_engine.py), on this engine ---------
 
 @pytest.fixture(autouse=True)
 def _rules_on_the_fast_engine(request, monkeypatch):

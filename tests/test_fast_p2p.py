@@ -1,4 +1,4 @@
-"""The fast engine's supernodes (MODEL.md 3.2) against the reference engine and hand timelines.
+"""The fast engine's supernodes (docs/model.md section 3.2) against the reference engine and hand timelines.
 
 A small P2P storm (collapse by overload self-shutdown, orphans, home refusals, promotions, a
 `p2p-rules` fix, recovery) must agree with `des` as in `test_fast` (Welch at 1 % family-wise on

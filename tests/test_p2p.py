@@ -1,4 +1,4 @@
-"""The supernode model (MODEL.md 3.2) against small cases computed by hand.
+"""The supernode model (docs/model.md section 3.2) against small cases computed by hand.
 
 The bookkeeping (`sim.p2p.Supernodes`) is checked on its own; the engine's use of it (workers
 from slots, the home constraint, promotion rate and delay, orphans, overload self-shutdown) on

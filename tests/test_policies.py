@@ -1,4 +1,4 @@
-"""Backoff policies against their MODEL.md section 4 formulas and their analytic means."""
+"""Backoff policies against their docs/model.md section 4 formulas and their analytic means."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from sim.policies import (
     NoBackoff, Policy, make_policy, policy_names, with_retry_after,
 )
 
-# The contract: MODEL.md section 4, in table order.
+# The contract: docs/model.md section 4, in table order.
 MODEL_NAMES = ["none", "constant", "random", "exponential", "full-jitter", "equal-jitter",
                "decorrelated-jitter", "grpc"]
 RANDOM_NAMES = {"random", "full-jitter", "equal-jitter", "decorrelated-jitter", "grpc"}

@@ -1,4 +1,4 @@
-"""The reference engine against queueing theory (MODEL.md sections 3 and 5).
+"""The reference engine against queueing theory (docs/model.md sections 3 and 5).
 
 Every expected value is computed here, from a closed form or from a CTMC solved with numpy
 (`tests/theory.py`), never copied from an earlier run. Each engine check runs independent

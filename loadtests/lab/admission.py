@@ -1,6 +1,6 @@
 """The scenario's `[server]` table on a real event loop: token bucket -> bounded queue -> workers.
 
-Every login request meets the checks of MODEL.md section 3 that a single server can make, in
+Every login request meets the checks of docs/model.md section 3 that a single server can make, in
 that order: the rate limit (429 + its Retry-After; every request that gets this far takes a
 token), a full queue (503 + `server.retry_after`), then the queue itself, where free workers
 take the oldest (fifo) or the newest (lifo) waiter. A finished service hands its worker straight

@@ -1,6 +1,6 @@
 """The lab's HTTP face: five ways to log in, a heartbeat, health and metrics (Starlette).
 
-Login endpoints (each request passes the admission model, MODEL.md section 3):
+Login endpoints (each request passes the admission model, docs/model.md section 3):
 - `POST /oauth/token` — OAuth 2.0 (RFC 6749): `client_credentials` and `password` grants; client
   authentication by HTTP Basic (id and secret form-urlencoded first, section 2.3.1) or by
   `client_id`/`client_secret` in the body; errors as in section 5.2.

@@ -1,4 +1,4 @@
-"""The population-scale engine (`fast`): MODEL.md section 3 as a compiled event loop.
+"""The population-scale engine (`fast`): docs/model.md section 3 as a compiled event loop.
 
 The same model as the reference engine (`sim.des`), executed by a different scheduler: per-client
 state lives in numpy arrays, and one numba-compiled loop pops a 4-ary heap of (time, seq, kind,
@@ -22,7 +22,7 @@ stretches of the loop, at their `at` and at their ends, in the order `des` fires
 at the same instant, an end after the events scheduled before it); a capacity ramp's steps are
 heap entries of the loop.
 
-Supernodes (MODEL.md 3.2) live in the loop too: per client its supernode slot, home and place
+Supernodes (docs/model.md section 3.2) live in the loop too: per client its supernode slot, home and place
 in its home's child list (a doubly linked list through two arrays), so a leaving supernode finds
 its orphans in O(children); the minute's tick is a heap entry. Promotion picks are uniform among
 the ripe ONLINE ordinary clients by rejection from all of them (exact, and an exact full scan

@@ -227,7 +227,7 @@ class Engine(EventActions):
         self.G[G_TOKENS], self.G[G_TOKENS_AT] = (rl.bucket if rl else 0.0), 0.0
 
     def _start_p2p(self, cfg, m: int) -> None:
-        """MODEL.md 3.2 at t = 0 (as `Model._start_p2p`): the wanted supernodes among the clients
+        """docs/model.md section 3.2 at t = 0 (as `Model._start_p2p`): the wanted supernodes among the clients
         online, every other one homed on a uniformly chosen supernode with room; ticks from 60 s."""
         i4 = np.int32
         if cfg is None:

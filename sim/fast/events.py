@@ -1,4 +1,4 @@
-"""The scenario's events (MODEL.md 3.1) as the compiled engine acts them, in Python.
+"""The scenario's events (docs/model.md section 3.1) as the compiled engine acts them, in Python.
 
 Server-wide events (outage, capacity, admit, partition, failover) act between two stretches of
 the loop, at their `at` and at their ends, in the order `sim.des.Model.fire` fires them; a

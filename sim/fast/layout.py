@@ -160,7 +160,7 @@ Tuples of arrays the kernels take, by index:
                 REC_CB (counter bins), REC_CS (counter window snapshots; -1: not taken),
                 REC_SCB, REC_SCT, REC_SCS (start counters SC_*: bins, totals, steady
                 sum), REC_LOGINS (login times)
-    pp          supernodes (MODEL.md 3.2), per client: PP_SIDX (its supernode slot or -1),
+    pp          supernodes (docs/model.md section 3.2), per client: PP_SIDX (its supernode slot or -1),
                 PP_SINCE (online since), PP_HOME (home slot or -1), PP_NEXT, PP_PREV (its
                 home's child list, doubly linked), PP_ONPOS (place in PP_ONS or -1),
                 PP_ONS (the ONLINE ordinary clients: promotion candidates);
@@ -199,7 +199,7 @@ SC_REFUSALS, SC_TIMEOUTS = 0, 1  # start counters: steady_refusals, steady_timeo
 # Retry-After waits in `cra`), a service or reject-work end (by pool slot), a ramp step (by ramp id)
 (K_SESSION_END, K_WANT, K_REBOOT_END, K_ATTEMPT, K_RETRY, K_REFUSED, K_TIMEOUT, K_DONE, K_REJECT_DONE,
  K_WORKERS, K_TICK) = range(11)
-P2P_TICK = 60.0  # MODEL.md 3.2: the supernode rules act every minute
+P2P_TICK = 60.0  # docs/model.md section 3.2: the supernode rules act every minute
 # pool slot states: what a request slot holds
 R_FREE, R_QUEUED, R_SERVING, R_REJECT, R_DEAD = range(5)
 # hit kinds (the sorted stream of fraction-event hits)

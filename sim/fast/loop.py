@@ -73,7 +73,7 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp)
         if now >= until:
             return DONE
         action, cid, ra, arg = A_NONE, -1, 0.0, 0.0
-        if t_hit == now:  # a fraction event hits one client (MODEL.md 3.1)
+        if t_hit == now:  # a fraction event hits one client (docs/model.md section 3.1)
             i = S[S_HIT]
             S[S_HIT] = i + 1
             cid, kind = hit_c[i], hit_k[i]

@@ -1,4 +1,4 @@
-"""Supernodes (MODEL.md 3.2), compiled: `sim.p2p.Supernodes` and `sim.des.Model`'s p2p part,
+"""Supernodes (docs/model.md section 3.2), compiled: `sim.p2p.Supernodes` and `sim.des.Model`'s p2p part,
 with `become` (`Model.set_state`: a state change and what it does to the supernodes).
 
 The `pp` tuple (`sim.fast.layout`) holds per client its supernode slot, home and place in its

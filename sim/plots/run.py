@@ -1,4 +1,4 @@
-"""The figure of one run (four panels over time) and the README gallery's view of it.
+"""The figure of one run (four panels over time) and the gallery's view of it (docs/gallery.md).
 
     fig = run_figure(result.timeseries, result.scenario)
 """
@@ -80,7 +80,7 @@ def run_figure(ts: dict[str, np.ndarray], s: Scenario, title: str | None = None)
 
 
 def gallery_figure(ts: dict[str, np.ndarray], s: Scenario) -> Figure:
-    """The README's view of one run: online share and offered load against capacity."""
+    """The gallery's view of one run: online share and offered load against capacity."""
     scale = f" at --scale {s.scale:g}" if s.scale != 1 else ""
     fig = compare_figure({"this run": ts}, s, title=f"{s.name}{scale}: {s.population.clients:,} clients")
     fig.legends[0].set_title(None)
