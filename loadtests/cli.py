@@ -25,7 +25,8 @@ from sim.cli import options as shared
 from sim.cli.console import err, fail, out, say, scenario_failure, wide
 from sim.cli.options import ScaleOption, SeedOption, SetOption, positive_duration
 from sim.config import ScenarioError, load_scenario
-from sim.describe import recovery_line
+from sim.describe import plural, recovery_line
+from sim.docs import docs_path
 
 __all__ = ["register", "lab", "loadtest", "calibrate_command", "with_options", "Declared"]
 
@@ -34,9 +35,10 @@ EXTRA = "pip install 'loginstorm[loadtest]'"
 
 def register(app: typer.Typer) -> None:
     """Add the load-test commands to `app` (`loginstorm`'s entry point group `loginstorm.commands`)."""
-    app.command()(lab)
-    app.command()(loadtest)
-    app.command("calibrate")(calibrate_command)
+    read = f"Documentation: {docs_path('loadtests.md')}"
+    app.command(epilog=read)(lab)
+    app.command(epilog=read)(loadtest)
+    app.command("calibrate", epilog=read)(calibrate_command)
 
 
 # --- Typer parameters from the declarations of loadtests.options ------------------------------
@@ -211,16 +213,16 @@ def loadtest(**values: Any) -> None:
     if not quiet:
         m = result.summary
         rec, amp = m["recovery_s"], m["amplification"]
-        say(err, f"{m['scenario']} (load test against {m['target']}, {m['devices']:,} devices, speed {m['speed']:g})\n"
+        say(out, f"{m['scenario']} (load test against {m['target']}, {m['devices']:,} devices, speed {m['speed']:g})\n"
                  f"  {m['logins']:,} logins in {m['episodes']:,} episodes; {m['attempts']:,} attempts"
                  + (f" ({amp:.2f} per episode)" if amp is not None else "") + "\n"
                  f"  rejected {m['rejected']:,}, timed out {m['timeouts']:,}, errors {m['errors']:,}, "
                  f"gave up {m['gave_up']:,}\n"
                  + recovery_line(rec, lambda seconds: f"{seconds:.1f} s"))
-        say(err, f"wrote {', '.join(str(p) for p in result.files)}")
+        say(out, f"wrote {', '.join(str(p) for p in result.files)}")
     if result.device_errors:
-        say(err, f"loginstorm loadtest: {result.device_errors:,} exception(s) inside the devices (a loginstorm bug, "
-                 f"not the target's answers); the first: {result.device_error} (tracebacks in locust.log)")
+        say(err, f"loginstorm loadtest: {plural(result.device_errors, 'exception')} inside the devices (a loginstorm "
+                 f"bug, not the target's answers); the first: {result.device_error} (tracebacks in locust.log)")
         raise typer.Exit(code=DEVICE_ERROR_EXIT)
     misconfigured = (result.stopped or "").startswith(MISCONFIGURED)
     if misconfigured or (result.summary["attempts"] and not result.summary["logins"]):

@@ -126,7 +126,8 @@ OPTIONS: tuple[Option, ...] = (
                                                    "run made elsewhere, gathered in this folder.", to="run"),
     Option("seed", "--seed", int, None, shared="SeedOption", to="storm", locust="--storm-seed",
            locust_help="seed instead of the scenario's"),
-    Option("quiet", "--quiet", bool, False, "No progress line.", short="-q"),
+    Option("quiet", "--quiet", bool, False, "No progress line and no closing lines (the files are the same).",
+           short="-q"),
     # Locust's side only: `loginstorm loadtest` sets them from --out and to read the run's progress
     Option("attempt_log", None, str, None, cli=False, locust="--attempt-log",
            locust_help="write one CSV row per attempt to this file"),
@@ -148,7 +149,7 @@ def option(name: str) -> Option:
 
 def add_locust_options(parser: Any) -> None:
     """Our options in Locust's argparse (the locustfile's `init_command_line_parser` listener)."""
-    group = parser.add_argument_group("loginstorm", "replay a scenario's login storm (MODEL.md section 7)")
+    group = parser.add_argument_group("loginstorm", "replay a scenario's login storm (docs/model.md section 7)")
     for o in OPTIONS:
         if o.locust is None:
             continue

@@ -33,8 +33,10 @@ def test_validate_all_shipped_scenarios():
     result = invoke("validate", *paths)
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == len(paths)
-    assert all(": ok  " in line for line in lines)
+    assert len(lines) == 2 * len(paths)  # the scenario, then what it needs
+    assert all(": ok  " in line for line in lines[::2])
+    assert all(re.fullmatch(r"  needs ~[\d.]+ [kMGT]?B, ~[\d.]+( [kMG])? attempts, ~\S+ (s|min|h|d) on the (des|fast) "
+                            r"engine", line) for line in lines[1::2]), lines[1::2]
 
 
 def test_validate_by_shipped_name():
@@ -49,9 +51,11 @@ def test_typo_gives_one_line_with_suggestion_and_exit_2(tmp_path):
     result = invoke("validate", str(bad))
     assert result.exit_code == 2
     assert result.stdout == ""
-    assert result.stderr.strip() == f"{bad}: server.workrs: unknown key 'workrs'; did you mean 'workers'? " \
-                                    "(valid keys: workers, service_time, queue_limit, discipline, drop_expired, " \
-                                    "cancel_on_timeout, reject_cost, retry_after, rate_limit, overload, p2p)"
+    problem, hint = result.stderr.strip().splitlines()
+    assert problem == f"{bad}: server.workrs: unknown key 'workrs'; did you mean 'workers'? " \
+                      "(valid keys: workers, service_time, queue_limit, discipline, drop_expired, " \
+                      "cancel_on_timeout, reject_cost, retry_after, rate_limit, overload, p2p)"
+    assert hint == "(every key of a scenario, its unit and default: docs/model.md section 2)"
     assert "Traceback" not in result.output
 
 
@@ -77,8 +81,9 @@ def test_validate_checks_a_standalone_target_file(tmp_path):
     good.write_text(TARGET)
     result = invoke("validate", str(good), "quickstart")
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines() == [f"{good}: ok  target: form flow at http://127.0.0.1:8000/accounts/login/, "
-                                          "success: HTTP 302", result.stdout.splitlines()[1]]
+    first = result.stdout.splitlines()[0]
+    assert first == f"{good}: ok  target: form flow at http://127.0.0.1:8000/accounts/login/, success: HTTP 302"
+    assert len(result.stdout.splitlines()) == 3  # the target in one line; quickstart and what it needs
     assert "quickstart: ok  quickstart: 5,000 clients" in result.stdout
 
 
@@ -110,7 +115,9 @@ def test_set_and_scale_change_the_resolved_scenario():
     result = invoke("validate", "quickstart", "--set", "server.workers=80", "--set",
                     "client.policy.name=full-jitter", "--scale", "0.5", "--show")
     assert result.exit_code == 0, result.output
-    summary, _, dumped = result.stdout.partition("\n")
+    summary, _, rest = result.stdout.partition("\n")
+    needs, _, dumped = rest.partition("\n")
+    assert needs.startswith("  needs ~")
     assert "2,500 clients" in summary and "40 workers" in summary and "full-jitter" in summary
     resolved = json.loads(dumped)
     assert resolved["server"]["workers"] == 40

@@ -21,6 +21,7 @@ from typer.main import get_group
 from sim import __version__
 from sim.cli import compare, scenarios, simulate, sweep
 from sim.cli.console import DEBUG_ENV, bug, fail, out
+from sim.docs import docs_hint, docs_path
 
 __all__ = ["app", "ENTRY_POINTS"]
 
@@ -116,6 +117,7 @@ def _plain_help(param: Any) -> None:
 app = typer.Typer(
     name="loginstorm",
     help="Simulate and load-test login storms: reboot waves, retry storms, backoff policies.",
+    epilog=f"Documentation: {docs_path('README.md')}; the model, key by key: {docs_path('model.md')}",
     cls=_Commands,
     no_args_is_help=True,
     add_completion=False,
@@ -144,10 +146,12 @@ def main(
     _debug = debug
 
 
-app.command()(scenarios.validate)
-app.command()(scenarios.scenarios)
-app.command()(scenarios.policies)
-app.command()(simulate.simulate)
-app.command()(compare.compare)
-app.command("sweep")(sweep.sweep_command)
-app.command("threshold")(sweep.threshold_command)
+_SIMULATE = f"Documentation: {docs_path('simulate.md')}; every scenario key: {docs_hint('model.md', '2')}"
+_COMPARE = f"Documentation: {docs_path('compare-and-sweep.md')}"
+app.command(epilog=_SIMULATE)(scenarios.validate)
+app.command(epilog=f"The incidents behind them, with sources: {docs_path('gallery.md')}")(scenarios.scenarios)
+app.command(epilog=f"Formulas and parameters: {docs_hint('model.md', '4')}")(scenarios.policies)
+app.command(epilog=_SIMULATE)(simulate.simulate)
+app.command(epilog=_COMPARE)(compare.compare)
+app.command("sweep", epilog=_COMPARE)(sweep.sweep_command)
+app.command("threshold", epilog=_COMPARE)(sweep.threshold_command)

@@ -107,7 +107,7 @@ def _ranking_table(comparison: Comparison) -> Table:
     headers, rows = table_rows(comparison.results)
     reps = comparison.replications
     table = Table(title=f"{comparison.scenario.name}: {plural(len(rows), 'variant')}, {plural(reps, 'replication')}"
-                        f" each (mean ± 95 % CI half-width, or [low, high] where cut at 0), best first")
+                        f" each (mean ± 95 % CI half-width, or \\[low, high] where cut at 0), best first")
     for header in headers:
         table.add_column(header, justify="left" if header in ("variant", "tied with") else "right",
                          style="bold" if header == "variant" else None)

@@ -16,10 +16,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sim.config import ScenarioError
+from sim.docs import docs_hint
 from sim.units import format_duration
 
 __all__ = ["out", "err", "say", "wide", "fail", "scenario_failure", "input_failure", "bug", "runs_progress",
-           "simulation_progress", "sweep_progress", "Ticker", "DEBUG_ENV"]
+           "simulation_progress", "sweep_progress", "Ticker", "DEBUG_ENV", "FORMAT_HINT"]
 
 #: set to 1 (or pass --debug) to see a bug's Python traceback instead of its one-line report
 DEBUG_ENV = "LOGINSTORM_DEBUG"
@@ -44,11 +45,18 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def scenario_failure(exc: ScenarioError) -> typer.Exit:
-    """Print a scenario's problems, one located line each; the exit (status 2) to raise."""
+def scenario_failure(exc: ScenarioError, hint: bool = True) -> typer.Exit:
+    """Print a scenario's problems, one located line each, then (unless not `hint`) where the
+    format is written down; the exit (status 2) to raise."""
     for problem in exc.problems:
         say(err, problem.line(exc.source))
+    if hint:
+        say(err, FORMAT_HINT)
     return typer.Exit(code=2)
+
+
+#: the last line under a scenario's problems
+FORMAT_HINT = f"(every key of a scenario, its unit and default: {docs_hint('model.md', '2')})"
 
 
 def input_failure(exc: Exception, where: str) -> typer.Exit:

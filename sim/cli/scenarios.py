@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from sim.cli.console import err, fail, out, say, scenario_failure, wide
+from sim.cli.console import FORMAT_HINT, err, fail, out, say, scenario_failure, wide
 from sim.cli.options import NoLimitsOption, ScaleOption, SeedOption, SetOption, duration
 from sim.config import ScenarioError, load_scenario, read_scenario, shipped_scenarios, target_file
 from sim.describe import policy_rows, scenario_line
@@ -46,7 +46,7 @@ def validate(
                 continue
             scenario = load_scenario(file, sets=sets or (), scale=scale, seed=seed)
         except ScenarioError as exc:
-            scenario_failure(exc)
+            scenario_failure(exc, hint=False)
             failed = True
             continue
         say(out, f"{file}: ok  {scenario_line(scenario)}")
@@ -58,6 +58,7 @@ def validate(
         if show:
             out.print_json(scenario.model_dump_json())
     if failed:
+        say(err, FORMAT_HINT)
         raise typer.Exit(code=2)
 
 
@@ -97,7 +98,7 @@ def policies(
         rows = policy_rows(b, c, multiplier, retries)
     except ValueError as exc:  # base and cap as policies check them: "base: must be > 0 ..."
         raise fail(f"loginstorm policies: --{exc}") from None
-    formulas = Table(title="Backoff policies (MODEL.md section 4)")
+    formulas = Table(title="Backoff policies (docs/model.md section 4)")
     formulas.add_column("policy", style="bold", no_wrap=True)
     formulas.add_column("delay before retry n", no_wrap=True)
     means = Table(title=f"Mean delay before retry n with b = {format_duration(b)}, c = {format_duration(c)}"
