@@ -172,7 +172,9 @@ def nginx_chain(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("policy", list(POLICIES))
+# one policy per server keeps make test near 10 minutes: here no backoff, the storm that leans on the
+# rate limit hardest; the Django chain below runs full-jitter
+@pytest.mark.parametrize("policy", ["none"])
 def test_chain_nginx_rate_limit_twin_agrees_and_a_queueing_model_diverges(nginx_chain, tmp_path, policy):
     server, scenario, target, file, calibration = nginx_chain
     assert calibration["calibration"]["behaviour"] == "rate-limited"
@@ -234,8 +236,9 @@ def django_chain(tmp_path_factory):
 
 
 @pytest.mark.slow
-# none last: after its storm the worker spends a minute on the requests its clients abandoned
-@pytest.mark.parametrize("policy", ["full-jitter", "none"])
+# full-jitter only (see the nginx chain above); with none, the worker would spend a minute after the
+# storm on the requests its clients abandoned
+@pytest.mark.parametrize("policy", ["full-jitter"])
 def test_chain_django_one_worker_twin_agrees_and_a_refusing_model_diverges(django_chain, tmp_path, policy):
     server, scenario, target, file, calibration = django_chain
     assert calibration["calibration"]["behaviour"] == "queues"

@@ -231,5 +231,5 @@ def test_p2p_bookkeeping_is_consistent_through_a_storm(until):
     ("every-key", 0.15, ()),
 ], ids=["skype-2007", "skype-2010", "every-key"])
 def test_p2p_scenarios_agree_with_des(name, scale, sets):
-    runs = both_engines(load_scenario(f"scenarios/{name}.toml", sets, scale=scale), reps=10)
+    runs = both_engines(load_scenario(f"scenarios/{name}.toml", sets, scale=scale), reps=8)
     assert_agree(runs, defined(runs, P2P_FIELDS))

@@ -146,7 +146,7 @@ def test_a_p99_threshold_stops_a_run_against_a_slow_server(tmp_path):
 
 STORM = """
 name = "agree"
-duration = "40s"
+duration = "24s"
 seed = 5
 resolution = "2s"
 [population]

@@ -46,11 +46,11 @@ def fail(message: str) -> typer.Exit:
 
 
 def scenario_failure(exc: ScenarioError, hint: bool = True) -> typer.Exit:
-    """Print a scenario's problems, one located line each, then (unless not `hint`) where the
-    format is written down; the exit (status 2) to raise."""
+    """Print a scenario's problems, one located line each, then, when one is about a key (and
+    `hint`), where the format is written down; the exit (status 2) to raise."""
     for problem in exc.problems:
         say(err, problem.line(exc.source))
-    if hint:
+    if hint and any(problem.path for problem in exc.problems):
         say(err, FORMAT_HINT)
     return typer.Exit(code=2)
 

@@ -35,7 +35,7 @@ def validate(
     is the resource estimate `simulate` checks (memory, attempts, time on the engine auto picks);
     one too large for this machine fails here as it would there, unless --no-limits.
     """
-    failed = False
+    failed = keyed = False
     for file in files:
         try:
             target = target_file(read_scenario(file))
@@ -48,6 +48,7 @@ def validate(
         except ScenarioError as exc:
             scenario_failure(exc, hint=False)
             failed = True
+            keyed = keyed or any(problem.path for problem in exc.problems)
             continue
         say(out, f"{file}: ok  {scenario_line(scenario)}")
         needs = estimate(scenario, "auto")
@@ -57,8 +58,9 @@ def validate(
             failed = failed or not no_limits
         if show:
             out.print_json(scenario.model_dump_json())
-    if failed:
+    if keyed:
         say(err, FORMAT_HINT)
+    if failed:
         raise typer.Exit(code=2)
 
 
