@@ -56,7 +56,7 @@ OUT_OF_MEMORY = re.compile(r"MemoryError|out of memory", re.IGNORECASE)
 
 QUICK = settings(max_examples=60, deadline=None, derandomize=True, database=None, print_blob=False,
                  suppress_health_check=list(HealthCheck))
-THOROUGH = settings(QUICK, max_examples=150)
+THOROUGH = settings(QUICK, max_examples=120)
 
 
 # --- the driver -----------------------------------------------------------------------------
