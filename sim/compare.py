@@ -34,6 +34,7 @@ import numpy as np
 from sim import batch
 from sim.batch import Finished, Run
 from sim.config import ScenarioError, ScenarioFile, read_scenario
+from sim.describe import plural
 from sim.overrides import Variant, parse_variant, policy_list
 from sim.runner import choose_engine, combine, finite_json, replication_seeds, warm_up
 from sim.scenario import Scenario
@@ -453,7 +454,8 @@ def _run_line(comparison: Comparison) -> str:
     s, r = comparison.scenario, comparison.replications
     seeds = "the same seeds for every variant (common random numbers)" if r > 1 else f"seed {s.seed}"
     until = f", each stopped at {format_duration(comparison.until)}" if comparison.until is not None else ""
-    return (f"{s.population.clients:,} clients, {s.server.workers:,} workers, {format_duration(s.duration)} "
+    return (f"{plural(s.population.clients, 'client')}, {plural(s.server.workers, 'worker')}, "
+            f"{format_duration(s.duration)} "
             f"simulated{until}; {r} replication{'s' if r > 1 else ''} per variant with {seeds}.")
 
 

@@ -49,8 +49,9 @@ def scenario_line(s: Scenario) -> str:
     events = ", ".join(f"{e.kind} at {format_duration(e.at)}" for e in s.events) or "no events"
     policy = s.client.build_policy()
     parts = [
-        f"{s.population.clients:,} clients",
-        f"{s.server.workers:,} workers" + (f" + {supernode_slots(s):,} supernode slots" if s.server.p2p else "")
+        plural(s.population.clients, "client"),
+        plural(s.server.workers, "worker") + (f" + {plural(supernode_slots(s), 'supernode slot')}" if s.server.p2p
+                                              else "")
         + f" (~{capacity_rps(s):,.0f} logins/s)",
         f"{len(s.events)} event{'s' if len(s.events) != 1 else ''} ({events})",
         f"{format_duration(s.duration)} simulated",

@@ -86,6 +86,11 @@ def test_help_shows_no_python_type_names(command):
         assert name not in result.stdout, (command, name)
 
 
+def test_one_worker_and_one_client_are_singular():
+    result = invoke("validate", "quickstart", "--set", "server.workers=1", "--set", "population.clients=1")
+    assert result.exit_code == 0 and "quickstart: 1 client, 1 worker (" in result.stdout, result.stdout
+
+
 def test_one_variant_and_one_replication_are_singular(tmp_path):
     result = invoke("compare", "quickstart", "--policy", "none", "--replications", "1", *QUICK, "--jobs", "1",
                     "--out", str(tmp_path), env={"COLUMNS": "250"})

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from sim.plots import COLORS, capacity_series, log_scale_if_wide, mark_events, time_unit
 from sim.plots.compare import compare_figure
+from sim.describe import plural
 from sim.scenario import Scenario
 from sim.units import format_duration
 
@@ -23,11 +24,11 @@ def run_figure(ts: dict[str, np.ndarray], s: Scenario, title: str | None = None)
     x = ts["t"] / unit
     width = s.bin_width
     fig, axes = plt.subplots(4, 1, figsize=(11, 11), sharex=True, layout="constrained")
-    tier = f"{s.server.workers:,} workers"
+    tier = plural(s.server.workers, "worker")
     if s.server.p2p is not None:
         tier = (f"{s.server.workers:,} dedicated worker{'' if s.server.workers == 1 else 's'} "
                 f"+ {s.server.p2p.slots} per supernode")
-    fig.suptitle(title or f"{s.name}: {s.population.clients:,} clients, {tier}", fontsize=13)
+    fig.suptitle(title or f"{s.name}: {plural(s.population.clients, 'client')}, {tier}", fontsize=13)
 
     ax = axes[0]
     for name, label in (("online", "online"), ("connecting", "connecting (logging in or waiting to retry)"),
@@ -82,6 +83,6 @@ def run_figure(ts: dict[str, np.ndarray], s: Scenario, title: str | None = None)
 def gallery_figure(ts: dict[str, np.ndarray], s: Scenario) -> Figure:
     """The gallery's view of one run: online share and offered load against capacity."""
     scale = f" at --scale {s.scale:g}" if s.scale != 1 else ""
-    fig = compare_figure({"this run": ts}, s, title=f"{s.name}{scale}: {s.population.clients:,} clients")
+    fig = compare_figure({"this run": ts}, s, title=f"{s.name}{scale}: {plural(s.population.clients, 'client')}")
     fig.legends[0].set_title(None)
     return fig
