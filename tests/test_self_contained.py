@@ -29,7 +29,7 @@ def texts() -> list[tuple[Path, str]]:
 
 
 # what points outside: the old contract beside the repository, the machine's own folders
-OUTSIDE = re.compile(r"\.\./shared|/work/|MODEL\.md|shared/research")
+OUTSIDE = re.compile(r"\.\./shared|/wor[k]/|/far[m]/|MODEL\.md|shared/research")
 
 
 def test_no_tracked_file_points_outside_the_repository():
