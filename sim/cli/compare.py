@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from sim.cli.console import err, fail, out, runs_progress, say, scenario_failure, wide
+from sim.cli.console import err, fail, input_errors, out, runs_progress, say, wide
 from sim.cli.guard import check_resources
 from sim.cli.options import EngineOption, NoLimitsOption, ScaleOption, SeedOption, SetOption, UntilOption, duration, \
     positive_duration
@@ -17,10 +17,8 @@ from sim.compare import Comparison, build_variants, closing_line, table_rows
 from sim.compare import compare as run_comparison
 from sim.compare import to_json as comparison_json
 from sim.compare import write_outputs as write_comparison
-from sim.config import ScenarioError
 from sim.describe import plural
 from sim.batch import cores
-from sim.results import UnsupportedScenario
 from sim.scenario import Scenario
 
 __all__ = ["compare"]
@@ -69,30 +67,19 @@ def compare(
     except ValueError as exc:
         raise fail(f"loginstorm compare: {exc}") from None
     target: list[Path] = []
-    started = False
+    with input_errors(str(scenario)) as runs_begin:
+        def before_runs(base: Scenario, scenarios: list[Scenario]) -> None:
+            """Checks that need the variants loaded, made before any run starts."""
+            check_resources("compare", scenarios, engine, replications=replications, until=stop,
+                            parallel=min(jobs or cores(), len(scenarios) * replications), no_limits=no_limits)
+            target.append(output_folder(out_dir, Path("out") / f"{base.name}-compare"))
+            runs_begin()
 
-    def before_runs(base: Scenario, scenarios: list[Scenario]) -> None:
-        """Checks that need the variants loaded, made before any run starts."""
-        nonlocal started
-        check_resources("compare", scenarios, engine, replications=replications, until=stop,
-                        parallel=min(jobs or cores(), len(scenarios) * replications), no_limits=no_limits)
-        target.append(output_folder(out_dir, Path("out") / f"{base.name}-compare"))
-        started = True
-
-    try:
         with runs_progress(f"comparing {plural(len(variants), 'variant')}", len(variants) * replications,
                            enabled=not quiet) as report:
             comparison = run_comparison(scenario, variants, sets=sets or (), scale=scale, seed=seed, until=stop,
                                         replications=replications, jobs=jobs, progress=report, engine=engine,
                                         before_runs=before_runs)
-    except ScenarioError as exc:
-        raise scenario_failure(exc) from None
-    except UnsupportedScenario as exc:
-        raise fail(f"{scenario}: {exc}") from None
-    except ValueError as exc:
-        if started:  # a ValueError once the runs have started is not the input's
-            raise
-        raise fail(f"{scenario}: {exc}") from None
     paths = write_safely(lambda folder: write_comparison(comparison, folder), target[0], comparison.scenario.name)
     console = err if json_out else wide()
     console.print(_ranking_table(comparison))

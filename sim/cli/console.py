@@ -17,10 +17,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sim.config import ScenarioError
 from sim.docs import docs_hint
+from sim.results import UnsupportedScenario
 from sim.units import format_duration
 
-__all__ = ["out", "err", "say", "wide", "fail", "scenario_failure", "input_failure", "bug", "runs_progress",
-           "simulation_progress", "sweep_progress", "Ticker", "DEBUG_ENV", "FORMAT_HINT"]
+__all__ = ["out", "err", "say", "wide", "fail", "scenario_failure", "input_failure", "input_errors", "bug",
+           "runs_progress", "simulation_progress", "sweep_progress", "Ticker", "DEBUG_ENV", "FORMAT_HINT"]
 
 #: set to 1 (or pass --debug) to see a bug's Python traceback instead of its one-line report
 DEBUG_ENV = "LOGINSTORM_DEBUG"
@@ -57,6 +58,29 @@ def scenario_failure(exc: ScenarioError, hint: bool = True) -> typer.Exit:
 
 #: the last line under a scenario's problems
 FORMAT_HINT = f"(every key of a scenario, its unit and default: {docs_hint('model.md', '2')})"
+
+
+@contextmanager
+def input_errors(where: str) -> Iterator[Callable[[], None]]:
+    """Library errors as bad input (exit 2, via `input_failure`) until the runs begin.
+
+    The block calls the function it is given once the runs begin (from a `before_runs` hook);
+    from then on a ValueError is a bug, left to the command group (exit 1). A scenario's problems
+    and an unsupported scenario stay the input's at any time (threshold loads each probe as it
+    goes).
+    """
+    started = False
+
+    def runs_begin() -> None:
+        nonlocal started
+        started = True
+
+    try:
+        yield runs_begin
+    except ValueError as exc:
+        if started and not isinstance(exc, (ScenarioError, UnsupportedScenario)):
+            raise
+        raise input_failure(exc, where) from None
 
 
 def input_failure(exc: Exception, where: str) -> typer.Exit:

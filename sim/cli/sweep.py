@@ -10,14 +10,13 @@ import typer
 from rich.table import Table
 
 from sim.batch import cores
-from sim.cli.console import err, fail, input_failure, out, say, sweep_progress, wide
+from sim.cli.console import err, fail, input_errors, out, say, sweep_progress, wide
 from sim.cli.guard import MAX_RUNS, check_resources
 from sim.cli.options import DaskOption, EngineOption, JobsOption, NoLimitsOption, ScaleOption, SeedOption, SetOption, \
     UntilOption, positive_duration
 from sim.cli.outputs import out_option, output_folder
-from sim.config import ScenarioError, load_scenario
+from sim.config import load_scenario
 from sim.describe import plural
-from sim.results import UnsupportedScenario
 from sim.scenario import Scenario
 from sim.sweep import format_value, run_sweep
 from sim.threshold import ThresholdResult, threshold_line, thresholds
@@ -57,30 +56,22 @@ def sweep_command(
     order, --jobs or --dask. sweep.csv grows as runs end; --resume continues a stopped sweep.
     """
     stop = positive_duration(until, "--until")
-    started = False
-
-    def before_runs(base: Scenario, scenarios: list[Scenario]) -> None:
-        nonlocal started
-        check_resources("sweep", scenarios, engine, replications=replications, until=stop,
-                        parallel=jobs or cores(), no_limits=no_limits)
-        output_folder(out_dir, target)
-        started = True
-
     try:
-        base = load_scenario(scenario, sets=sets or (), scale=scale, seed=seed)
-        target = Path(out_dir) if out_dir else Path("out") / f"sweep-{base.name}"
-        with sweep_progress(enabled=not quiet) as report:
-            result = run_sweep(scenario, grid or [], [policies] if policies else [], replications=replications,
-                               engine=engine, sets=sets or (), scale=scale, seed=seed, until=stop,
-                               out_dir=target, executor=dask if dask else "process", jobs=jobs,
-                               resume=resume, progress=report, max_runs=None if no_limits else MAX_RUNS,
-                               before_runs=before_runs)
-    except (ScenarioError, UnsupportedScenario) as exc:
-        raise input_failure(exc, f"loginstorm sweep {scenario}") from None
-    except ValueError as exc:
-        if started:  # once the runs have started, a ValueError is not the input's
-            raise
-        raise input_failure(exc, f"loginstorm sweep {scenario}") from None
+        with input_errors(f"loginstorm sweep {scenario}") as runs_begin:
+            def before_runs(base: Scenario, scenarios: list[Scenario]) -> None:
+                check_resources("sweep", scenarios, engine, replications=replications, until=stop,
+                                parallel=jobs or cores(), no_limits=no_limits)
+                output_folder(out_dir, target)
+                runs_begin()
+
+            base = load_scenario(scenario, sets=sets or (), scale=scale, seed=seed)
+            target = Path(out_dir) if out_dir else Path("out") / f"sweep-{base.name}"
+            with sweep_progress(enabled=not quiet) as report:
+                result = run_sweep(scenario, grid or [], [policies] if policies else [],
+                                   replications=replications, engine=engine, sets=sets or (), scale=scale, seed=seed,
+                                   until=stop, out_dir=target, executor=dask if dask else "process", jobs=jobs,
+                                   resume=resume, progress=report, max_runs=None if no_limits else MAX_RUNS,
+                                   before_runs=before_runs)
     except OSError as exc:
         if not dask:
             raise
@@ -131,27 +122,19 @@ def threshold_command(
     """Find the value of a key where the storm tips into metastability (or slow recovery), per policy."""
     limit = positive_duration(recovery_limit, "--recovery-limit")
     stop = positive_duration(until, "--until")
-    started = False
-
-    def before_runs(scenarios: list[Scenario]) -> None:
-        nonlocal started
-        check_resources("threshold", scenarios, engine, replications=replications, until=stop,
-                        parallel=jobs or cores(), no_limits=no_limits)
-        started = True
-
     try:
-        results = thresholds(scenario, vary, lo, hi, policies=policies, tolerance=tolerance,
-                             replications=replications,
-                             criterion=("recovery_p99", limit) if limit is not None else "metastable",
-                             engine=engine, sets=sets or (), scale=scale, seed=seed, until=stop,
-                             executor=dask if dask else "process", jobs=jobs,
-                             on_probe=None if quiet else (lambda line: say(err, line)), before_runs=before_runs)
-    except (ScenarioError, UnsupportedScenario) as exc:
-        raise input_failure(exc, f"loginstorm threshold {scenario}") from None
-    except ValueError as exc:
-        if started:  # once the probes have started, a ValueError is not the input's
-            raise
-        raise input_failure(exc, f"loginstorm threshold {scenario}") from None
+        with input_errors(f"loginstorm threshold {scenario}") as runs_begin:
+            def before_runs(scenarios: list[Scenario]) -> None:
+                check_resources("threshold", scenarios, engine, replications=replications, until=stop,
+                                parallel=jobs or cores(), no_limits=no_limits)
+                runs_begin()
+
+            results = thresholds(scenario, vary, lo, hi, policies=policies, tolerance=tolerance,
+                                 replications=replications,
+                                 criterion=("recovery_p99", limit) if limit is not None else "metastable",
+                                 engine=engine, sets=sets or (), scale=scale, seed=seed, until=stop,
+                                 executor=dask if dask else "process", jobs=jobs,
+                                 on_probe=None if quiet else (lambda line: say(err, line)), before_runs=before_runs)
     except OSError as exc:
         if not dask:
             raise
