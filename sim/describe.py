@@ -53,7 +53,7 @@ def scenario_line(s: Scenario) -> str:
         plural(s.server.workers, "worker") + (f" + {plural(supernode_slots(s), 'supernode slot')}" if s.server.p2p
                                               else "")
         + f" (~{capacity_rps(s):,.0f} logins/s)",
-        f"{len(s.events)} event{'s' if len(s.events) != 1 else ''} ({events})",
+        f"{plural(len(s.events), 'event')} ({events})",
         f"{format_duration(s.duration)} simulated",
         f"policy {policy_text(policy)}",
     ]

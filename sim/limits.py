@@ -173,7 +173,8 @@ def describe(e: Estimate) -> str:
 
 
 def check_runs(runs: int, limit: int = MAX_RUNS) -> list[str]:
-    """A line when a sweep's runs (`sim.overrides.grid_size`) are over `limit`, else none."""
+    """A line when a sweep's runs (grid points x policies x replications: `sim.sweep.run_sweep`,
+    or `sim.overrides.grid_size` from the specs) are over `limit`, else none."""
     if runs <= limit:
         return []
     return [f"the sweep makes {runs:,} runs (grid points x policies x replications), over the limit of "

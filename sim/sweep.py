@@ -42,6 +42,7 @@ from sim import batch
 from sim.batch import Finished, Run
 from sim.config import ScenarioError, ScenarioFile, read_scenario
 from sim.metrics import STEADY_FIELDS, SUMMARY_FIELDS
+from sim.limits import check_runs
 from sim.overrides import MAX_GRID_VALUES, canonical, parse_grid_spec, policy_list, toml_text
 from sim.runner import choose_engine, combine, finite_json, warm_up
 from sim.scenario import Scenario
@@ -198,10 +199,10 @@ def run_sweep(scenario_path: str | Path, grids: Sequence[str | tuple[str, Sequen
     file = read_scenario(scenario_path)
     base = file.scenario(sets=sets, scale=scale, seed=seed)
     names = policy_list(policies) or [base.client.policy.name]
-    planned = math.prod(len(v) for _, v, _ in parsed) * len(names)
-    if max_runs is not None and planned * replications > max_runs:
-        raise ValueError(f"{planned:,} points x {replications} replications = {planned * replications:,} runs, more "
-                         f"than the {max_runs:,} a sweep may plan (fewer --grid values, or --no-limits)")
+    planned = math.prod(len(v) for _, v, _ in parsed) * len(names) * replications
+    too_many = check_runs(planned, max_runs) if max_runs is not None else []
+    if too_many:
+        raise ValueError(too_many[0])
     points = plan_points([(k, v) for k, v, _ in parsed], names)
     scenarios = {p.id: load_point(file, p, sets, scale, seed) for p in points}
     if before_runs is not None:

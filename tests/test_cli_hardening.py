@@ -226,6 +226,8 @@ def _every_call(self, what: str, every: float = 10.0) -> None:
     (["compare", "quickstart", "--policy", "none", "--scale", "1e9"], "population.clients"),
     (["sweep", "quickstart", "--grid", "server.workers=1:10:100000000"], "--grid server.workers"),
     (["sweep", "quickstart", "--grid", "population.clients=1000,1000000000000"], "population.clients"),
+    (["sweep", "quickstart", "--grid", "server.workers=1:400:400", "--grid", "server.queue_limit=1:400:400"],
+     "480,000 runs"),
     (["threshold", "quickstart", "--vary", "population.clients", "--lo", "1000", "--hi", "1000000000000"],
      "population.clients"),
 ])
