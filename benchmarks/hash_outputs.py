@@ -7,6 +7,10 @@ commit of a redesign and after the last: the two lines `all` must be equal.
 
     .venv/bin/python benchmarks/hash_outputs.py            # one line per run, then `all <sha256>`
     .venv/bin/python benchmarks/hash_outputs.py --out /tmp/h   # keep the runs' folders
+    .venv/bin/python benchmarks/hash_outputs.py --without suppressed,short_circuited
+
+`--without` drops summary keys and time-series columns before hashing (the CSV is then hashed
+as parsed rows), so that a change which only adds outputs can show that the old ones are equal.
 
 Not a timing: it runs each scenario once, for its outputs.
 """
@@ -14,6 +18,7 @@ Not a timing: it runs each scenario once, for its outputs.
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import subprocess
@@ -42,20 +47,29 @@ RUNS = {
 MACHINE_FIELDS = ("wallclock_s", "compile_s")
 
 
-def digest(folder: Path) -> str:
+def digest(folder: Path, without: tuple[str, ...] = ()) -> str:
     """sha256 over the run's summary (machine fields dropped, keys sorted) and its time series."""
     summary = json.loads((folder / "summary.json").read_text())
-    for name in MACHINE_FIELDS:
+    for name in MACHINE_FIELDS + without:
         summary.pop(name, None)
     h = hashlib.sha256(json.dumps(summary, sort_keys=True).encode())
-    h.update((folder / "timeseries.csv").read_bytes())
+    if not without:
+        h.update((folder / "timeseries.csv").read_bytes())
+        return h.hexdigest()
+    with open(folder / "timeseries.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    keep = [i for i, name in enumerate(rows[0]) if name not in without]
+    for row in rows:
+        h.update(",".join(row[i] for i in keep).encode() + b"\n")
     return h.hexdigest()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--without", default="", help="comma-separated summary keys and columns to leave out")
     args = parser.parse_args()
+    without = tuple(name for name in args.without.split(",") if name)
     base = args.out or Path(tempfile.mkdtemp(prefix="loginstorm-hash-"))
     total = hashlib.sha256()
     for name, (scale, until) in RUNS.items():
@@ -64,7 +78,7 @@ def main() -> int:
             subprocess.run([str(LOGINSTORM), "simulate", str(ROOT / "scenarios" / f"{name}.toml"), "--scale", scale,
                             "--until", until, "--engine", engine, "--out", str(folder), "--quiet"],
                            check=True)
-            line = f"{name:16} {engine:4} {digest(folder)}"
+            line = f"{name:16} {engine:4} {digest(folder, without)}"
             print(line, flush=True)
             total.update(line.encode())
     print(f"all {total.hexdigest()}")

@@ -22,12 +22,13 @@ import numpy as np
 import simpy
 
 from sim.distributions import Exponential, Uniform
+from sim.limiters import FAILED, OK as RESULT_OK, SHORT, TIMED_OUT, group_of, on_result, on_retry, on_send
 from sim.metrics import summarize, timeseries
 from sim.p2p import Supernodes, stochastic_round
 from sim.record import RunRecords
 from sim.results import Progress, RunResult, UnsupportedScenario
 from sim.scenario import Scenario
-from sim.server import ERROR, OK, TIMEOUT, TIMEOUT_OUTCOME, LoginServer, Request, expire
+from sim.server import ERROR, OK, SHORT_OUTCOME, TIMEOUT, TIMEOUT_OUTCOME, LoginServer, Request, expire
 from sim.streams import DelayStream, DrawStream
 from sim.waves import next_arrival, pick, rate_schedule, wave_times
 
@@ -72,6 +73,10 @@ class Model(RunRecords):
             DrawStream(d, rng) for d in (c.timeout, c.connect_delay, c.relaunch))
         self.session, self.offline = (DrawStream(d, rng) for d in (s.population.session, s.population.offline))
         self.uniform = DrawStream(Uniform(0.0, 1.0), rng)
+        self.limiter = lim = c.build_limiter()
+        if lim is not None:  # docs/model.md section 4.2: one row of state per device or per group
+            self.lgroups = lim.groups_for(s.population.clients)
+            self.lstate = lim.new_states(self.lgroups)
         self.state = array("b")
         self.keys = array("d")
         self.rebooting = bytearray()
@@ -202,6 +207,8 @@ class Model(RunRecords):
     def reboot(self, cid: int, downtime: float) -> Generator:
         self.set_state(cid, OFFLINE)
         self.rebooting[cid] = 1
+        if self.limiter is not None and self.limiter.per_device:  # the app restarts with a fresh limiter
+            self.lstate[cid] = self.limiter.initial_row()
         try:
             if downtime > 0:
                 yield self.env.timeout(downtime)
@@ -228,15 +235,33 @@ class Model(RunRecords):
             yield env.timeout(delay)
         first = env.now
         attempts, previous = 0, None
+        lim, held = self.limiter, 0.0
         while True:
             attempts += 1
-            outcome, retry_after = yield from self.attempt(cid)
+            if lim is None:
+                outcome, retry_after = yield from self.attempt(cid)
+            else:
+                row = self._limiter_row(cid)
+                u = self.uniform.next() if lim.draws else 0.0
+                if on_send(lim.code, lim.prm, row, env.now, attempts == 1, u) == SHORT:
+                    self.counts["short_circuited"].add(env.now)  # refused locally: not sent
+                    outcome, retry_after = SHORT_OUTCOME
+                else:
+                    outcome, retry_after = yield from self.attempt(cid)
+                    result = RESULT_OK if outcome == OK else TIMED_OUT if outcome == "timeout" else FAILED
+                    on_result(lim.code, lim.prm, self._limiter_row(cid), env.now, result, held)
             if outcome == OK:
                 self.tallies.login(env.now - begun)
                 self.counts["successes"].add(env.now)
                 return ONLINE_STEP
             if not policy.allows_retry(attempts):
                 break
+            if lim is not None and lim.stops_retries:
+                cost = on_retry(lim.code, lim.prm, self._limiter_row(cid), env.now, outcome == "timeout")
+                if cost < 0:  # denied: the SDK hands the last failure to the app, which relaunches later
+                    self.counts["suppressed"].add(env.now)
+                    break
+                held = cost
             previous = self.delays.next(attempts - 1, previous)
             wait = max(previous, retry_after) if client.honor_retry_after else previous
             if env.now + wait > first + client.give_up_after:
@@ -250,6 +275,17 @@ class Model(RunRecords):
                     orbit.add(env.now, -1)
         self.tallies.gave_up += 1
         return GIVE_UP
+
+    def _limiter_row(self, cid: int) -> np.ndarray:
+        """The limiter state this device uses: its own row, or its group's (arrivals add rows)."""
+        lim = self.limiter
+        if not lim.per_device:
+            return self.lstate[group_of(cid, self.lgroups, False)]
+        if cid >= len(self.lstate):
+            grown = lim.new_states(max(2 * len(self.lstate), cid + 1))
+            grown[:len(self.lstate)] = self.lstate
+            self.lstate = grown
+        return self.lstate[cid]
 
     def attempt(self, cid: int) -> Generator:
         """One request: sent now, answered by the server or ended by the client's timeout."""

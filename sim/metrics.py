@@ -82,6 +82,9 @@ def summarize(r: Records, *, events: int, wallclock: float, engine: str = "des")
         "rejected": r.counts["rejected"].total,
         "errors": r.counts["errors"].total,
         "wasted": r.counts["wasted"].total,
+        # the client's limiter (docs/model.md section 4.2): retries it denied, calls it refused locally
+        "suppressed": r.counts["suppressed"].total,
+        "short_circuited": r.counts["short_circuited"].total,
         "wasted_work_fraction": ratio(t.wasted_time, t.busy_time),
         "peak_offered_rps": float((bins / lengths).max()) if len(bins) else 0.0,
         "capacity_rps": r.capacity_at_start,

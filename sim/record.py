@@ -15,7 +15,7 @@ __all__ = ["COUNTS", "STATES", "LEVELS", "DERIVED", "COLUMNS", "Window", "Level"
            "ShareWatch", "Tallies", "RunRecords"]
 
 #: per-bin event counts (also kept per steady window)
-COUNTS = ("attempts", "successes", "rejected", "timeouts", "errors", "wasted")
+COUNTS = ("attempts", "successes", "rejected", "timeouts", "errors", "wasted", "suppressed", "short_circuited")
 #: client states; their counts are time-weighted levels
 STATES = ("online", "connecting", "offline", "gave_up")
 #: time-weighted levels of the server and the population

@@ -19,11 +19,14 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 
 from sim.distributions import Constant, Distribution, parse_distribution
-from sim.policies import Policy, make_policy
+from sim.limiters import Limiter
+from sim.policies import POLICIES, Policy, make_policy
+from sim.presets import PRESETS
+from sim.suggest import did_you_mean
 from sim.units import parse_duration
 
 __all__ = [
-    "Scenario", "Population", "Client", "PolicySpec", "Server", "RateLimit", "Overload", "P2P",
+    "Scenario", "Population", "Client", "PolicySpec", "LimiterSpec", "Server", "RateLimit", "Overload", "P2P",
     "Wave", "Event", "EVENT_KINDS", "Target", "P2PChange", "table_of",
 ]
 
@@ -50,6 +53,9 @@ def _count_or_inf(value: Any) -> float:
     if value < 0 or (not math.isinf(value) and value != int(value)):
         raise ValueError(f"expected a whole number >= 0 or \"inf\", got {value!r}")
     return float(value)
+
+
+_PRESET_KEY = "\0preset"  # how Client hands a preset's name to PolicySpec (no file can write it)
 
 
 def _policy_table(value: Any) -> Any:
@@ -83,15 +89,41 @@ class Population(_Table):
 
 
 class PolicySpec(_Table):
-    """`policy = {name = "exponential", base = "1s", cap = "5m"}` or just `policy = "full-jitter"`."""
+    """`policy = {name = "exponential", base = "1s", cap = "5m"}` or just `policy = "full-jitter"`.
+
+    A preset's name (`sim.presets`) is expanded by `Client` into its formula; `preset` then keeps
+    the name, for display (None: a formula written out).
+    """
 
     name: str = "none"
     base: Duration | None = None
     cap: Duration | None = None
     multiplier: Annotated[float, Field(gt=0.0)] | None = None
 
+    _preset: str | None = PrivateAttr(None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_preset(cls, data: Any, handler: Any) -> PolicySpec:
+        preset = None
+        if isinstance(data, dict) and _PRESET_KEY in data:
+            data = dict(data)
+            preset = data.pop(_PRESET_KEY)
+        spec = handler(data)
+        if preset is not None:
+            spec._preset = preset
+        return spec
+
+    @property
+    def preset(self) -> str | None:
+        return self._preset
+
     @model_validator(mode="after")
     def _known_policy(self) -> PolicySpec:
+        if self.name not in POLICIES:
+            known = list(POLICIES) + list(PRESETS)
+            raise ValueError(f"name: unknown policy {self.name!r}{did_you_mean(str(self.name), known)} "
+                             f"(formulas: {', '.join(POLICIES)}; presets: {', '.join(PRESETS)})")
         try:
             self.build()
         except ValueError as exc:  # "cap: must be >= base" names its key; an unknown name does not
@@ -106,6 +138,52 @@ class PolicySpec(_Table):
         return make_policy(self.name, max_attempts=max_attempts, **self.params())
 
 
+def _number_or_duration(value: Any) -> Any:
+    return parse_duration(value) if isinstance(value, str) else value
+
+
+#: a number, or a duration string (a breaker's time window, a budget's ttl)
+NumberOrDuration = Annotated[float, BeforeValidator(_as_value_error(_number_or_duration))]
+
+
+class LimiterSpec(_Table):
+    """`[client.limiter]`: a retry limiter or circuit breaker (docs/model.md section 4.2).
+
+    The checks and defaults are `sim.limiters.Limiter`'s; this table only types the keys.
+    """
+
+    kind: Literal["quota", "throttle", "budget", "adaptive", "breaker"]
+    scope: Literal["device", "shared"] = "device"
+    groups: Annotated[int, Field(ge=1)] | None = None
+    group_size: Annotated[int, Field(ge=1)] | None = None
+    capacity: float | None = None
+    cost: float | None = None
+    timeout_cost: float | None = None
+    increment: float | None = None
+    max_tokens: float | None = None
+    token_ratio: float | None = None
+    ttl: NumberOrDuration | None = None
+    min_per_sec: float | None = None
+    percent: float | None = None
+    k: float | None = None
+    window: NumberOrDuration | None = None
+    min_requests: float | None = None
+    window_type: Literal["count", "time"] | None = None
+    threshold: float | None = None
+    min_calls: float | None = None
+    open_for: NumberOrDuration | None = None
+    half_open_calls: float | None = None
+
+    @model_validator(mode="after")
+    def _checked(self) -> LimiterSpec:
+        self.build()  # a ValueError names its key
+        return self
+
+    def build(self) -> Limiter:
+        return Limiter(**{name: getattr(self, name) for name in type(self).model_fields
+                          if getattr(self, name) is not None or name == "kind"})
+
+
 class Client(_Table):
     timeout: Dist = FOREVER
     connect_delay: Dist = ZERO
@@ -115,10 +193,50 @@ class Client(_Table):
     honor_retry_after: bool = True
     rtt: Duration = 0.010
     policy: Annotated[PolicySpec, BeforeValidator(_policy_table)] = PolicySpec()
+    limiter: LimiterSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, data: Any) -> Any:
+        """`policy = "aws-sdk-standard"`: the preset's formula, max_attempts, give_up_after and limiter
+        (docs/model.md section 4.3). The preset wins over those keys in the file, so that compare's
+        `--policies` gives each library its own behaviour; a `[client.limiter]` of the preset's kind
+        is merged over the preset's (to share an AWS quota, say), one of another kind replaces it."""
+        if not isinstance(data, dict):
+            return data
+        policy = data.get("policy")
+        name = policy if isinstance(policy, str) else policy.get("name") if isinstance(policy, dict) else None
+        if not isinstance(name, str) or name not in PRESETS:
+            return data
+        keys = PRESETS[name].client_keys()
+        out = dict(data)
+        out["policy"] = {**keys["policy"], _PRESET_KEY: name}
+        out["max_attempts"] = keys["max_attempts"]
+        if "give_up_after" in keys:
+            out["give_up_after"] = keys["give_up_after"]
+        own = data.get("limiter")
+        if "limiter" in keys:
+            if own is None:
+                out["limiter"] = keys["limiter"]
+            elif isinstance(own, dict) and own.get("kind", keys["limiter"]["kind"]) == keys["limiter"]["kind"]:
+                out["limiter"] = {**keys["limiter"], **own}
+        return out
+
+    @model_validator(mode="after")
+    def _no_spinning(self) -> Client:
+        lim = self.limiter
+        if lim is not None and lim.kind in ("adaptive", "breaker") and self.policy.name == "none":
+            raise ValueError(f"policy: a {lim.kind} limiter refuses calls locally at once; with policy \"none\" "
+                             "the device would retry at the same instant for ever: choose a policy with a delay")
+        return self
 
     def build_policy(self) -> Policy:
         """The policy object both engines and the Locust users call, with `max_attempts`."""
         return self.policy.build(self.max_attempts)
+
+    def build_limiter(self) -> Limiter | None:
+        """The limiter both engines and the Locust users apply (`sim.limiters`), or None."""
+        return None if self.limiter is None else self.limiter.build()
 
 
 class RateLimit(_Table):
@@ -164,6 +282,10 @@ class Server(_Table):
     rate_limit: RateLimit | None = None
     overload: Overload | None = None
     p2p: P2P | None = None
+    # fault injection (docs/model.md section 3): this share of the requests that reach the queue
+    # fails whatever the load, at once ("fast") or after its service ("after-service")
+    fault_rate: Fraction = 0.0
+    fault_when: Literal["fast", "after-service"] = "fast"
 
 
 class Wave(_Table):

@@ -19,10 +19,11 @@ from sim.record import Counter, Level, StartCounter, Tallies
 from sim.scenario import Scenario
 from sim.streams import DrawStream
 
-__all__ = ["Request", "LoginServer", "OK", "TIMEOUT", "ERROR", "REFUSED", "expire"]
+__all__ = ["Request", "LoginServer", "OK", "TIMEOUT", "ERROR", "REFUSED", "SHORT", "SHORT_OUTCOME", "expire"]
 
-# Outcomes a client sees: (kind, Retry-After seconds)
-OK, REFUSED, TIMEOUT, ERROR = "ok", "refused", "timeout", "error"
+# Outcomes a client sees: (kind, Retry-After seconds); SHORT never reaches the server (its limiter refused it)
+OK, REFUSED, TIMEOUT, ERROR, SHORT = "ok", "refused", "timeout", "error", "short"
+SHORT_OUTCOME = (SHORT, 0.0)
 _OK = (OK, 0.0)
 _CONN_REFUSED = (REFUSED, 0.0)
 _ERROR = (ERROR, 0.0)
@@ -32,13 +33,14 @@ TIMEOUT_OUTCOME = _TIMEOUT = (TIMEOUT, 0.0)
 class Request:
     """One attempt at the server."""
 
-    __slots__ = ("cid", "sent", "deadline", "reply", "started", "live", "hang")
+    __slots__ = ("cid", "sent", "deadline", "reply", "started", "live", "hang", "fault")
 
     def __init__(self, cid: int, sent: float, deadline: float, reply: simpy.Event):
         self.cid, self.sent, self.deadline, self.reply = cid, sent, deadline, reply
         self.started = -1.0   # service start time (-1: not in service)
         self.live = True      # False once lost to an outage/failover or cancelled
         self.hang = False
+        self.fault = False    # an injected fault: served, then answered with an error
 
 
 class LoginServer:
@@ -81,6 +83,8 @@ class LoginServer:
         self.partitions: list[tuple[float, float, float, float, float]] = []
         self.learned: Callable[[int, float], bool] = lambda cid, now: True   # failover knowledge
         self.home_full: Callable[[], bool] | None = None   # p2p: no supernode can home another client
+        self.fault_rate = srv.fault_rate
+        self.fault_fast = srv.fault_when == "fast"
 
     # --- arrival --------------------------------------------------------------------------
 
@@ -107,6 +111,10 @@ class LoginServer:
         if self.home_full is not None and self.home_full():
             return self._refuse(req, self.busy_503, costly=True)
         req.hang = hang
+        if self.fault_rate > 0 and self.rng.random() < self.fault_rate:  # fails whatever the load
+            if self.fault_fast:
+                return _ERROR  # at once, no worker: the client counts an error one round trip later
+            req.fault = True
         if self.busy < self.workers and not self.reject_work:
             self._start(req)
         elif len(self.queue) >= self.queue_limit:
@@ -212,7 +220,7 @@ class LoginServer:
         if now >= req.deadline:
             pass  # late: the client has timed out (a response at exactly the deadline is late)
         elif not req.reply.triggered:
-            req.reply.succeed(_ERROR if req.hang else _OK)
+            req.reply.succeed(_ERROR if req.hang or req.fault else _OK)
         self.dispatch()
 
     def _finish(self, req: Request, now: float) -> None:

@@ -222,9 +222,12 @@ def test_every_key_scenario_uses_every_key():
     kinds = {e["kind"] for e in raw["events"]}
     from sim.scenario import EVENT_KINDS
     assert kinds == set(EVENT_KINDS)
+    from sim.limiters import Limiter
     for loc, node in walk(raw, []):
         if isinstance(node, dict) and "dist" not in node:
             expected = set(_keys_at(loc))
+            if loc == ["client", "limiter"]:  # one kind's keys; groups or group_size, not both
+                expected = {"kind", "scope", "group_size"} | set(Limiter.KEYS[node["kind"]])
             missing += [".".join(map(str, loc + [k])) for k in expected - set(node)]
     assert missing == []
     s = load_scenario(next(p for p in shipped_scenarios() if p.stem == "every-key"))
