@@ -51,6 +51,7 @@ CSV_FIELDS = (
     "recovery_p90_s", "recovery_p99_s", "recovery_p99_low", "recovery_p99_high",
     "amplification", "amplification_low", "amplification_high", "attempts", "peak_offered_rps",
     "wasted_work_fraction", "metastable_share", "logins", "gave_up", "login_time_p50_s", "login_time_p99_s",
+    "suppressed", "short_circuited",
 )
 #: up to this many replications, a tie whose runs do not overlap is called out (t(R - 1) is so
 #: large that the CIs overlap even when every run of one variant beat every run of the other)
@@ -351,16 +352,23 @@ def table_rows(results: list[VariantResult]) -> tuple[list[str], list[list[str]]
     """Headers and rows of the ranked table as text, for the terminal and the HTML page."""
     headers = ["rank", "variant", "recovery 99 %", "recovery 90 %", "attempts / episode",
                "peak offered /s", "wasted work", "metastable", "tied with"]
+    # a column for what limiters kept from the tier, when one bound (docs/model.md section 4.2)
+    limited = any(r.summary.get("suppressed") or r.summary.get("short_circuited") for r in results)
+    if limited:
+        headers.insert(7, "retries denied / calls refused locally")
     rows = []
     for r in results:
         s = r.summary
         wasted = s["wasted_work_fraction"]
-        rows.append([
+        row = [
             str(r.rank), r.name, _recovery_cell(r, "p99"), _recovery_cell(r, "p90"),
             _with_ci(s["amplification"], _ci(r, "amplification"), "{:.3g}"),
             f"{s['peak_offered_rps']:,.0f}", "n/a" if wasted is None else f"{wasted:.0%}",
             f"{s['metastable_share']:.0%}", _tied_cell(r, results),
-        ])
+        ]
+        if limited:
+            row.insert(7, f"{s.get('suppressed') or 0:,.0f} / {s.get('short_circuited') or 0:,.0f}")
+        rows.append(row)
     return headers, rows
 
 
@@ -439,7 +447,8 @@ def _csv_row(r: VariantResult) -> list[Any]:
     return [r.rank, r.name, " ".join(r.tied_with), r.replications, r.recovered_runs(),
             s["recovery_s"]["p90"], s["recovery_s"]["p99"], *p99_ci, s["amplification"], *amp_ci,
             s["attempts"], s["peak_offered_rps"], s["wasted_work_fraction"], s["metastable_share"],
-            s["logins"], s["gave_up"], s["login_time_s"]["p50"], s["login_time_s"]["p99"]]
+            s["logins"], s["gave_up"], s["login_time_s"]["p50"], s["login_time_s"]["p99"],
+            s.get("suppressed"), s.get("short_circuited")]
 
 
 def _csv_cell(value: Any) -> str:

@@ -11,7 +11,7 @@ from sim.policies import Policy, make_policy, policy_names
 from sim.scenario import Scenario
 from sim.units import format_duration
 
-__all__ = ["scenario_line", "summary_lines", "plain_lines", "dist_text", "policy_text", "capacity_rps", "PolicyRow",
+__all__ = ["scenario_line", "summary_lines", "plain_lines", "dist_text", "policy_text", "client_text", "capacity_rps", "PolicyRow",
            "policy_rows", "recovery_line", "plural"]
 
 
@@ -44,10 +44,23 @@ def policy_text(policy: Policy) -> str:
     return f"{policy.name}({', '.join(params)})" if params else policy.name
 
 
+def client_text(client) -> str:
+    """The retry behaviour of a `[client]` table: preset, formula, limiter.
+
+        >>> from sim.config import load_scenario
+        >>> client_text(load_scenario("quickstart", sets=["client.policy=aws-sdk-standard"]).client)
+        'aws-sdk-standard = full-jitter(base 1s, cap 20s, multiplier 2, max 3 attempts) + quota 500 tokens, retry costs 5 (10 after a timeout), per device'
+    """
+    text = policy_text(client.build_policy())
+    if client.policy.preset is not None:
+        text = f"{client.policy.preset} = {text}"
+    limiter = client.build_limiter()
+    return text if limiter is None else f"{text} + {limiter.describe()}"
+
+
 def scenario_line(s: Scenario) -> str:
     """One line that says what the scenario is: size, capacity, events, duration, policy."""
     events = ", ".join(f"{e.kind} at {format_duration(e.at)}" for e in s.events) or "no events"
-    policy = s.client.build_policy()
     parts = [
         plural(s.population.clients, "client"),
         plural(s.server.workers, "worker") + (f" + {plural(supernode_slots(s), 'supernode slot')}" if s.server.p2p
@@ -55,7 +68,7 @@ def scenario_line(s: Scenario) -> str:
         + f" (~{capacity_rps(s):,.0f} logins/s)",
         f"{plural(len(s.events), 'event')} ({events})",
         f"{format_duration(s.duration)} simulated",
-        f"policy {policy_text(policy)}",
+        f"policy {client_text(s.client)}",
     ]
     if s.server.p2p is not None:
         parts.insert(2, "p2p supernodes")
@@ -155,6 +168,9 @@ def summary_lines(summary: dict, first_event_at: float | None = None) -> str:
         + ("unlimited" if summary["capacity_rps"] is None or math.isinf(summary["capacity_rps"])
            else f"{summary['capacity_rps']:,.1f}/s"),
     ]
+    limited = limiter_line(summary)
+    if limited:
+        lines.append(limited)
     if first_event_at is None or first_event_at >= end:
         why = "the scenario has no events" if first_event_at is None else (
             f"the first is at {format_duration(first_event_at)}, the run ended at {format_duration(end)}")
@@ -168,6 +184,19 @@ def summary_lines(summary: dict, first_event_at: float | None = None) -> str:
     if summary["metastable"]:
         lines.append("  the storm sustained itself: METASTABLE (still down and saturated at the end)")
     return "\n".join(lines)
+
+
+def limiter_line(summary: dict) -> str | None:
+    """What the client's limiter did, when it bound (docs/model.md section 4.2); None when it did not."""
+    suppressed, short = summary.get("suppressed") or 0, summary.get("short_circuited") or 0
+    if not suppressed and not short:
+        return None
+    parts = []
+    if suppressed:
+        parts.append(f"denied {plural(suppressed, 'retry').replace('retrys', 'retries')} (each ended its episode)")
+    if short:
+        parts.append(f"refused {plural(short, 'call')} locally (not sent; the policy's delay followed)")
+    return "  the client's limiter bound: it " + " and ".join(parts)
 
 
 def plural(n: float, noun: str) -> str:

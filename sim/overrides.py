@@ -21,7 +21,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sim.policies import make_policy, policy_names
+from sim.policies import policy_names
+from sim.presets import PRESETS
+from sim.suggest import did_you_mean
 from sim.units import parse_duration
 
 __all__ = ["apply_sets", "assign", "toml_value", "toml_text", "canonical", "split_outside_brackets", "Variant",
@@ -154,10 +156,11 @@ class Variant:
 
 
 def policy_list(policies: Sequence[str]) -> list[str]:
-    """Policy names from names, comma-separated lists and "all": each once, in the order given.
+    """Policy names from names, comma-separated lists, "all" (every formula) and "presets" (every SDK
+    preset, `sim.presets`): each once, in the order given.
 
-        >>> policy_list(["none,full-jitter", "none"])
-        ['none', 'full-jitter']
+        >>> policy_list(["none,full-jitter", "none", "aws-sdk-standard"])
+        ['none', 'full-jitter', 'aws-sdk-standard']
     """
     known = policy_names()
     names: list[str] = []
@@ -167,8 +170,15 @@ def policy_list(policies: Sequence[str]) -> list[str]:
                 continue
             if name == "all":
                 names.extend(known)
+            elif name == "presets":
+                names.extend(PRESETS)
+            elif name in PRESETS:
+                names.append(name)
             else:
-                make_policy(name)  # an unknown name is a ValueError with a did-you-mean
+                if name not in known:
+                    raise ValueError(f"unknown policy {name!r}{did_you_mean(name, known + list(PRESETS))} "
+                                     f"(formulas: {', '.join(known)}; presets: {', '.join(PRESETS)}; "
+                                     "or all, presets)")
                 names.append(name)
     return list(dict.fromkeys(names))  # each once, in the order given
 

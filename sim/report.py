@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sim import __version__
-from sim.describe import capacity_rps, dist_text, plain_lines, policy_text, supernode_slots
+from sim.describe import capacity_rps, client_text, dist_text, plain_lines, supernode_slots
 from sim.scenario import Scenario
 from sim.units import format_duration
 
@@ -127,7 +127,7 @@ def _parameters(s: Scenario) -> list[list[str]]:
         ["discipline", srv.discipline + (", drop expired" if srv.drop_expired else "")
          + (", cancel on timeout" if srv.cancel_on_timeout else "")],
         ["client timeout", dist_text(cl.timeout)],
-        ["retry policy", policy_text(cl.build_policy())],
+        ["retry policy", client_text(cl)],
         ["duration", format_duration(s.duration)],
         ["seed", str(s.seed)],
     ]

@@ -33,7 +33,8 @@ __all__ = ["run_figure", "compare_figure", "gallery_figure", "heatmap_figure", "
 
 COLORS = {"online": "#2a9d8f", "connecting": "#e9c46a", "gave_up": "#e76f51", "offline": "#8d99ae",
           "attempts": "#264653", "capacity": "#d62828", "successes": "#2a9d8f", "wasted": "#e76f51",
-          "queue": "#6a4c93", "busy": "#f4a261", "workers": "#d62828", "supernodes": "#457b9d"}
+          "queue": "#6a4c93", "busy": "#f4a261", "workers": "#d62828", "supernodes": "#457b9d",
+          "suppressed": "#9b5de5", "short_circuited": "#f15bb5"}
 SPANS = {"outage": "#d62828", "partition": "#f4a261", "surge": "#6a4c93", "failover": "#d62828"}
 GREY = "#555555"  # the events without a band colour: reboots, logins, admits, capacity changes
 #: dots per inch of every PNG, written or embedded: readable on a laptop screen

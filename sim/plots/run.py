@@ -43,7 +43,15 @@ def run_figure(ts: dict[str, np.ndarray], s: Scenario, title: str | None = None)
     ax.step(x, offered, where="post", color=COLORS["attempts"], label="offered: attempts/s", gid="offered")
     ax.step(x, capacity, where="post", color=COLORS["capacity"], ls="--",
             label="capacity: logins/s the workers can serve", gid="capacity")
-    log_scale_if_wide(ax, offered, capacity)
+    shown = [offered, capacity]
+    if s.client.limiter is not None:  # what the client's limiter kept from the tier (docs/model.md section 4.2)
+        for name, label in (("suppressed", "retries the limiter denied/s (episode ended)"),
+                            ("short_circuited", "calls the limiter refused locally/s (not sent)")):
+            if name in ts:
+                rate = ts[name] / width
+                ax.step(x, rate, where="post", color=COLORS[name], ls="-.", label=label, gid=name)
+                shown.append(rate)
+    log_scale_if_wide(ax, *shown)
     ax.set_ylabel("per second")
     ax.set_title("Offered load against capacity", loc="left", fontsize=10)
 
