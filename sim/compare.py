@@ -352,7 +352,7 @@ def table_rows(results: list[VariantResult]) -> tuple[list[str], list[list[str]]
     """Headers and rows of the ranked table as text, for the terminal and the HTML page."""
     headers = ["rank", "variant", "recovery 99 %", "recovery 90 %", "attempts / episode",
                "peak offered /s", "wasted work", "metastable", "tied with"]
-    # a column for what limiters kept from the tier, when one bound (docs/model.md section 4.2)
+    # a column for what limiters kept from the tier, when one bound (docs/model.md section 4.7)
     limited = any(r.summary.get("suppressed") or r.summary.get("short_circuited") for r in results)
     if limited:
         headers.insert(7, "retries denied / calls refused locally")

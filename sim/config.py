@@ -501,8 +501,9 @@ def _number(x: float) -> str:
 def scale_scenario(s: Scenario, factor: float) -> Scenario:
     """`--scale S`: population and capacity S times the size; shares, times and per-client figures stay.
 
-    clients, login_rate, workers, queue_limit, rate_limit rate and burst are multiplied by S
-    (counts rounded to the nearest whole number, a positive count kept >= 1); the overload knee
+    clients, login_rate, workers, queue_limit, rate_limit rate and burst, and a shared limiter's
+    `groups` are multiplied by S (counts rounded to the nearest whole number, a positive count kept
+    >= 1; a limiter's `group_size` stays, so its groups follow the clients); the overload knee
     by S and its per_request by 1/S, so that the slowdown at the same load per worker is the
     same; p2p follows, being per client.
     """
@@ -527,7 +528,12 @@ def scale_scenario(s: Scenario, factor: float) -> Scenario:
         ov = s.server.overload
         server_update["overload"] = ov.model_copy(update={"knee": ov.knee * factor,
                                                           "per_request": ov.per_request / factor})
-    scaled = s.model_copy(update={"population": pop, "server": s.server.model_copy(update=server_update)})
+    update: dict[str, Any] = {"population": pop, "server": s.server.model_copy(update=server_update)}
+    lim = s.client.limiter
+    if lim is not None and lim.groups is not None:  # groups are instances, a count like workers
+        update["client"] = s.client.model_copy(update={"limiter": lim.model_copy(update={
+            "groups": int(_scaled_count(lim.groups, factor))})})
+    scaled = s.model_copy(update=update)
     scaled._scale = s.scale * factor
     scaled._source = s.source
     return scaled

@@ -74,7 +74,7 @@ class Model(RunRecords):
         self.session, self.offline = (DrawStream(d, rng) for d in (s.population.session, s.population.offline))
         self.uniform = DrawStream(Uniform(0.0, 1.0), rng)
         self.limiter = lim = c.build_limiter()
-        if lim is not None:  # docs/model.md section 4.2: one row of state per device or per group
+        if lim is not None:  # docs/model.md section 4.7: one row of state per device or per group
             self.lgroups = lim.groups_for(s.population.clients)
             self.lstate = lim.new_states(self.lgroups)
         self.state = array("b")

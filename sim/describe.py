@@ -187,7 +187,7 @@ def summary_lines(summary: dict, first_event_at: float | None = None) -> str:
 
 
 def limiter_line(summary: dict) -> str | None:
-    """What the client's limiter did, when it bound (docs/model.md section 4.2); None when it did not."""
+    """What the client's limiter did, when it bound (docs/model.md section 4.7); None when it did not."""
     suppressed, short = summary.get("suppressed") or 0, summary.get("short_circuited") or 0
     if not suppressed and not short:
         return None

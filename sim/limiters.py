@@ -1,4 +1,4 @@
-"""Retry limiters and circuit breakers on top of a policy's delay (docs/model.md section 4.2).
+"""Retry limiters and circuit breakers on top of a policy's delay (docs/model.md section 4.7).
 
 Pure (numpy and the standard library only), like `sim.policies`: the reference engine, the
 compiled engine and the Locust device call the very same functions. A limiter's state is one
@@ -12,7 +12,7 @@ imports numba):
                                              -> the quota cost taken (>= 0), or DENIED
     on_result(code, prm, row, now, ok, held) when the call's answer (or its timeout) arrives
 
-The five kinds, each after its source (defaults from there; docs/model.md section 4.2 cites them):
+The five kinds, each after its source (defaults from there; docs/model.md section 4.7 cites them):
 
     =========  =====================================  =========================================
     kind       what it stops                          its state row

@@ -18,7 +18,7 @@ __all__ = ["summarize", "timeseries", "quantiles", "ratio", "SUMMARY_FIELDS", "S
 SUMMARY_FIELDS = (
     "scenario", "engine", "seed", "scale", "clients", "duration_s", "wallclock_s", "events_processed",
     "episodes", "logins", "gave_up", "attempts", "amplification", "timeouts", "rejected", "errors",
-    "wasted", "wasted_work_fraction", "peak_offered_rps", "capacity_rps", "login_time_s", "recovery_s",
+    "wasted", "suppressed", "short_circuited", "wasted_work_fraction", "peak_offered_rps", "capacity_rps", "login_time_s", "recovery_s",
     "metastable", "steady", "lowest_online_share", "lowest_online_at_s",
 )
 STEADY_FIELDS = ("arrival_rate", "throughput", "utilization", "mean_wait_s", "p_wait", "blocking",
@@ -82,7 +82,7 @@ def summarize(r: Records, *, events: int, wallclock: float, engine: str = "des")
         "rejected": r.counts["rejected"].total,
         "errors": r.counts["errors"].total,
         "wasted": r.counts["wasted"].total,
-        # the client's limiter (docs/model.md section 4.2): retries it denied, calls it refused locally
+        # the client's limiter (docs/model.md section 4.7): retries it denied, calls it refused locally
         "suppressed": r.counts["suppressed"].total,
         "short_circuited": r.counts["short_circuited"].total,
         "wasted_work_fraction": ratio(t.wasted_time, t.busy_time),

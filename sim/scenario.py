@@ -147,7 +147,7 @@ NumberOrDuration = Annotated[float, BeforeValidator(_as_value_error(_number_or_d
 
 
 class LimiterSpec(_Table):
-    """`[client.limiter]`: a retry limiter or circuit breaker (docs/model.md section 4.2).
+    """`[client.limiter]`: a retry limiter or circuit breaker (docs/model.md section 4.7).
 
     The checks and defaults are `sim.limiters.Limiter`'s; this table only types the keys.
     """
@@ -199,7 +199,7 @@ class Client(_Table):
     @classmethod
     def _expand_preset(cls, data: Any) -> Any:
         """`policy = "aws-sdk-standard"`: the preset's formula, max_attempts, give_up_after and limiter
-        (docs/model.md section 4.3). The preset wins over those keys in the file, so that compare's
+        (docs/model.md section 4.8). The preset wins over those keys in the file, so that compare's
         `--policies` gives each library its own behaviour; a `[client.limiter]` of the preset's kind
         is merged over the preset's (to share an AWS quota, say), one of another kind replaces it."""
         if not isinstance(data, dict):

@@ -164,7 +164,7 @@ def test_breaker_time_window_forgets():
 
 def test_breaker_lost_probes_reopen():
     """Probes whose devices never answer (rebooted) do not keep it half-open for ever: after
-    open_for without a verdict it opens again (our choice, docs/model.md section 4.2)."""
+    open_for without a verdict it opens again (our choice, docs/model.md section 4.7)."""
     lim, row = fresh(kind="breaker", window_type="count", window=2, threshold=0.5, min_calls=2,
                      open_for=10, half_open_calls=1)
     on_result(lim.code, lim.prm, row, 0.0, FAILED, 0.0)

@@ -12,8 +12,11 @@ from rich.table import Table
 from sim.cli.console import FORMAT_HINT, err, fail, out, say, scenario_failure, wide
 from sim.cli.options import NoLimitsOption, ScaleOption, SeedOption, SetOption, duration
 from sim.config import ScenarioError, load_scenario, read_scenario, shipped_scenarios, target_file
-from sim.describe import policy_rows, scenario_line
+from sim.describe import client_text, policy_rows, scenario_line
+from sim.limiters import KINDS as LIMITER_KINDS
+from sim.limiters import Limiter
 from sim.limits import check, describe, estimate
+from sim.presets import PRESETS
 from sim.units import format_duration
 
 __all__ = ["validate", "scenarios", "policies"]
@@ -94,7 +97,7 @@ def policies(
     multiplier: Annotated[Optional[float], typer.Option(min=1.0, help="Multiplier m (default 2; grpc 1.6).")] = None,
     retries: Annotated[int, typer.Option(min=1, max=30, help="How many retries to show.")] = 10,
 ) -> None:
-    """The backoff policies with their formulas and the mean delay before retries 0..N-1."""
+    """The backoff policies (formulas, mean delays before retries 0..N-1), the SDK presets and the limiters."""
     b, c = duration(base, "--base"), duration(cap, "--cap")
     try:
         rows = policy_rows(b, c, multiplier, retries)
@@ -116,6 +119,49 @@ def policies(
     console.print(means)
     console.print("b = base, c = cap, m = multiplier (2; grpc 1.6), n = retry number from 0, U(x, y) uniform;\n"
                   "with honor_retry_after the delay is max(policy delay, Retry-After).", highlight=False)
+    console.print(preset_table())
+    console.print(limiter_table())
+    console.print('policy = "NAME" with a preset\'s name sets its formula, max_attempts, give_up_after and limiter '
+                  "(a \\[client.limiter] table of the same kind is merged over it);\n"
+                  "compare takes presets like formulas: --policies aws-sdk-standard,polly or --policies presets.",
+                  highlight=False)
+
+
+def preset_table() -> Table:
+    """The SDK presets (docs/model.md section 4.8): what each sets, and where each value was read."""
+    table = Table(title="SDK presets (docs/model.md section 4.8): policy = \"NAME\"")
+    table.add_column("preset", style="bold", no_wrap=True)
+    table.add_column("library")
+    table.add_column("retry behaviour")
+    table.add_column("read in (repository@commit path)")
+    for name, preset in PRESETS.items():
+        client = load_scenario("quickstart", sets=[f"client.policy={name}"]).client
+        behaviour = client_text(client).split(" = ", 1)[1]
+        if preset.give_up_after is not None:
+            behaviour += f", gives up after {format_duration(preset.give_up_after)}"
+        table.add_row(name, preset.library, behaviour, "\n".join(preset.sources))
+    return table
+
+
+def limiter_table() -> Table:
+    """The limiter kinds of `[client.limiter]` with their defaults (docs/model.md section 4.7)."""
+    table = Table(title="Limiters (docs/model.md section 4.7): \\[client.limiter] kind = \"KIND\", "
+                        "scope = \"device\" or \"shared\" (groups = N or group_size = N)")
+    table.add_column("kind", style="bold", no_wrap=True)
+    table.add_column("after")
+    table.add_column("defaults")
+    table.add_column("when it stops")
+    after = {"quota": "AWS SDK standard mode", "throttle": "gRPC retry throttling",
+             "budget": "tower, Finagle", "adaptive": "Google SRE client-side throttling",
+             "breaker": "resilience4j (Polly's: the polly preset)"}
+    stops = {"quota": "a retry: the episode ends", "throttle": "a retry: the episode ends",
+             "budget": "a retry: the episode ends", "adaptive": "any call, locally: the policy's delay follows",
+             "breaker": "any call while open: the policy's delay follows"}
+    for kind in LIMITER_KINDS:
+        settings = Limiter(kind=kind).settings()
+        defaults = ", ".join(f"{k} {v}" for k, v in settings.items() if k not in ("kind", "scope"))
+        table.add_row(kind, after[kind], defaults, stops[kind])
+    return table
 
 
 def _short(seconds: float) -> str:

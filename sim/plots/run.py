@@ -44,7 +44,7 @@ def run_figure(ts: dict[str, np.ndarray], s: Scenario, title: str | None = None)
     ax.step(x, capacity, where="post", color=COLORS["capacity"], ls="--",
             label="capacity: logins/s the workers can serve", gid="capacity")
     shown = [offered, capacity]
-    if s.client.limiter is not None:  # what the client's limiter kept from the tier (docs/model.md section 4.2)
+    if s.client.limiter is not None:  # what the client's limiter kept from the tier (docs/model.md section 4.7)
         for name, label in (("suppressed", "retries the limiter denied/s (episode ended)"),
                             ("short_circuited", "calls the limiter refused locally/s (not sent)")):
             if name in ts:
