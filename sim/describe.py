@@ -251,6 +251,16 @@ def plain_lines(summary: dict, s: Scenario) -> list[str]:
     if summary["wasted_work_fraction"]:
         lines.append(f"{summary['wasted_work_fraction']:.0%} of the workers' time went to requests whose "
                      "clients had already timed out (wasted work).")
+    limiter = s.client.build_limiter()
+    if limiter is not None:
+        bound = limiter_line(summary)
+        lines.append(f"The client's limiter ({limiter.describe()}) "
+                     + ("did not bind: it denied no retry and refused no call." if bound is None
+                        else bound.strip().removeprefix("the client's limiter bound: it ") + "."))
+    if s.server.fault_rate > 0:
+        lines.append(f"The server failed {s.server.fault_rate:.0%} of the requests that reached it whatever the load "
+                     f"({'at once' if s.server.fault_when == 'fast' else 'after their service'}): "
+                     f"{summary['errors']:,.0f} errors.")
     return lines
 
 
