@@ -176,7 +176,10 @@ class LimiterSpec(_Table):
 
     @model_validator(mode="after")
     def _checked(self) -> LimiterSpec:
-        self.build()  # a ValueError names its key
+        built = self.build()  # a ValueError names its key
+        for key in Limiter.KEYS[self.kind]:  # the kind's defaults, filled in (as `validate --show` prints them)
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, getattr(built, key))
         return self
 
     def build(self) -> Limiter:

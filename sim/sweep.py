@@ -198,7 +198,7 @@ def run_sweep(scenario_path: str | Path, grids: Sequence[str | tuple[str, Sequen
               for g in grids]
     file = read_scenario(scenario_path)
     base = file.scenario(sets=sets, scale=scale, seed=seed)
-    names = policy_list(policies) or [base.client.policy.name]
+    names = policy_list(policies) or [base.client.policy.preset or base.client.policy.name]
     planned = math.prod(len(v) for _, v, _ in parsed) * len(names) * replications
     too_many = check_runs(planned, max_runs) if max_runs is not None else []
     if too_many:

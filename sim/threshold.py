@@ -87,7 +87,8 @@ def threshold(scenario_path: str | Path, vary_key: str, lo: float | str, hi: flo
     if not low < high:
         raise ValueError(f"threshold {vary_key}: needs lo < hi, got {lo!r} and {hi!r}")
     file = read_scenario(scenario_path)
-    name = policy or file.scenario(sets=sets, scale=scale, seed=seed).client.policy.name
+    spec = file.scenario(sets=sets, scale=scale, seed=seed).client.policy
+    name = policy or spec.preset or spec.name  # a preset stays a preset (its limiter and attempts too)
     whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi))
     log_scale = low > 0 and high / low >= 10
     label = _criterion_label(criterion)
