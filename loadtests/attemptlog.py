@@ -8,6 +8,13 @@ state (`offline`, `connecting`, `online`, `gave_up`; a newcomer's first row has 
 `from`). In a distributed run each worker writes its own files, `FILE` with `.wN` before the
 suffix. Times are seconds of story time (the start of the load test); rows hold no credentials
 and no tokens.
+
+With a client limiter (`[client.limiter]`, docs/loadtests.md "Limiters and breakers in a load
+test") the attempt log has two more kinds of row, neither of them a request: `short_circuited`, a
+call the limiter refused locally (nothing was sent; `seconds` 0, `status` 0; it counts toward
+`max_attempts` and the policy's delay follows, in `wait_s`), and `suppressed`, a retry the
+limiter denied after a failed attempt (the episode ends there; `attempt` is the number the retry
+would have had). They are the simulator's `short_circuited` and `suppressed` counters.
 """
 
 from __future__ import annotations
@@ -19,12 +26,16 @@ from pathlib import Path
 
 from loadtests.flows import Outcome
 
-__all__ = ["AttemptLog", "StateLog", "COLUMNS", "STATE_COLUMNS", "worker_path", "worker_files", "PROGRESS",
-           "STOPPED", "recent_rates", "MISCONFIGURED", "MISCONFIGURED_STATUS", "FIRST_ATTEMPTS", "misconfiguration"]
+__all__ = ["AttemptLog", "StateLog", "COLUMNS", "SHORT_CIRCUITED", "SUPPRESSED", "NOT_SENT", "STATE_COLUMNS",
+           "worker_path", "worker_files", "PROGRESS", "STOPPED", "recent_rates", "MISCONFIGURED",
+           "MISCONFIGURED_STATUS", "FIRST_ATTEMPTS", "misconfiguration"]
 
 COLUMNS = ("device", "episode", "attempt", "start_s", "seconds", "outcome", "status", "retry_after_s",
            "wait_s", "message")
 STATE_COLUMNS = ("t_s", "device", "from", "to")
+#: the `outcome` of an attempt-log row that is not a request: the limiter's (as sim.record.COUNTS names them)
+SHORT_CIRCUITED, SUPPRESSED = "short_circuited", "suppressed"
+NOT_SENT = frozenset({SHORT_CIRCUITED, SUPPRESSED})
 #: with --progress, the master (or local) process prints these lines on stdout, one JSON object
 #: after the prefix; `loginstorm loadtest` reads them (this module is gevent-free, so it can import them)
 PROGRESS, STOPPED = "loginstorm-progress ", "loginstorm-stopped "

@@ -126,7 +126,8 @@ def lab(
     LOGINSTORM_CLIENT_SECRET if both are set, else any user's own credentials.
 
     The lab serves the scenario's \[server] table only: workers, service_time,
-    queue_limit, discipline, retry_after, rate_limit, cancel_on_timeout.
+    queue_limit, discipline, retry_after, rate_limit, cancel_on_timeout,
+    fault_rate and fault_when (500 at once, or after the service).
     Not modelled: reject_cost, overload, drop_expired, \[server.p2p], events.
     """
     _require("lab", "starlette", "uvicorn")
@@ -218,6 +219,9 @@ def loadtest(**values: Any) -> None:
                  + (f" ({amp:.2f} per episode)" if amp is not None else "") + "\n"
                  f"  rejected {m['rejected']:,}, timed out {m['timeouts']:,}, errors {m['errors']:,}, "
                  f"gave up {m['gave_up']:,}\n"
+                 + (f"  limiter ({m['limiter']}): {plural(m['short_circuited'], 'call')} short-circuited (not "
+                    f"sent), {plural(m['suppressed'], 'retry').replace('retrys', 'retries')} suppressed (each ended "
+                    "its episode); neither is an attempt\n" if m.get("limiter") else "")
                  + recovery_line(rec, lambda seconds: f"{seconds:.1f} s"))
         say(out, f"wrote {', '.join(str(p) for p in result.files)}")
     if result.device_errors:
@@ -247,6 +251,8 @@ def _live_line(enabled: bool) -> Callable[[dict | None], None]:
         line = (f"{p['elapsed_s']:7.1f} s  devices {booted:,}  online {p['online']:,}  connecting "
                 f"{p['connecting']:,}  gave up {p['gave_up']:,}  attempts {p['attempts']:,} "
                 f"({p['attempts_per_s']:.1f}/s)  failures {p['failures_per_s']:.1f}/s"
+                + (f"  short-circuited {p['short_circuited']:,}" if p.get("short_circuited") else "")
+                + (f"  suppressed {p['suppressed']:,}" if p.get("suppressed") else "")
                 + (f"  device errors {p['device_errors']:,}" if p.get("device_errors") else ""))
         if err.is_terminal:
             sys.stderr.write("\r" + line[:err.width - 1].ljust(err.width - 1))

@@ -291,8 +291,10 @@ def _write_outputs(o: LoadtestOptions, storm: Storm, end: float, stopped, interr
     attempts, states = read_logs(logs / "attempts.csv", logs / "states.csv")
     run = measured_run(_story_scenario(storm), end, attempts, states)
     summary = {k: run.summary[k] for k in CLIENT_FIELDS}
-    summary.update(target=o.host, speed=storm.plan.speed, policy=storm.policy.name, devices=storm.plan.devices,
-                   stopped=stopped, interrupted=interrupted)
+    client = storm.scenario.client
+    summary.update(target=o.host, speed=storm.plan.speed, policy=client.policy.preset or storm.policy.name,
+                   limiter=storm.limiter.describe() if storm.limiter is not None else None,
+                   devices=storm.plan.devices, stopped=stopped, interrupted=interrupted)
     summary = finite_json(summary)
     (o.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     files = [o.out / "summary.json", write_timeseries(run.timeseries, o.out / "timeseries.csv")]

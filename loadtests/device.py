@@ -13,6 +13,15 @@ failure), and the optional heartbeat a `GET heartbeat` request. An exception ins
 bug, never an answer of the server) goes where Locust keeps a task's exceptions
 (`runner.exceptions`, `*_exceptions.csv`), with no secret in its message; that device's activity
 ends (it waits for its plan's next action) and `loginstorm loadtest` exits 1.
+
+With a client limiter (`[client.limiter]`, `sim.limiters`) the device applies it as the
+reference engine does (`sim.des.Model.episode`): before every attempt `on_send` may refuse the
+call locally (nothing is sent; a `LOGIN login short-circuited` failure of 0 ms, then the
+policy's delay as after any failure), every answer or timeout goes to `on_result`, and before a
+retry a quota, throttle or budget may deny it (`on_retry`): the episode ends as a give-up, a
+`LOGIN login suppressed` failure. Neither is a `login attempt`. A per-device limiter is the
+device's own row, fresh when the device starts and when it reboots (the app restarts); a shared
+one is its group's row in `Storm.limiter_states`, shared by the devices of this process only.
 """
 
 from __future__ import annotations
@@ -27,15 +36,20 @@ import numpy as np
 from locust import User, task
 from locust.contrib.fasthttp import FastHttpSession
 
+from loadtests.attemptlog import SHORT_CIRCUITED, SUPPRESSED
 from loadtests.flows import ERROR, TIMEOUT, Outcome, Reply, Step
 from loadtests.plan import DROP, LOGIN, REBOOT
+from sim.limiters import FAILED, OK, SHORT, TIMED_OUT, on_result, on_retry, on_send
 from sim.policies import with_retry_after
 
-__all__ = ["DeviceUser", "LoginFailure", "DeviceError", "OFFLINE", "CONNECTING", "ONLINE", "GAVE_UP"]
+__all__ = ["DeviceUser", "LoginFailure", "DeviceError", "OFFLINE", "CONNECTING", "ONLINE", "GAVE_UP",
+           "SHORT_NAME", "SUPPRESSED_NAME"]
 
 log = logging.getLogger("loginstorm")
 OFFLINE, CONNECTING, ONLINE, GAVE_UP = "offline", "connecting", "online", "gave_up"
 ATTEMPT, EPISODE, HEARTBEAT = "login attempt", "login episode", "heartbeat"
+#: the limiter's Locust entries (request type LOGIN): calls refused locally, retries denied
+SHORT_NAME, SUPPRESSED_NAME = "login short-circuited", "login suppressed"
 #: the HTTP client's own timeouts stay out of the way: the device's timer decides
 TRANSPORT_TIMEOUT_S = 24 * 3600.0
 #: an exception's message is cut to this length (one line on the terminal)
@@ -76,6 +90,8 @@ class DeviceUser(User):
         self.token: str | None = None
         self.session = self._new_session()
         self.warm = False        # the connection has carried an answer (and may since have gone stale)
+        self.limiter = self.storm.limiter
+        self.limiter_state = None     # a per-device limiter's row (a shared one lives in the storm)
 
     # -- Locust entry points ------------------------------------------------------------------
 
@@ -105,6 +121,7 @@ class DeviceUser(User):
         self.flow = storm.flow(self.row)
         self.policy = storm.policy
         self.client = storm.scenario.client
+        self._fresh_limiter()
         start = self.context.rows.start
         if self.row < plan.population:
             self._begin(self._online_loop if plan.online_at_start[self.row] else self._offline_loop)
@@ -147,6 +164,7 @@ class DeviceUser(User):
         self._set_state(OFFLINE)
         self.rebooting, self.logged_in = True, False
         self._reset_session()
+        self._fresh_limiter()                # the app restarts: a per-device limiter starts afresh
         gevent.sleep(downtime)
         self.rebooting = False
         return self._episode_loop
@@ -188,26 +206,44 @@ class DeviceUser(User):
     # -- an episode: attempts and the policy's delays (docs/model.md section 3.1) -------------------------
 
     def _episode(self) -> bool:
-        """One episode; True at success, False at give-up."""
+        """One episode; True at success, False at give-up (the rules of `sim.des.Model.episode`)."""
         self._set_state(CONNECTING)
         self.logged_in, self.token = False, None
         gevent.sleep(float(self.client.connect_delay.sample(self.rng)))
         first = time.time()
         self.episodes += 1
         previous, attempts = None, 0
+        lim, held = self.limiter, 0.0
         while True:
             self.context.pace()               # --max-rps: the load test's own safety valve
-            outcome, start, elapsed = self._attempt()
             attempts += 1
-            wait = None
+            if lim is not None and self._short_circuits(attempts == 1):
+                outcome, start, elapsed = self._short_circuited()
+            else:
+                outcome, start, elapsed = self._attempt()
+                if lim is not None:
+                    result = OK if outcome.ok else TIMED_OUT if outcome.kind == TIMEOUT else FAILED
+                    on_result(lim.code, lim.prm, self._limiter_row(), self.context.story_time(), result, held)
+            wait, suppressed = None, False
             if outcome.ok:
                 self.token, self.logged_in = outcome.token, True
             elif self.policy.allows_retry(attempts):
-                previous = self.policy.delay(attempts - 1, self.rng, previous)
-                wait = float(with_retry_after(previous, outcome.retry_after, self.client.honor_retry_after))
-                if start + elapsed + wait - first > self.client.give_up_after:
-                    wait = None
-            self.context.log_attempt(self.row, self.episodes, attempts, start, elapsed, outcome, wait)
+                if lim is not None and lim.stops_retries:
+                    cost = on_retry(lim.code, lim.prm, self._limiter_row(), self.context.story_time(),
+                                    outcome.kind == TIMEOUT)
+                    suppressed = cost < 0     # denied: the SDK hands the last failure to the app
+                    held = held if suppressed else float(cost)
+                if not suppressed:
+                    previous = self.policy.delay(attempts - 1, self.rng, previous)
+                    wait = float(with_retry_after(previous, outcome.retry_after, self.client.honor_retry_after))
+                    if start + elapsed + wait - first > self.client.give_up_after:
+                        wait = None
+            if outcome.kind == SHORT_CIRCUITED:
+                self.context.log_not_sent(self.row, self.episodes, attempts, start, outcome, wait)
+            else:
+                self.context.log_attempt(self.row, self.episodes, attempts, start, elapsed, outcome, wait)
+            if suppressed:
+                self._suppressed(attempts + 1)
             if outcome.ok:
                 self._report(EPISODE, time.time() - first, 0, None, first)
                 return True
@@ -215,6 +251,37 @@ class DeviceUser(User):
                 self._report(EPISODE, time.time() - first, 0, LoginFailure("gave up"), first)
                 return False
             gevent.sleep(wait)
+
+    # -- the client's limiter (sim.limiters) --------------------------------------------------------
+
+    def _fresh_limiter(self) -> None:
+        """A per-device limiter's state as a new app has it (at the device's start and at a reboot)."""
+        if self.limiter is not None and self.limiter.per_device:
+            self.limiter_state = self.limiter.initial_row()
+
+    def _limiter_row(self):
+        """The row this device's limiter acts on: its own, or its group's in this process."""
+        return self.limiter_state if self.limiter.per_device else self.storm.limiter_row(self.row)
+
+    def _short_circuits(self, first: bool) -> bool:
+        """`on_send` now: True if the limiter refuses the call locally (adaptive draws its uniform)."""
+        lim = self.limiter
+        u = float(self.rng.random()) if lim.draws else 0.0
+        return on_send(lim.code, lim.prm, self._limiter_row(), self.context.story_time(), first, u) == SHORT
+
+    def _short_circuited(self) -> tuple[Outcome, float, float]:
+        """A call the limiter refused: nothing sent, a failure at once (reported apart from the attempts)."""
+        start = time.time()
+        message = f"short-circuited by the {self.limiter.kind} (not sent)"
+        self._report(SHORT_NAME, 0.0, 0, LoginFailure(message), start)
+        return Outcome(SHORT_CIRCUITED, message), start, 0.0
+
+    def _suppressed(self, attempt: int) -> None:
+        """A retry the limiter denied: the episode ends (logged and reported apart from the attempts)."""
+        start = time.time()
+        message = f"retry suppressed by the {self.limiter.kind}"
+        self.context.log_not_sent(self.row, self.episodes, attempt, start, Outcome(SUPPRESSED, message), None)
+        self._report(SUPPRESSED_NAME, 0.0, 0, LoginFailure(message), start)
 
     def _attempt(self) -> tuple[Outcome, float, float]:
         """One login attempt through the flow's steps, cut off at the client timeout."""

@@ -21,6 +21,15 @@ end (`in_flight`: started before it, answered after it or never), so that attemp
 + rejected + timeouts + errors + in_flight exactly; the devices the storm touched (`touched`:
 distinct devices that left `online` or started an episode from the first event on); and the
 most attempts in flight at once (`peak_in_flight`).
+
+Rows of the client's limiter are not attempts: a `short_circuited` row (a call refused locally,
+never sent) and a `suppressed` row (a retry denied, the episode ended) fill the simulator's
+`short_circuited` and `suppressed` counters, at the row's start:
+
+    >>> run = measured_run(s, 20.0, attempts + [(1, 2, 1, 15.0, 0.0, "short_circuited"),
+    ...                                         (1, 2, 2, 15.5, 0.0, "suppressed")], states)
+    >>> run.summary["attempts"], run.summary["short_circuited"], run.summary["suppressed"]
+    (2, 1, 1)
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from loadtests.attemptlog import worker_files
+from loadtests.attemptlog import NOT_SENT, worker_files
 from loadtests.flows import ERROR, FAILED, OK, REJECTED, TIMEOUT
 from sim.metrics import summarize, timeseries
 from sim.record import RunRecords
@@ -45,7 +54,7 @@ __all__ = ["MeasuredRun", "measured_run", "read_logs", "CLIENT_FIELDS"]
 CLIENT_FIELDS = ("scenario", "engine", "seed", "scale", "clients", "duration_s", "episodes", "logins", "gave_up",
                  "attempts", "amplification", "timeouts", "rejected", "errors", "peak_offered_rps",
                  "login_time_s", "recovery_s", "lowest_online_share", "lowest_online_at_s",
-                 "successes", "in_flight", "touched", "peak_in_flight")
+                 "successes", "in_flight", "touched", "peak_in_flight", "suppressed", "short_circuited")
 #: the attempt outcomes in the simulator's counters (a wrong password or a bad body is an error)
 _COUNTER = {OK: "successes", REJECTED: "rejected", TIMEOUT: "timeouts", ERROR: "errors", FAILED: "errors"}
 
@@ -68,6 +77,10 @@ def measured_run(s: Scenario, end: float, attempts: Iterable[Attempt], states: I
             events.append((max(0.0, t), 0, ("state", device, old, new)))
     in_flight = 0
     for device, _episode, _attempt, start, seconds, outcome in attempts:
+        if outcome in NOT_SENT:         # the limiter's: no request, counted apart from the attempts
+            if start <= end:
+                events.append((max(0.0, start), 1, ("limiter", outcome)))
+            continue
         if start <= end:
             events.append((max(0.0, start), 1, ("start", outcome)))
             if start + seconds <= end:
@@ -96,6 +109,8 @@ def measured_run(s: Scenario, end: float, attempts: Iterable[Attempt], states: I
             elif new == "gave_up":
                 r.tallies.gave_up += 1
             r.watch.update(t, n["online"], n["connecting"], n["gave_up"])
+        elif what[0] == "limiter":
+            r.counts[what[1]].add(t)
         elif what[0] == "start":
             flying += 1
             peak = max(peak, flying)

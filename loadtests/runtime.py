@@ -24,6 +24,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from loadtests.attemptlog import (FIRST_ATTEMPTS, PROGRESS, STOPPED, AttemptLog, StateLog, misconfiguration,
                                   recent_rates, worker_path)
 from loadtests.coordination import Rows, install
+from loadtests.device import SHORT_NAME, SUPPRESSED_NAME
 from loadtests.flows import Outcome
 from loadtests.options import add_locust_options, storm_options
 from loadtests.storm import Storm, StormError, check_host, load_storm
@@ -119,6 +120,15 @@ class StormContext:
             self.first.append(outcome.status)
         self.log.write(device, episode, attempt, start - (self.rows.start or 0.0), seconds, outcome, wait)
 
+    def log_not_sent(self, device: int, episode: int, attempt: int, start: float, outcome: Outcome,
+                     wait: float | None) -> None:
+        """A row of the limiter's (`outcome.kind`: SHORT_CIRCUITED or SUPPRESSED): no request, no answer."""
+        self.log.write(device, episode, attempt, start - (self.rows.start or 0.0), 0.0, outcome, wait)
+
+    def story_time(self) -> float:
+        """Seconds since the load test's start (the devices' limiters' clock, as the logs')."""
+        return time.time() - (self.rows.start or 0.0)
+
 
 def _fail(message: str) -> None:
     log.error("%s", message)
@@ -209,13 +219,21 @@ def _attempt_stats(environment):
     return environment.stats.get("login attempt", "LOGIN")
 
 
+def _limiter_counts(environment) -> dict[str, int]:
+    """Calls the devices' limiters refused locally and retries they denied (0 without a limiter;
+    the entries are read, never created, so that a run without one has no such rows in its stats)."""
+    entries = environment.stats.entries
+    return {key: entry.num_requests if (entry := entries.get((name, "LOGIN"))) is not None else 0
+            for key, name in (("short_circuited", SHORT_NAME), ("suppressed", SUPPRESSED_NAME))}
+
+
 def _progress(environment, context, final: bool = False) -> None:
     if not getattr(environment.parsed_options, "progress", False):
         return
     entry = _attempt_stats(environment)
     start = context.rows.start or time.time()
     line = {"elapsed_s": round(time.time() - start, 2), **context.all_counts(),
-            "attempts": entry.num_requests, "failures": entry.num_failures,
+            "attempts": entry.num_requests, "failures": entry.num_failures, **_limiter_counts(environment),
             "attempts_per_s": round(context.rates[0], 2), "failures_per_s": round(context.rates[1], 2),
             **device_errors(environment.runner), "final": final}
     print(PROGRESS + json.dumps(line), flush=True)

@@ -11,6 +11,8 @@ Gevent-free: the locustfile builds a `Storm` from its command-line options; test
     ...     environ={"PW": "secret"}))
     >>> storm.plan.devices, storm.policy.name, storm.target.flow, storm.flow(0)
     (50, 'exponential', 'basic', ...)
+    >>> storm.limiter is None
+    True
 """
 
 from __future__ import annotations
@@ -22,11 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, quote_plus, urlsplit
 
+import numpy as np
+
 from loadtests.credentials import Account, Accounts, CredentialsError, Secret, load_accounts, resolve
 from loadtests.flows import Flow, build_flow
 from loadtests.plan import Plan, build_plan
 from sim.config import ScenarioError, load_scenario, parse_target, read_toml_text
+from sim.limiters import Limiter, group_of
 from sim.policies import Policy, make_policy
+from sim.presets import PRESETS
 from sim.scenario import Scenario, Target
 
 __all__ = ["StormOptions", "Storm", "load_storm", "LAB_TARGET", "host_allowed", "host_error", "check_host",
@@ -63,6 +69,15 @@ class Storm:
     target: Target
     accounts: Accounts | None = field(repr=False)
     client: tuple[str, Secret] | None = field(repr=False)
+    #: the client's retry limiter or circuit breaker (`[client.limiter]`, or a preset's), None without one
+    limiter: Limiter | None = None
+    #: a shared limiter's state, one row per group, for the devices of THIS process (each Locust
+    #: process builds its own Storm: in a distributed run every worker holds its own copy)
+    limiter_states: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def limiter_row(self, device: int) -> np.ndarray:
+        """The shared limiter row device `device` uses (its group's: `sim.limiters.group_of`)."""
+        return self.limiter_states[group_of(device, len(self.limiter_states), False)]
 
     def flow(self, device: int) -> Flow:
         account = self.accounts.for_device(device) if self.accounts is not None else None
@@ -104,11 +119,11 @@ def load_storm(options: StormOptions, plan: bool = True, accounts: bool = True) 
     (`Storm.accounts` and `Storm.client` are None): for a caller that sends nothing, such as
     `loadtest --from-logs`.
     """
-    if options.policy:
+    if options.policy and options.policy not in PRESETS:    # a preset brings its limiter too
         try:
             make_policy(options.policy)      # a bad name is --policy's fault, not a --set's
         except ValueError as exc:
-            raise StormError(f"--policy: {exc}") from None
+            raise StormError(f"--policy: {exc} (or a preset: {', '.join(PRESETS)})") from None
     sets = tuple(options.sets) + ((f"client.policy.name={options.policy}",) if options.policy else ())
     try:
         scenario = load_scenario(options.scenario, sets=sets, scale=options.scale, seed=options.seed)
@@ -121,8 +136,14 @@ def load_storm(options: StormOptions, plan: bool = True, accounts: bool = True) 
         users, client = _credentials(target, scenario, options) if accounts else (None, None)
     except CredentialsError as exc:
         raise StormError(str(exc)) from None
-    return Storm(scenario, build_plan(scenario, options.speed) if plan else None, scenario.client.build_policy(),
-                 target, users, client)
+    built = build_plan(scenario, options.speed) if plan else None
+    limiter = scenario.client.build_limiter()
+    states = None
+    if limiter is not None and not limiter.per_device and built is not None:
+        # shared: one row per group, as many groups as the engines make (from the population;
+        # newcomers join group id mod groups)
+        states = limiter.new_states(limiter.groups_for(scenario.population.clients))
+    return Storm(scenario, built, scenario.client.build_policy(), target, users, client, limiter, states)
 
 
 def _target(scenario: Scenario, path: str | None) -> Target:

@@ -3,7 +3,8 @@
 It serves a scenario's `[server]` table on Starlette + uvicorn (asyncio only, no gevent):
 `workers` service slots, a `queue_limit` queue taken by `discipline`, the `rate_limit` token
 bucket, `retry_after` on a full queue, `cancel_on_timeout`, and `service_time` as a sleep
-(`--mode sleep`) or as the PBKDF2 hash itself (`--mode cpu`). See `admission` for the model,
+(`--mode sleep`) or as the PBKDF2 hash itself (`--mode cpu`), and the injected faults
+(`fault_rate`, `fault_when`: 500 at once, or after the service). See `admission` for the model,
 `app` for the endpoints, `users` for the accounts, `metrics` for /metrics.
 
 Not modelled, by design: `reject_cost` and `overload` (a refusal and the service time do not

@@ -2,9 +2,13 @@
 
 Every login request meets the checks of docs/model.md section 3 that a single server can make, in
 that order: the rate limit (429 + its Retry-After; every request that gets this far takes a
-token), a full queue (503 + `server.retry_after`), then the queue itself, where free workers
-take the oldest (fifo) or the newest (lifo) waiter. A finished service hands its worker straight
-to the next waiter, so at most `workers` requests are ever in service.
+token), the injected fault (`fault_rate`: a seeded draw per request; with `fault_when = "fast"`
+a faulty request is answered 500 at once, taking no worker), a full queue (503 +
+`server.retry_after`), then the queue itself, where free workers take the oldest (fifo) or the
+newest (lifo) waiter. A finished service hands its worker straight to the next waiter, so at
+most `workers` requests are ever in service. A faulty request with `fault_when =
+"after-service"` is served like any other (its worker, its credential check) and then answered
+500, as `sim.server.LoginServer` does.
 
 A request watches for its client hanging up while it waits and while it is served (a task
 awaiting the ASGI `http.disconnect` message). A service that ends after the hang-up is wasted
@@ -13,14 +17,16 @@ sleep-mode service stops at the hang-up (a cpu-mode hash cannot be stopped; it r
 counts as wasted). `drop_expired` is ignored: a server cannot know a client's deadline, only
 that it has hung up.
 
-    admission = Admission(scenario.server, metrics, draw=DrawStream(dist, rng).next, pool=pool)
-    answer = await admission.handle(check, request.receive)   # a Verdict, a Refusal or CANCELLED
+    admission = Admission(scenario.server, metrics, draw=DrawStream(dist, rng).next, pool=pool,
+                          fault_draw=np.random.default_rng([seed, 1]).random)
+    answer = await admission.handle(check, request.receive)   # a Verdict, a Refusal, FAULT or CANCELLED
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -33,7 +39,7 @@ from loadtests.lab.metrics import LabMetrics
 from sim.bucket import TokenBucket
 from sim.scenario import Server
 
-__all__ = ["Admission", "Refusal", "Verdict", "CANCELLED", "retry_after_header"]
+__all__ = ["Admission", "Refusal", "Verdict", "CANCELLED", "FAULT", "retry_after_header"]
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -62,6 +68,8 @@ class Refusal:
 
 #: the client hung up and cancel_on_timeout dropped its request: nobody reads the answer
 CANCELLED = object()
+#: an injected fault (`server.fault_rate`): the answer is a 500, whatever the check said
+FAULT = object()
 
 
 def retry_after_header(seconds: float) -> str | None:
@@ -82,9 +90,14 @@ class Admission:
     """Rate limit, queue and `workers` service slots for the login requests of one lab server."""
 
     def __init__(self, server: Server, metrics: LabMetrics, draw: Callable[[], float] | None,
-                 pool: Executor, clock: Callable[[], float] = time.monotonic):
-        """`draw` gives a sleep-mode service time; None = cpu mode (the check in `pool` is the service)."""
+                 pool: Executor, clock: Callable[[], float] = time.monotonic,
+                 fault_draw: Callable[[], float] | None = None):
+        """`draw` gives a sleep-mode service time; None = cpu mode (the check in `pool` is the service).
+        `fault_draw` gives the uniform draw in [0, 1) that decides a fault (`server.fault_rate`)."""
         self.workers = server.workers
+        self.fault_rate = server.fault_rate
+        self.fault_fast = server.fault_when == "fast"
+        self.fault_draw = fault_draw if fault_draw is not None else random.Random(0).random
         self.queue_limit = server.queue_limit
         self.lifo = server.discipline == "lifo"
         self.cancel = server.cancel_on_timeout
@@ -101,25 +114,25 @@ class Admission:
         return self.metrics.snapshot(self.queued, self.busy, self.workers)
 
     async def handle(self, check: Callable[[], Verdict], receive: Receive) -> Verdict | Refusal | object:
-        """One login request: refused at once, or queued, served (`check` runs in the pool) and judged."""
-        refusal = self._admit()
-        if refusal is not None:
-            self.metrics.rejected[refusal.reason] += 1
-            return refusal
+        """One login request: refused at once, or queued, served (`check` runs in the pool) and judged;
+        FAULT when an injected fault answers it (at once, or after its service)."""
+        if self.bucket is not None and not self.bucket.take(self.clock()):
+            return self._refused(self.rate_limited)
+        fault = self.fault_rate > 0 and self.fault_draw() < self.fault_rate    # whatever the load
+        if fault and self.fault_fast:
+            self.metrics.faults["fast"] += 1
+            return FAULT
+        if self.busy >= self.workers and self.queued >= self.queue_limit:
+            return self._refused(self.queue_full)
         with _watch_disconnect(receive) as gone:
             if not await self._acquire(gone):
                 self.metrics.cancelled += 1
                 return CANCELLED
-            return await self._serve(check, gone)
+            return await self._serve(check, gone, fault)
 
-    # --- the checks, in the contract's order ----------------------------------------------
-
-    def _admit(self) -> Refusal | None:
-        if self.bucket is not None and not self.bucket.take(self.clock()):
-            return self.rate_limited
-        if self.busy >= self.workers and self.queued >= self.queue_limit:
-            return self.queue_full
-        return None
+    def _refused(self, refusal: Refusal) -> Refusal:
+        self.metrics.rejected[refusal.reason] += 1
+        return refusal
 
     # --- queue and workers ----------------------------------------------------------------
 
@@ -172,7 +185,7 @@ class Admission:
                 return
         self.busy -= 1
 
-    async def _serve(self, check: Callable[[], Verdict], gone: asyncio.Event) -> Verdict | object:
+    async def _serve(self, check: Callable[[], Verdict], gone: asyncio.Event, fault: bool = False) -> Verdict | object:
         loop = asyncio.get_running_loop()
         start = self.clock()
         verdict: Verdict | object = CANCELLED
@@ -189,9 +202,13 @@ class Admission:
                 m.wasted_seconds += seconds
         if verdict is CANCELLED:
             self.metrics.cancelled += 1
-        else:
-            self.metrics.completed += 1
-            self.metrics.logins["success" if verdict.ok else "failure"] += 1
+            return verdict
+        self.metrics.completed += 1
+        if fault:                      # served, checked, then answered 500 ("after-service")
+            self.metrics.faults["after-service"] += 1
+            self.metrics.logins["fault"] += 1
+            return FAULT
+        self.metrics.logins["success" if verdict.ok else "failure"] += 1
         return verdict
 
     async def _sleep(self, seconds: float, gone: asyncio.Event) -> bool:

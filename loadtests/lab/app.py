@@ -13,8 +13,10 @@ Cheap endpoints: `GET /me` (bearer token or session cookie: the heartbeat), `GET
 `GET /metrics` (Prometheus text), `GET /metrics.json` and `GET /server.json` (the served `[server]` table).
 
 A request that is malformed, carries no credentials or fails the CSRF check is answered before
-admission (it costs no worker, like a real server's input validation). Tokens and session ids
-are `secrets.token_urlsafe(24)`; no password, secret or token is ever logged or echoed.
+admission (it costs no worker, like a real server's input validation). An injected fault
+(`server.fault_rate`, `fault_when`) is answered 500 `{"error": "server_error"}` on every login
+endpoint. Tokens and session ids are `secrets.token_urlsafe(24)`; no password, secret or token
+is ever logged or echoed.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from loadtests.lab.admission import Admission, Refusal, Verdict
+from loadtests.lab.admission import FAULT, Admission, Refusal, Verdict
 from loadtests.lab.metrics import prometheus_text
 from loadtests.lab.users import UserStore
 
@@ -315,6 +317,8 @@ def _oauth_error(status: int, error: str) -> JSONResponse:
 def _unserved(answer: object) -> Response:
     if isinstance(answer, Refusal):
         return JSONResponse({"error": "temporarily_unavailable"}, status_code=answer.status, headers=answer.headers)
+    if answer is FAULT:                                 # fault injection (server.fault_rate)
+        return JSONResponse({"error": "server_error"}, status_code=500)
     return Response(status_code=CLIENT_DISCONNECTED)   # cancelled: its client has hung up
 
 

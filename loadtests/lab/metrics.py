@@ -30,8 +30,11 @@ METRICS: dict[str, tuple[str, str | None, str]] = {
     "invalid_total": ("counter", None, "Login requests answered before admission: malformed (400), no "
                                        "credentials (401) or a failed CSRF check (403)."),
     "rejected_total": ("counter", "reason", "Login requests refused by the rate limit (429) or a full queue (503)."),
+    "faults_total": ("counter", "when", "Login requests answered 500 by fault injection (server.fault_rate): at once "
+                                       "without a worker (fast), or after their service (after-service)."),
     "completed_total": ("counter", None, "Services that ran to their end, whatever the credential check said."),
-    "logins_total": ("counter", "result", "Completed services by credential check result."),
+    "logins_total": ("counter", "result", "Completed services by answer: the credential check's success or "
+                                          "failure, or fault (an after-service fault answered 500)."),
     "wasted_total": ("counter", None, "Services that ended (or were cancelled) after their client had hung up."),
     "wasted_seconds_total": ("counter", None, "Worker seconds spent on wasted services."),
     "cancelled_total": ("counter", None, "Requests dropped because their client hung up (server.cancel_on_timeout): "
@@ -47,8 +50,9 @@ class LabMetrics:
     requests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ENDPOINTS, 0))
     invalid: int = 0
     rejected: dict[str, int] = field(default_factory=lambda: {"rate_limit": 0, "queue_full": 0})
+    faults: dict[str, int] = field(default_factory=lambda: {"fast": 0, "after-service": 0})
     completed: int = 0
-    logins: dict[str, int] = field(default_factory=lambda: {"success": 0, "failure": 0})
+    logins: dict[str, int] = field(default_factory=lambda: {"success": 0, "failure": 0, "fault": 0})
     wasted: int = 0
     wasted_seconds: float = 0.0
     cancelled: int = 0
@@ -59,7 +63,8 @@ class LabMetrics:
         return {
             "queue_depth": queue_depth, "busy_workers": busy, "busy_workers_max": self.busy_max,
             "workers": workers, "requests_total": dict(self.requests), "invalid_total": self.invalid,
-            "rejected_total": dict(self.rejected), "completed_total": self.completed,
+            "rejected_total": dict(self.rejected), "faults_total": dict(self.faults),
+            "completed_total": self.completed,
             "logins_total": dict(self.logins), "wasted_total": self.wasted,
             "wasted_seconds_total": self.wasted_seconds, "cancelled_total": self.cancelled,
             "busy_seconds_total": self.busy_seconds,

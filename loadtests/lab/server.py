@@ -100,7 +100,8 @@ def run_lab(server: Server, users: list[tuple[str, str]], options: LabOptions,
         app = _build(server, users, options, environ)
         announce(f"loginstorm lab listening on http://{_url_host(options.host)}:{bound[1]} "
                  f"(workers={server.workers}, queue_limit={_count(server.queue_limit)}, "
-                 f"discipline={server.discipline}, mode={options.mode})")
+                 f"discipline={server.discipline}, mode={options.mode}"
+                 + (f", fault_rate={server.fault_rate:g} {server.fault_when}" if server.fault_rate > 0 else "") + ")")
         config = uvicorn.Config(app, log_level="info" if options.access_log else "warning",
                                 access_log=options.access_log, lifespan="off", server_header=False,
                                 timeout_graceful_shutdown=2)
@@ -121,7 +122,9 @@ def _build(server: Server, users: list[tuple[str, str]], options: LabOptions, en
     else:
         pool = ThreadPoolExecutor(os.cpu_count() or 1, "lab-check")
         draw = DrawStream(server.service_time, np.random.default_rng(options.seed)).next
-    admission = Admission(server, LabMetrics(), draw, pool)
+    # the faults' own stream: the service times stay those of the same seed without faults
+    faults = np.random.default_rng([options.seed, 1]).random if server.fault_rate > 0 else None
+    admission = Admission(server, LabMetrics(), draw, pool, fault_draw=faults)
     config = {"mode": options.mode, "hash_iterations": options.hash_iterations if options.mode == "cpu" else None,
               "server": table_of(server)}
     return build_app(LabApp(admission, store, clients, config))
