@@ -57,6 +57,13 @@ BYTES = {
 KEPT_BIN = 15 * 8.0
 #: a login time kept per episode (float64), with the doubling of its array
 LOGIN = 16.0
+# The client limiter's state (sim.limiters, docs/model.md section 4.7) is counted apart from the
+# measured per-client bytes, because its rows can dwarf them: `Limiter.width` float64s (8 B) a row,
+# one row per device with scope "device" (the clients at t = 0 plus the arrivals, on both engines)
+# or one per group when shared (`Limiter.groups_for` the clients at t = 0, as both engines size
+# it). A count-based breaker's row holds its whole window (up to 100,000 calls, 800 kB a device).
+# The fast engine adds the quota cost held by each client's episode (one float64 a client).
+LIMITER_HELD = 8.0
 # Engine speed, measured here with every shipped scenario at scale 0.01 (fast) and 0.002 (des):
 # fast 0.8-2.9 M events/s (the larger populations the slower: cache misses), des 52-200 k events/s
 # (p2p scenarios the slowest). Events per run were 1.0-1.7 x 2 x (attempts + episodes) on both.
@@ -338,7 +345,20 @@ def _parts(s: Scenario, engine: str, end: float, d: _Demand, replications: int, 
              "raise resolution, shorten duration or use --until"),
         Part("login times", f"{max(d.sources, key=lambda src: src.episodes).keys} (~{_count(d.episodes)} episodes)",
              _finite(at_once * d.episodes * LOGIN), "lower it, use --scale"),
-    )
+    ) + _limiter_part(s, engine, d, at_once)
+
+
+def _limiter_part(s: Scenario, engine: str, d: _Demand, at_once: float) -> tuple[Part, ...]:
+    """The limiter's state rows (LIMITER_HELD's comment), when the client has a limiter."""
+    lim = s.client.build_limiter()
+    if lim is None:
+        return ()
+    rows = d.clients if lim.per_device else float(lim.groups_for(s.population.clients))
+    held = d.clients * LIMITER_HELD if engine == "fast" else 0.0
+    whose = f"~{_count(rows)} devices" if lim.per_device else f"{_count(rows)} group{'s' if rows != 1 else ''}"
+    return (Part("limiter state", f"client.limiter ({lim.describe()}) with {lim.width:,} values of state for each "
+                                  f"of {whose}", _finite(at_once * (rows * lim.width * 8.0 + held)),
+                 "share it (scope = \"shared\"), shorten its window or use --scale"),)
 
 
 def _plus_arrivals(s: Scenario, d: _Demand) -> str:

@@ -19,6 +19,8 @@ binding its socket, which the driver blocks too.
 
 from __future__ import annotations
 
+import copy
+
 import json
 import math
 import os
@@ -199,8 +201,13 @@ DURATIONS = ("0s", "1ms", "30s", "2m", "30d", "-5m", "abc", "", "inf", "-inf", "
 OTHERS = (True, False, [], [1, "a"], {}, {"dist": "bogus"}, {"dist": "uniform", "low": "5s", "high": "1s"},
           {"dist": "lognormal", "median": "1s", "p99": "0s"}, {"dist": "empirical", "values": []},
           {"dist": "normal", "mean": "1s", "sd": "inf"}, "x" * 5000, "\u00e9\u200b", "${LOGINSTORM_NOPE}",
-          {"name": "grpc", "multiplier": 1e300}, {"rate": 1e-300}, [[[[[]]]]])
-VALUES = st.sampled_from(NUMBERS + DURATIONS + OTHERS)
+          {"name": "grpc", "multiplier": 1e300}, {"rate": 1e-300}, [[[[[]]]]],
+          # limiters and presets (a [client.limiter] table, a policy name)
+          {"kind": "breaker", "window_type": "time", "window": "0s"}, {"kind": "quota", "capacity": -1},
+          {"kind": "adaptive", "k": 1e300}, {"kind": "budget", "ttl": "1ms"}, {"kind": "breaker", "window": 1e9},
+          {"kind": "throttle", "scope": "shared", "groups": 0}, "aws-sdk-standard", "polly", "presets")
+# a fresh copy each time: a mutation may add keys to a table it drew, which must not leak into later examples
+VALUES = st.sampled_from(NUMBERS + DURATIONS + OTHERS).map(copy.deepcopy)
 KINDS = ("reboot", "disconnect", "login", "outage", "capacity", "admit", "partition", "surge", "failover",
          "p2p-rules", "reboto", "Reboot", "p2p_rules", "outages", "", " reboot", 7, None)
 KEYS = ("bogus", "", "a.b", "\u00e9", "workrs", "clients ", "Duration", "kind", "at", "dist", "waves")
@@ -366,10 +373,13 @@ SCENARIOS = (*SHIPPED, "c/good.toml", "c/good.toml", "c/target.toml", "c/garbage
 SET_KEYS = ("server.workers", "population.clients", "population.login_rate", "duration", "resolution", "warmup",
             "seed", "client.timeout", "client.policy", "client.policy.name", "events.0.fraction", "events.0.at",
             "events.0.kind", "events.99.at", "events.-1.at", "server.p2p", "server", "target.host", "a.b.c.d",
-            "server..workers", "", "server.workers.x", "events", "client.rtt")
+            "server..workers", "", "server.workers.x", "events", "client.rtt", "client.policy",
+            "client.limiter.kind", "client.limiter.scope", "client.limiter.window", "client.limiter.groups",
+            "client.limiter", "server.fault_rate", "server.fault_when")
 SET_VALUES = ("1", "2", "0", "-1", "0.5", "nan", "inf", "1e300", "1" + "0" * 30, "abc", '"30s"', "1ms", "30d",
               "", "{", "[[", "[" * 3000 + "]" * 3000, "{}", "[]", '{name = "full-jitter"}', "true", '"\u00e9"',
-              "fifo", "x" * 10000, '"none"', '"reboot"')
+              "fifo", "x" * 10000, '"none"', '"reboot"', '"aws-sdk-standard"', '"polly"', '"breaker"', '"shared"',
+              '{kind = "budget", percent = 1e300}', '"after-service"')
 
 
 def _tokens(*values: str) -> st.SearchStrategy[list[str]]:
@@ -390,8 +400,10 @@ VALUES_BY_NAME: dict[str, st.SearchStrategy[list[str]]] = {
     "replications": _tokens("1", "2", "0", "-1", "x", "99999999999", "1" + "0" * 30),
     "jobs": _tokens("1", "2", "0", "-1", "x", "1000000000"),
     "out_dir": _tokens(*OUT), "out": _tokens(*OUT), "out_file": _tokens(*(f"{o}/server.toml" for o in OUT), *OUT),
-    "policy": _tokens("exponential", "full-jitter", "none", "grpc", "expo", "", "all", "Exponential"),
-    "policies": _tokens("none,exponential", "exponential", "expo,none", "", ",", "all,all", "none,none", "bogus"),
+    "policy": _tokens("exponential", "full-jitter", "none", "grpc", "expo", "", "all", "Exponential",
+                      "aws-sdk-standard", "polly", "presets"),
+    "policies": _tokens("none,exponential", "exponential", "expo,none", "", ",", "all,all", "none,none", "bogus",
+                        "presets", "aws-sdk-standard,polly", "aws-sdk-standrd"),
     "base": _tokens("1s", "250ms", "5m", "inf", "0s", "-1s", "abc", "", "1e300s", "nan"),
     "cap": _tokens("1s", "5m", "inf", "0s", "-1s", "abc", "", "1e300s", "nan"),
     "multiplier": _tokens("1", "1.6", "2", "0.5", "0", "-1", "nan", "inf", "1e300", "abc"),

@@ -40,6 +40,7 @@ The modules, named after the reference engine's parts (each compiled kernel name
     heap        the 4-ary heap of packed rows (SimPy's event queue)
     record      `sim.record` over arrays: levels, counters, the share watch
     streams     `sim.streams`: blocks of draws, the policy's delay formula
+    limiter     `sim.limiters`' kernels on the client limiter's rows (`Model._limiter_row`)
     clients     a client's state counts and wake-ups (`Model.set_state`, `Model.wake`)
     server      `sim.server.LoginServer`: submit, start, dispatch, done, lose, control
     p2p         `sim.p2p.Supernodes`, the tick (`Model.p2p_ticks`), `Model.set_state` (`become`)
@@ -50,8 +51,8 @@ The modules, named after the reference engine's parts (each compiled kernel name
     ==========  ================================================================================
 
 numba caches the compiled code in `sim/fast/__pycache__`; `cache` clears it when any
-module of the package (or `sim.policies`) changed since it was written, because numba checks
-only the file of the function it loads, not the files of the functions it calls.
+module of the package (or `sim.policies`, `sim.limiters`) changed since it was written, because
+numba checks only the file of the function it loads, not the files of the functions it calls.
 """
 
 from __future__ import annotations

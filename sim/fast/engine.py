@@ -23,8 +23,9 @@ from sim.fast.layout import (
     G_SINCE, G_TAIL_MAX, G_TOKENS, G_TOKENS_AT, G_WAITS_SUM, G_WASTED_TIME, GROW_HEAP, GROW_LOGINS, GROW_POOL, INF,
     K_SESSION_END, K_TICK, K_WANT, MAX_PARTITIONS, N_G, N_S, N_STREAMS, NOT_YET, OFFLINE, ONLINE, P2P_TICK,
     P_PER_WORKER, P_PROMO_DELAY, P_PROMO_RATE, P_RATIO, P_SHUTDOWN_AT, P_SHUTDOWN_RATE, Q_DEDICATED, Q_EXTRA,
-    Q_WORKERS, REFILL, S_EPISODES, S_EVENTS, S_FREE, S_GAVE_UP, S_HN, S_LOGINS, S_N0, S_NONS, S_NSN, S_POS, S_QH,
-    S_QN, S_RJH, S_RJN, S_SEQ, S_SFREE, S_WAITS_POS, S_WAITS_STARTED, SPARE)
+    Q_L_DEVICE, Q_L_DRAWS, Q_L_GROUPS, Q_L_STOPS, Q_LIMITER, Q_WORKERS, REFILL, S_EPISODES, S_EVENTS, S_FREE,
+    S_GAVE_UP, S_HN, S_LOGINS, S_N0, S_NONS, S_NSN, S_POS, S_QH, S_QN, S_RJH, S_RJN, S_SEQ, S_SFREE, S_WAITS_POS,
+    S_WAITS_STARTED, SPARE)
 from sim.fast.p2p import seed, start_p2p
 from sim.fast.server import control
 from sim.fast.streams import POLICY_CODES
@@ -164,6 +165,7 @@ class Engine(EventActions):
         self.hits = (np.empty(0), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0))
         self.logins = np.empty(max(1024, m))
         self._init_params(s, rec, m, n)
+        self._init_limiter(c, n, m)
         self._start_p2p(srv.p2p, m)
         workers = int(self.Q[Q_WORKERS])
         rec.levels["workers"].set(0.0, workers)
@@ -209,15 +211,15 @@ class Engine(EventActions):
             s.bin_width, rec.steady.start, rec.steady.end, rec.tail.start, c.rtt, c.give_up_after, srv.retry_after,
             srv.queue_limit, base, cap, mult, top, ov.knee if ov else 0.0, ov.per_request if ov else 0.0,
             rl.rate if rl else 0.0, rl.bucket if rl else 0.0, rl.retry_after if rl else 0.0,
-            rec.watch.start, thresholds[0], thresholds[1], srv.reject_cost, INF, 0.0, 0.0, 0.0, 0.0, INF, 0.0, 0.0],
-            dtype=float)
+            rec.watch.start, thresholds[0], thresholds[1], srv.reject_cost, INF, 0.0, 0.0, 0.0, 0.0, INF, 0.0, 0.0,
+            srv.fault_rate], dtype=float)
         p2p = srv.p2p
         self.Q = np.array([srv.workers, POLICY_CODES[type(pol).kernel], int(pol.random), pol.max_attempts,
                            int(srv.discipline == "lifo"), int(srv.drop_expired or srv.cancel_on_timeout),
                            int(srv.cancel_on_timeout), int(c.honor_retry_after), len(rec.counts["attempts"].bins),
                            int(ov is not None), int(rl is not None), n, srv.workers, 0, int(p2p is not None),
-                           p2p.children if p2p else 0, p2p.slots if p2p else 0, 16 + (p2p.children if p2p else 0)],
-                          dtype=np.int64)
+                           p2p.children if p2p else 0, p2p.slots if p2p else 0, 16 + (p2p.children if p2p else 0),
+                           0, 0, 0, 0, 1, int(srv.fault_when == "fast")], dtype=np.int64)
         self.S = np.zeros(N_S, dtype=np.int64)
         self.S[S_HN], self.S[S_SEQ] = self.heap_size, self.heap_size
         self.S[S_FREE] = len(self.free)
@@ -225,6 +227,21 @@ class Engine(EventActions):
         self.S[S_N0 + OFFLINE], self.S[S_N0 + ONLINE] = int((self.st == OFFLINE).sum()), online
         self.G = np.zeros(N_G)
         self.G[G_TOKENS], self.G[G_TOKENS_AT] = (rl.bucket if rl else 0.0), 0.0
+
+    def _init_limiter(self, c, n: int, m: int) -> None:
+        """The client limiter's arrays (`lm`, docs/model.md section 4.7): a row of state per client
+        (scope "device": the m clients, arrivals included) or per group (as `sim.des` sizes them:
+        `groups_for` the clients at t = 0); size-1 dummies without a limiter."""
+        self.limiter = lim = c.build_limiter()
+        if lim is None:
+            self.lm = (np.zeros(8), np.zeros((1, 1)), np.zeros(1), np.zeros(1))
+            return
+        rows = lim.groups_for(m if lim.per_device else n)
+        self.lm = (np.ascontiguousarray(lim.prm, dtype=float), lim.new_states(rows),
+                   np.ascontiguousarray(lim.initial_row(), dtype=float), np.zeros(max(1, m)))
+        Q = self.Q
+        Q[Q_LIMITER], Q[Q_L_DRAWS], Q[Q_L_STOPS] = lim.code, int(lim.draws), int(lim.stops_retries)
+        Q[Q_L_DEVICE], Q[Q_L_GROUPS] = int(lim.per_device), rows
 
     def _start_p2p(self, cfg, m: int) -> None:
         """docs/model.md section 3.2 at t = 0 (as `Model._start_p2p`): the wanted supernodes among the clients
@@ -270,7 +287,7 @@ class Engine(EventActions):
 
     def _sample(self, k: int, size: int) -> np.ndarray:
         dist = self.streams[k]
-        if k == D_U01:  # partition draws: hang or not, fail fast or not
+        if k == D_U01:  # hang or not, fail fast or not (partitions); fault or not; the adaptive limiter's
             return self.rng.random(size)
         if dist is None:
             return self.rng.random(size) if self.policy.random else np.zeros(size)
@@ -380,7 +397,7 @@ class Engine(EventActions):
         while True:
             P, Q, S, G, cl, hp, pool, draws, PT, rec = self._loop_args()
             status = loop.advance(float(until), P, Q, S, G, cl, hp, pool, draws, PT, self.hits, self.arrivals, rec,
-                              self.pp)
+                                  self.pp, self.lm)
             if status == DONE:
                 return
             self._make_room(status)

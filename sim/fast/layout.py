@@ -45,6 +45,8 @@ Float parameters `P` (float64; set at the start, the marked ones by events):
     P_SHUTDOWN_AT       p2p: waiting requests per slot that shut supernodes down   requests
     P_SHUTDOWN_RATE     p2p: share of supernodes shut down per tick (p2p-rules)    share
     P_PER_WORKER        p2p: homes per dedicated worker (children / slots)         clients
+    P_FAULT             fault_rate: share of the requests past the checks that    share
+                        fail whatever the load (0: no fault injection, no draws)
     ==================  =========================================================  ========
 
 Int parameters `Q` (int64; the marked ones change during the run):
@@ -70,6 +72,14 @@ Int parameters `Q` (int64; the marked ones change during the run):
     Q_CHILDREN      p2p: children per supernode
     Q_SLOTS         p2p: worker slots per supernode
     Q_MARGIN        heap rows kept free before each event (16 + a supernode's orphans)
+    Q_LIMITER       the client limiter's kind code (`sim.limiters`; 0: none, and the
+                    loop touches nothing of `lm`)
+    Q_L_DRAWS       1: the limiter draws a uniform per call (adaptive)
+    Q_L_STOPS       1: the limiter denies retries (quota, throttle, budget: `on_retry`)
+    Q_L_DEVICE      1: one row of limiter state per client (scope "device")
+    Q_L_GROUPS      rows of shared limiter state (a client uses row id % groups)
+    Q_FAULT_FAST    1: an injected fault answers an error at once (fault_when "fast"),
+                    0: after its service ("after-service")
     ==============  ============================================================
 
 Int state `S` (int64; counts, ring heads, list lengths):
@@ -152,8 +162,10 @@ Tuples of arrays the kernels take, by index:
                 CL_KEYS (the fixed uniform key of admit and partitions), CL_LEARNED
     pool        per request slot: PL_CLIENT, PL_GEN (the client's generation at send),
                 PL_SENT, PL_DEADLINE, PL_START (service start), PL_FREE (stack of free
-                slots), PL_QUEUE (ring of queued slots), PL_STATE (R_*), PL_HANG (1: a
-                partition may hang it), PL_REJECTS (ring of reject work waiting)
+                slots), PL_QUEUE (ring of queued slots), PL_STATE (R_*), PL_HANG (bits:
+                HANG_PARTITION 1: a partition may hang it, HANG_FAULT 2: an injected
+                fault, answered with an error after its service; K_DONE answers an
+                error when any bit is left), PL_REJECTS (ring of reject work waiting)
     rec         `sim.record` as arrays: REC_LV (per level: value, since, integral),
                 REC_LB (level bins), REC_LS (level window snapshots; nan: not taken),
                 REC_WS (the windows' starts: steady, tail), REC_CT (counter totals),
@@ -170,6 +182,12 @@ Tuples of arrays the kernels take, by index:
                 (stack of free slots), PP_BUF (scratch)
     hits        the sorted stream of fraction-event hits: HT_TIME, HT_CLIENT, HT_KIND
                 (H_*), HT_DOWNTIME (a reboot's)
+    lm          the client limiter (docs/model.md section 4.7, `sim.limiters`): LM_PRM (its
+                `prm`, float64 x 8), LM_STATE (float64, rows x `width`: one row per client
+                or per group, Q_L_DEVICE / Q_L_GROUPS), LM_INITIAL (a fresh row: a reboot
+                resets a per-device row to it), LM_HELD (per client: the quota cost the
+                episode's last retry took, 0 at the episode's start); size-1 dummies
+                when Q_LIMITER is 0, so the loop has one compiled signature
     ==========  ==========================================================================
 
 `PT` (float64, MAX_PARTITIONS x 5): per active partition: PT_OFFSET (its key offset), PT_FRACTION,
@@ -191,14 +209,16 @@ OFFLINE, CONNECTING, ONLINE, GAVE_UP, NOT_YET = 0, 1, 2, 3, 4
 # rows of the levels and counters (sim.record's LEVELS and COUNTS)
 L_QUEUE, L_SERVING, L_REJECTING, L_WORKERS, L_SUPERNODES, L_ORBIT = (
     LEVELS.index(n) for n in ("queue", "serving", "rejecting", "workers", "supernodes", "orbit"))
-C_ATTEMPTS, C_SUCCESSES, C_REJECTED, C_TIMEOUTS, C_ERRORS, C_WASTED = (
-    COUNTS.index(n) for n in ("attempts", "successes", "rejected", "timeouts", "errors", "wasted"))
+C_ATTEMPTS, C_SUCCESSES, C_REJECTED, C_TIMEOUTS, C_ERRORS, C_WASTED, C_SUPPRESSED, C_SHORT = (
+    COUNTS.index(n) for n in ("attempts", "successes", "rejected", "timeouts", "errors", "wasted", "suppressed",
+                              "short_circuited"))
 SC_REFUSALS, SC_TIMEOUTS = 0, 1  # start counters: steady_refusals, steady_timeouts
 
 # heap entry kinds: a client's timer or reply (valid while its generation matches; a refusal's
-# Retry-After waits in `cra`), a service or reject-work end (by pool slot), a ramp step (by ramp id)
+# Retry-After waits in `cra`; K_FAULT: an injected fault's error answered at once), a service or
+# reject-work end (by pool slot), a ramp step (by ramp id)
 (K_SESSION_END, K_WANT, K_REBOOT_END, K_ATTEMPT, K_RETRY, K_REFUSED, K_TIMEOUT, K_DONE, K_REJECT_DONE,
- K_WORKERS, K_TICK) = range(11)
+ K_WORKERS, K_TICK, K_FAULT) = range(12)
 P2P_TICK = 60.0  # docs/model.md section 3.2: the supernode rules act every minute
 # pool slot states: what a request slot holds
 R_FREE, R_QUEUED, R_SERVING, R_REJECT, R_DEAD = range(5)
@@ -213,18 +233,22 @@ CT_WORKERS, CT_LOSE, CT_DISPATCH = range(3)
 OUT_NONE, OUT_REFUSE, OUT_BLACKHOLE = range(3)
 MAX_PARTITIONS = 64
 
-# draw streams: blocks of each distribution's own samples
+# draw streams: blocks of each distribution's own samples (D_UNIFORM: the policy's, zeros when it
+# draws none; D_U01: partitions' hang / fail-fast, fault injection, the adaptive limiter: at most
+# 4 in one attempt, within SPARE)
 D_TIMEOUT, D_CONNECT, D_RELAUNCH, D_SESSION, D_OFFLINE, D_SERVICE, D_UNIFORM, D_U01 = range(8)
 N_STREAMS, BLOCK, SPARE = 8, 1 << 15, 8
 
 # float parameters
 (P_WIDTH, P_STEADY0, P_STEADY1, P_TAIL0, P_RTT, P_GIVE_UP, P_RETRY_AFTER, P_QLIMIT, P_BASE, P_CAP, P_MULT,
  P_TOP, P_KNEE, P_PER_REQ, P_RL_RATE, P_RL_BURST, P_RL_RA, P_W_START, P_THR0, P_THR1, P_REJECT_COST,
- P_ADMIT, P_ADMIT_RA, P_RATIO, P_PROMO_DELAY, P_PROMO_RATE, P_SHUTDOWN_AT, P_SHUTDOWN_RATE, P_PER_WORKER) = range(29)
-N_P = P_PER_WORKER + 1
+ P_ADMIT, P_ADMIT_RA, P_RATIO, P_PROMO_DELAY, P_PROMO_RATE, P_SHUTDOWN_AT, P_SHUTDOWN_RATE, P_PER_WORKER,
+ P_FAULT) = range(30)
+N_P = P_FAULT + 1
 # int parameters
 (Q_WORKERS, Q_POLICY, Q_RANDOM, Q_MAX_ATT, Q_LIFO, Q_DROP, Q_CANCEL, Q_HONOR, Q_NBINS, Q_OVERLOAD, Q_RL, Q_ABASE,
- Q_DEDICATED, Q_EXTRA, Q_P2P, Q_CHILDREN, Q_SLOTS, Q_MARGIN) = range(18)
+ Q_DEDICATED, Q_EXTRA, Q_P2P, Q_CHILDREN, Q_SLOTS, Q_MARGIN, Q_LIMITER, Q_L_DRAWS, Q_L_STOPS, Q_L_DEVICE,
+ Q_L_GROUPS, Q_FAULT_FAST) = range(24)
 # int state
 (S_HN, S_SEQ, S_QH, S_QN, S_FREE, S_BUSY, S_SERVING, S_HIT, S_ARR, S_EVENTS, S_N0, S_N1, S_N2, S_N3, S_EPISODES,
  S_GAVE_UP, S_WAITS_STARTED, S_WAITS_POS, S_LOGINS, S_OUTAGE, S_RJH, S_RJN, S_REDISPATCH, S_RAMP, S_NPART,
@@ -241,6 +265,10 @@ HP_TIME, HP_SEQ, HP_CODE, HP_GEN = range(4)
 (CL_STATE, CL_GEN, CL_REBOOTING, CL_ORBITING, CL_BEGUN, CL_FIRST, CL_SENT, CL_PREV, CL_NATT, CL_CRA, CL_KEYS,
  CL_LEARNED) = range(12)
 PL_CLIENT, PL_GEN, PL_SENT, PL_DEADLINE, PL_START, PL_FREE, PL_QUEUE, PL_STATE, PL_HANG, PL_REJECTS = range(10)
+LM_PRM, LM_STATE, LM_INITIAL, LM_HELD = range(4)
+# PL_HANG bits: a partition may hang the request (decided at service start); an injected fault
+# (fault_when = "after-service": served, then answered with an error)
+HANG_PARTITION, HANG_FAULT = 1, 2
 (REC_LV, REC_LB, REC_LS, REC_WS, REC_CT, REC_CB, REC_CS, REC_SCB, REC_SCT, REC_SCS, REC_LOGINS) = range(11)
 (PP_SIDX, PP_SINCE, PP_HOME, PP_NEXT, PP_PREV, PP_ONPOS, PP_ONS, PP_SCID, PP_HEAD, PP_NKIDS, PP_RPOS, PP_ROOM,
  PP_APOS, PP_ACTIVE, PP_SFREE, PP_BUF) = range(16)

@@ -24,24 +24,27 @@ from sim.fast.clients import state_level, wake
 from sim.fast.heap import pop, push, top_kind
 from sim.fast.layout import (
     A_ATTEMPT, A_EPISODE, A_ERROR, A_FAIL, A_GIVE_UP, A_NONE, A_OFFLINE, A_ONLINE, A_REBOOT, A_SUCCESS,
-    A_TIMEOUT, CONNECTING, CT_WORKERS, C_ATTEMPTS, C_ERRORS, C_REJECTED, C_SUCCESSES, C_TIMEOUTS, C_WASTED, DONE,
-    D_CONNECT, D_OFFLINE, D_RELAUNCH, D_SESSION, D_TIMEOUT, D_UNIFORM, GAVE_UP, GROW_HEAP, GROW_LOGINS,
-    GROW_POOL, G_BUSY_TIME, G_REDISPATCH_AT, G_WASTED_TIME, H_DISCONNECT, H_LOGIN, H_REBOOT, INF, K_ATTEMPT,
-    K_DONE, K_REBOOT_END, K_REFUSED, K_REJECT_DONE, K_RETRY, K_SESSION_END, K_TICK, K_TIMEOUT, K_WANT, K_WORKERS,
-    L_ORBIT, L_QUEUE, L_REJECTING, L_SERVING, N_STREAMS, OFFLINE, ONLINE, OUT_BLACKHOLE, OUT_REFUSE, P2P_TICK,
-    P_ADMIT, P_ADMIT_RA, P_BASE, P_CAP, P_GIVE_UP, P_MULT, P_QLIMIT, P_REJECT_COST, P_RETRY_AFTER, P_RL_RA,
-    P_RTT, P_TOP, P_WIDTH, Q_ABASE, Q_HONOR, Q_MARGIN, Q_MAX_ATT, Q_NBINS, Q_P2P, Q_POLICY, Q_RANDOM, Q_RL,
-    Q_WORKERS, REFILL, R_DEAD, R_QUEUED, R_REJECT, SC_REFUSALS, SC_TIMEOUTS, SPARE, S_ARR, S_BUSY, S_EPISODES,
-    S_EVENTS, S_FREE, S_GAVE_UP, S_HIT, S_HN, S_LOGINS, S_N0, S_OUTAGE, S_POS, S_QH, S_QN, S_RAMP, S_REDISPATCH,
-    S_RJH, S_RJN, S_SERVING)
+    A_TIMEOUT, CONNECTING, CT_WORKERS, C_ATTEMPTS, C_ERRORS, C_REJECTED, C_SHORT, C_SUCCESSES, C_SUPPRESSED,
+    C_TIMEOUTS, C_WASTED, DONE, D_CONNECT, D_OFFLINE, D_RELAUNCH, D_SESSION, D_TIMEOUT, D_U01, D_UNIFORM,
+    GAVE_UP, GROW_HEAP, GROW_LOGINS, GROW_POOL, G_BUSY_TIME, G_REDISPATCH_AT, G_WASTED_TIME, HANG_FAULT,
+    H_DISCONNECT, H_LOGIN, H_REBOOT, INF, K_ATTEMPT, K_DONE, K_FAULT, K_REBOOT_END, K_REFUSED, K_REJECT_DONE,
+    K_RETRY, K_SESSION_END, K_TICK, K_TIMEOUT, K_WANT, K_WORKERS, LM_HELD, L_ORBIT, L_QUEUE, L_REJECTING,
+    L_SERVING, N_STREAMS, OFFLINE, ONLINE, OUT_BLACKHOLE, OUT_REFUSE, P2P_TICK, P_ADMIT, P_ADMIT_RA, P_BASE,
+    P_CAP, P_FAULT, P_GIVE_UP, P_MULT, P_QLIMIT, P_REJECT_COST, P_RETRY_AFTER, P_RL_RA, P_RTT, P_TOP, P_WIDTH,
+    Q_ABASE, Q_FAULT_FAST, Q_HONOR, Q_L_DEVICE, Q_L_DRAWS, Q_L_STOPS, Q_LIMITER, Q_MARGIN, Q_MAX_ATT, Q_NBINS,
+    Q_P2P, Q_POLICY, Q_RANDOM, Q_RL, Q_WORKERS, REFILL, R_DEAD, R_QUEUED, R_REJECT, SC_REFUSALS, SC_TIMEOUTS,
+    SPARE, S_ARR, S_BUSY, S_EPISODES, S_EVENTS, S_FREE, S_GAVE_UP, S_HIT, S_HN, S_LOGINS, S_N0, S_OUTAGE, S_POS,
+    S_QH, S_QN, S_RAMP, S_REDISPATCH, S_RJH, S_RJN, S_SERVING)
+from sim.fast.limiter import limiter_reset, limiter_result, limiter_retry, limiter_send
 from sim.fast.p2p import become, tick
 from sim.fast.record import count, count_start, level_add, watch
 from sim.fast.server import control, dispatch, free, home_full, partition_hang, start, take_token
 from sim.fast.streams import draw, policy_delay
+from sim.limiters import FAILED, OK, SHORT, TIMED_OUT
 
 
 @njit(cache=True)
-def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp):
+def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp, lm):
     """Process every event before `until`; returns DONE, or what Python must do before calling again."""
     st, gen, rebooting, orbiting, begun, first, sent, prev, natt, cra, keys, learned = cl
     rc, rg, rsent, rdl, rstart, free_slots, queue, rstate, rhang, rejects = pool
@@ -72,7 +75,7 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp)
         now = min(t_heap, t_hit, t_arr)
         if now >= until:
             return DONE
-        action, cid, ra, arg = A_NONE, -1, 0.0, 0.0
+        action, cid, ra, arg, timed_out = A_NONE, -1, 0.0, 0.0, False
         if t_hit == now:  # a fraction event hits one client (docs/model.md section 3.1)
             i = S[S_HIT]
             S[S_HIT] = i + 1
@@ -82,6 +85,8 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp)
                 wake(P, Q, S, cl, rec, cid, now)
                 become(P, Q, S, G, cl, hp, pp, rec, cid, OFFLINE, now)
                 rebooting[cid] = 1
+                if Q[Q_L_DEVICE]:  # the app restarts with a fresh limiter (Model.reboot)
+                    limiter_reset(lm, cid)
                 action, arg = A_REBOOT, hit_d[i]
             elif kind == H_DISCONNECT and cur == ONLINE:
                 wake(P, Q, S, cl, rec, cid, now)
@@ -124,6 +129,8 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp)
                     gen[cid] += 1
                     action = A_FAIL
                     ra = cra[cid]
+                    if Q[Q_LIMITER]:
+                        limiter_result(Q, lm, cid, now, FAILED)
             elif kind == K_DONE and rstate[a] == R_DEAD:  # lost to an outage or failover: accounted
                 free(S, pool, a)
             elif kind == K_DONE:  # a request leaves its worker
@@ -164,10 +171,15 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp)
                 elif kind == K_TIMEOUT:
                     gen[cid] += 1
                     action = A_TIMEOUT
+                elif kind == K_FAULT:  # an injected fault's error, one round trip after it was sent
+                    gen[cid] += 1
+                    action = A_ERROR
                 else:  # a refusal arrives one round trip after it was sent
                     gen[cid] += 1
                     action = A_FAIL
                     ra = cra[cid]
+                    if Q[Q_LIMITER]:
+                        limiter_result(Q, lm, cid, now, FAILED)
         S[S_EVENTS] += 1
         while action != A_NONE:  # the client's next steps at this instant (sim.des Model.life)
             if action == A_EPISODE:
@@ -176,6 +188,8 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp)
                 begun[cid] = now
                 natt[cid] = 0
                 prev[cid] = math.nan
+                if Q[Q_LIMITER]:
+                    lm[LM_HELD][cid] = 0.0
                 delay = draw(draws, S, D_CONNECT)
                 if delay > 0:
                     push(hp, S, now + delay, K_ATTEMPT, cid, gen[cid])
@@ -186,6 +200,13 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp)
                 if natt[cid] == 0:
                     first[cid] = now
                 natt[cid] += 1
+                if Q[Q_LIMITER]:  # docs/model.md section 4.7: the limiter may refuse the call locally
+                    u = draw(draws, S, D_U01) if Q[Q_L_DRAWS] else 0.0
+                    if limiter_send(Q, lm, cid, now, natt[cid] == 1, u) == SHORT:
+                        count(rec, C_SHORT, now, width, nbins)  # not sent: a failure with no Retry-After
+                        ra = 0.0
+                        action = A_FAIL
+                        continue
                 count(rec, C_ATTEMPTS, now, width, nbins)
                 sent[cid] = now
                 timeout = draw(draws, S, D_TIMEOUT)
@@ -208,8 +229,25 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp)
                         ra = 0.0
                     elif Q[Q_P2P] and home_full(P, Q, S):  # p2p: no supernode can home it
                         ra, costly = P[P_RETRY_AFTER], True
-                    elif not (S[S_BUSY] < Q[Q_WORKERS] and S[S_RJN] == 0) and S[S_QN] >= P[P_QLIMIT]:
-                        ra, costly = P[P_RETRY_AFTER], True
+                    else:
+                        if P[P_FAULT] > 0.0 and draw(draws, S, D_U01) < P[P_FAULT]:  # fails whatever the load
+                            if Q[Q_FAULT_FAST]:  # an error at once, no worker: one round trip later
+                                rtt = P[P_RTT]
+                                if rtt >= timeout:  # the deadline comes first: a timeout
+                                    if timeout > 0:
+                                        push(hp, S, now + timeout, K_TIMEOUT, cid, gen[cid])
+                                        action = A_NONE
+                                    else:
+                                        action = A_TIMEOUT
+                                elif rtt > 0:
+                                    push(hp, S, now + rtt, K_FAULT, cid, gen[cid])
+                                    action = A_NONE
+                                else:
+                                    action = A_ERROR
+                                continue
+                            hang |= HANG_FAULT  # served, then answered with an error
+                        if not (S[S_BUSY] < Q[Q_WORKERS] and S[S_RJN] == 0) and S[S_QN] >= P[P_QLIMIT]:
+                            ra, costly = P[P_RETRY_AFTER], True
                 if ra < 0 or (costly and P[P_REJECT_COST] > 0):  # the request stays at the server
                     S[S_FREE] -= 1
                     r = free_slots[S[S_FREE]]
@@ -248,13 +286,22 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp)
                         action = A_NONE
                     else:
                         action = A_FAIL
+                        if Q[Q_LIMITER]:
+                            limiter_result(Q, lm, cid, now, FAILED)
             elif action == A_TIMEOUT:
                 count(rec, C_TIMEOUTS, now, width, nbins)
                 count_start(rec, SC_TIMEOUTS, sent[cid], width, nbins)
+                if Q[Q_LIMITER]:
+                    limiter_result(Q, lm, cid, now, TIMED_OUT)
                 ra = 0.0
+                timed_out = True
                 action = A_FAIL
             elif action == A_FAIL:
                 if Q[Q_MAX_ATT] != 0 and natt[cid] >= Q[Q_MAX_ATT]:
+                    action = A_GIVE_UP
+                    continue
+                if Q[Q_L_STOPS] and limiter_retry(Q, lm, cid, now, timed_out) < 0:
+                    count(rec, C_SUPPRESSED, now, width, nbins)  # denied: the last failure goes to the app
                     action = A_GIVE_UP
                     continue
                 u = draw(draws, S, D_UNIFORM) if Q[Q_RANDOM] else 0.0
@@ -272,11 +319,15 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp)
                 else:  # at once, as a new entry at this instant (bounds the work of one event)
                     push(hp, S, now, K_ATTEMPT, cid, gen[cid])
                     action = A_NONE
-            elif action == A_ERROR:  # a partition hang ended in an error before the deadline
+            elif action == A_ERROR:  # a partition hang or an injected fault: an error before the deadline
                 count(rec, C_ERRORS, now, width, nbins)
+                if Q[Q_LIMITER]:
+                    limiter_result(Q, lm, cid, now, FAILED)
                 ra = 0.0
                 action = A_FAIL
             elif action == A_SUCCESS:
+                if Q[Q_LIMITER]:
+                    limiter_result(Q, lm, cid, now, OK)
                 logins[S[S_LOGINS]] = now - begun[cid]
                 S[S_LOGINS] += 1
                 count(rec, C_SUCCESSES, now, width, nbins)

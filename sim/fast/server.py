@@ -1,8 +1,8 @@
 """The login server, compiled: `sim.server.LoginServer` over the request pool (`sim.fast.layout`).
 
 A request is a pool slot (client, its generation, send time, deadline, service start, state,
-hang); the queue and the reject work waiting for a worker are rings of slots. A service's or a
-refusal's end is a heap entry by slot; a slot whose client moved on is freed there.
+hang and fault bits); the queue and the reject work waiting for a worker are rings of slots. A
+service's or a refusal's end is a heap entry by slot; a slot whose client moved on is freed there.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from numba import njit
 from sim.fast.heap import push
 from sim.fast.layout import (
     C_REJECTED, C_WASTED, CL_CRA, CL_GEN, CL_KEYS, CT_LOSE, CT_WORKERS, D_SERVICE, D_U01, G_BUSY_TIME,
-    G_REDISPATCH_AT, G_TOKENS, G_TOKENS_AT, G_WAITS_SUM, G_WASTED_TIME, K_DONE, K_REFUSED, K_REJECT_DONE,
-    L_QUEUE, L_REJECTING, L_SERVING, L_WORKERS, ONLINE, P_KNEE, P_PER_REQ, P_PER_WORKER, P_REJECT_COST,
-    P_RL_BURST, P_RL_RATE, P_STEADY0, P_STEADY1, P_WIDTH, PL_CLIENT, PL_DEADLINE, PL_FREE, PL_GEN, PL_HANG,
-    PL_QUEUE, PL_REJECTS, PL_SENT, PL_START, PL_STATE, PT_FAILURE, PT_FRACTION, PT_HANG, PT_ISOLATE_AT,
-    PT_OFFSET, Q_CANCEL, Q_CHILDREN, Q_DEDICATED, Q_DROP, Q_EXTRA, Q_LIFO, Q_NBINS, Q_OVERLOAD, Q_WORKERS,
-    R_DEAD, R_FREE, R_SERVING, S_BUSY, S_FREE, S_HN, S_N0, S_NPART, S_NSN, S_POS, S_QH, S_QN, S_REDISPATCH,
-    S_RJH, S_RJN, S_SERVING, S_WAITS_POS, S_WAITS_STARTED, SC_REFUSALS)
+    G_REDISPATCH_AT, G_TOKENS, G_TOKENS_AT, G_WAITS_SUM, G_WASTED_TIME, HANG_FAULT, HANG_PARTITION, K_DONE,
+    K_REFUSED, K_REJECT_DONE, L_QUEUE, L_REJECTING, L_SERVING, L_WORKERS, ONLINE, P_KNEE, P_PER_REQ, P_PER_WORKER,
+    P_REJECT_COST, P_RL_BURST, P_RL_RATE, P_STEADY0, P_STEADY1, P_WIDTH, PL_CLIENT, PL_DEADLINE, PL_FREE, PL_GEN,
+    PL_HANG, PL_QUEUE, PL_REJECTS, PL_SENT, PL_START, PL_STATE, PT_FAILURE, PT_FRACTION, PT_HANG, PT_ISOLATE_AT,
+    PT_OFFSET, Q_CANCEL, Q_CHILDREN, Q_DEDICATED, Q_DROP, Q_EXTRA, Q_LIFO, Q_NBINS, Q_OVERLOAD, Q_WORKERS, R_DEAD,
+    R_FREE, R_SERVING, S_BUSY, S_FREE, S_HN, S_N0, S_NPART, S_NSN, S_POS, S_QH, S_QN, S_REDISPATCH, S_RJH, S_RJN,
+    S_SERVING, S_WAITS_POS, S_WAITS_STARTED, SC_REFUSALS)
 from sim.fast.record import count, count_start, level_add
 from sim.fast.streams import draw
 
@@ -65,7 +65,8 @@ def home_full(P, Q, S):
 @njit(cache=True)
 def start(P, Q, S, G, keys, pool, draws, PT, hp, rec, r, now):
     """A request takes a worker: a partition hang (decided now), else the service draw times the
-    overload factor; cut at the deadline with cancel_on_timeout; its end goes on the heap."""
+    overload factor; cut at the deadline with cancel_on_timeout; its end goes on the heap. An
+    injected fault's bit (HANG_FAULT) stays: K_DONE answers it with an error."""
     rc, rsent, rdl, rhang = pool[PL_CLIENT], pool[PL_SENT], pool[PL_DEADLINE], pool[PL_HANG]
     S[S_BUSY] += 1
     S[S_SERVING] += 1
@@ -78,11 +79,11 @@ def start(P, Q, S, G, keys, pool, draws, PT, hp, rec, r, now):
             S[S_WAITS_POS] += 1
     pool[PL_START][r] = now
     pool[PL_STATE][r] = R_SERVING
-    i = partition_of(S, PT, keys[rc[r]]) if rhang[r] else -1
+    i = partition_of(S, PT, keys[rc[r]]) if rhang[r] & HANG_PARTITION else -1
     if i >= 0 and draw(draws, S, D_U01) < PT[i, PT_FAILURE]:
         work = PT[i, PT_HANG]
     else:
-        rhang[r] = 0
+        rhang[r] &= HANG_FAULT
         work = draw(draws, S, D_SERVICE)
         if Q[Q_OVERLOAD]:
             work *= 1.0 + P[P_PER_REQ] * max(0.0, S[S_QN] + S[S_SERVING] - P[P_KNEE])
