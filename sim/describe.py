@@ -11,7 +11,8 @@ from sim.policies import Policy, make_policy, policy_names
 from sim.scenario import Scenario
 from sim.units import format_duration
 
-__all__ = ["scenario_line", "summary_lines", "plain_lines", "dist_text", "policy_text", "client_text", "capacity_rps", "PolicyRow",
+__all__ = ["scenario_line", "summary_lines", "plain_lines", "dist_text", "policy_text", "client_text", "capacity_rps",
+           "PolicyRow",
            "policy_rows", "recovery_line", "plural"]
 
 
@@ -48,8 +49,11 @@ def client_text(client) -> str:
     """The retry behaviour of a `[client]` table: preset, formula, limiter.
 
         >>> from sim.config import load_scenario
-        >>> client_text(load_scenario("quickstart", sets=["client.policy=aws-sdk-standard"]).client)
-        'aws-sdk-standard = full-jitter(base 1s, cap 20s, multiplier 2, max 3 attempts) + quota 500 tokens, retry costs 5 (10 after a timeout), per device'
+        >>> for part in client_text(load_scenario("quickstart", sets=["client.policy=aws-sdk-standard"]).client
+        ...                         ).split(" + "):
+        ...     print(part)
+        aws-sdk-standard = full-jitter(base 1s, cap 20s, multiplier 2, max 3 attempts)
+        quota 500 tokens, retry costs 5 (10 after a timeout), per device
     """
     text = policy_text(client.build_policy())
     if client.policy.preset is not None:

@@ -474,8 +474,9 @@ class Limiter:
             text = f"adaptive K={self.k:g} over {self.window:g}s"
         else:
             unit = "calls" if self.window_type == "count" else "s"
+            probes = f"{self.half_open_calls:g} probe{'s' if self.half_open_calls != 1 else ''}"
             text = (f"breaker {self.threshold * 100:g} % of {self.window:g} {unit} (min {self.min_calls:g}), "
-                    f"open {self.open_for:g}s, {self.half_open_calls:g} probe{'s' if self.half_open_calls != 1 else ''}")
+                    f"open {self.open_for:g}s, {probes}")
         if self.scope == "device":
             return text + ", per device"
         if self.groups is not None:

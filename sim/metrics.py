@@ -18,7 +18,8 @@ __all__ = ["summarize", "timeseries", "quantiles", "ratio", "SUMMARY_FIELDS", "S
 SUMMARY_FIELDS = (
     "scenario", "engine", "seed", "scale", "clients", "duration_s", "wallclock_s", "events_processed",
     "episodes", "logins", "gave_up", "attempts", "amplification", "timeouts", "rejected", "errors",
-    "wasted", "suppressed", "short_circuited", "wasted_work_fraction", "peak_offered_rps", "capacity_rps", "login_time_s", "recovery_s",
+    "wasted", "suppressed", "short_circuited", "wasted_work_fraction", "peak_offered_rps", "capacity_rps",
+    "login_time_s", "recovery_s",
     "metastable", "steady", "lowest_online_share", "lowest_online_at_s",
 )
 STEADY_FIELDS = ("arrival_rate", "throughput", "utilization", "mean_wait_s", "p_wait", "blocking",

@@ -78,12 +78,12 @@ def test_budget_timeline_as_tower():
     for k in range(10):
         send(0.1 * k)                          # 10 requests in the first 1 s slot: balance 10
     assert [retry(0.5) for _ in range(3)] == [True, True, False]  # 10 - 5 - 5 = 0
-    for k in range(5):
+    for _ in range(5):
         send(3.0)                              # +5 in slot 3
     assert retry(9.9) and not retry(9.9)       # slot 0 still in the window (its -10 and +10 too)
     # at 10.0 slot 0 leaves the window: +10 and -10 go, slot 3 holds 5 - 5 = 0
     assert not retry(10.0)
-    for k in range(5):
+    for _ in range(5):
         send(12.5)
     assert retry(12.5)
     # at 22.5 everything before 13.0 has left: empty again
