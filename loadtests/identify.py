@@ -42,7 +42,7 @@ BEYOND = 1.3                  # a probe at this multiple of the fitted capacity 
 GROWTH = 3.0                  # latency "grew": late accepted attempts took this multiple of the unloaded time
 OVERLOAD = 1.3                # the service time at saturation exceeds the fit's by this factor: overload
 SERVER_KEYS = ("workers", "service_time", "queue_limit", "retry_after", "discipline", "drop_expired",
-               "cancel_on_timeout", "reject_cost")
+               "cancel_on_timeout", "reject_cost", "fault_rate", "fault_when")
 
 
 @dataclass(frozen=True)
@@ -212,6 +212,7 @@ def identify(fit: Calibration, probes: list[ProbeResult], burst: BurstResult | N
                               Provenance("assumed", "low", "no rate limit seen, but no probe went beyond the "
                                                            "capacity: one above it would be hidden"))
     _overload(fit, server, prov, warnings)
+    _faults(steps, server, prov)
     warnings.append("cancel_on_timeout, discipline and drop_expired are invisible to a client: assumed")
     statuses = sorted({s for p in usable for s in p.refused} | set(burst.statuses if burst else {}))
     cpu = max([s.client_cpu_share for s in steps] + [p.client_cpu_share for p in probes], default=0.0)
@@ -286,6 +287,26 @@ def _assumed_keys(server: dict, prov: dict, behaviour: str) -> None:
                                            "finishes the requests its clients abandoned")
     prov["reject_cost"] = Provenance("assumed", "low", "the worker time of a refusal is not visible"
                                      + ("" if behaviour == "queues" else " (the refusals' answer time is in the JSON)"))
+
+
+def _faults(steps: list, server: dict, prov: dict) -> None:
+    """fault_rate from the lowest-load step: its errors (another 5xx, no answer) are not the load's."""
+    first = min(steps, key=lambda st: st.concurrency, default=None)
+    if first is None or not first.attempts:
+        server["fault_rate"] = 0.0
+        prov["fault_rate"] = Provenance("assumed", "low", "no step made an attempt: no failure share to read")
+    elif first.errors:
+        server["fault_rate"] = round(first.errors / first.attempts, 4)
+        prov["fault_rate"] = Provenance("measured", "low", f"{first.errors} of {first.attempts} attempts at "
+                                                           f"{first.concurrency} client(s) ended in an error: "
+                                                           "a share that fails whatever the load")
+    else:
+        server["fault_rate"] = 0.0
+        prov["fault_rate"] = Provenance("measured", "medium", f"no error in {first.attempts} attempts at "
+                                                              f"{first.concurrency} client(s)")
+    server["fault_when"] = "fast"
+    prov["fault_when"] = Provenance("assumed", "low", "whether an error comes at once or after the work is "
+                                                      "not measured")
 
 
 def _overload(fit: Calibration, server: dict, prov: dict, warnings: list) -> None:
