@@ -19,7 +19,7 @@ import numpy as np
 from loadtests.capacity import Capacity, server_table, twin_server
 from loadtests.sensitivity import sensitivity
 from loadtests.verdict import divergence, format_measure, format_num, format_pct, format_seconds, online_share, smooth
-from sim.describe import dist_text, policy_text
+from sim.describe import client_text, dist_text
 from sim.plots import figure_images, versus_figure
 from sim.report import figure_html, html_page, summary_rows, table_html, write_html
 from sim.runner import Outcome, combine, finite_json
@@ -127,7 +127,7 @@ def _replayed(scenario: Scenario, twin: Scenario, speed: float, runs: int) -> st
             + f" at --scale {scale:g} ({scenario.population.clients:,} clients) and --speed {speed:g}: "
             f"the story's {format_duration(scenario.duration)} in {format_duration(twin.duration)} of real time. "
             f"Unchanged by the speed: the client's timeout {dist_text(twin.client.timeout)}, its retry policy "
-            f"{policy_text(twin.client.build_policy())}, and the server. --scale {scale:g} applies to the devices "
+            f"{client_text(twin.client)}, and the server. --scale {scale:g} applies to the devices "
             f"(the scenario's population x {scale:g}) and to the server keys taken from the scenario; the figures "
             f"from calibrate or --capacity are the real server's, unscaled (see \"The twin's server\" for where "
             f"each key came from). Simulated: {runs} replications of the reference engine (des).")
