@@ -18,7 +18,7 @@ install: $(STAMP)
 # wait on real servers, the simulation tests compute, so together they fill the two cores.
 test: $(STAMP) lint servers
 	$(PY) -c "from sim import fast; fast.warm_up()"   # compile the fast engine once, not in each worker
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -36,7 +36,7 @@ servers:
 
 test-quick: $(STAMP)
 	$(PY) -c "from sim import fast; fast.warm_up()"
-	$(PY) -m pytest -n 2 --dist loadfile -m "not slow" -q
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not slow" -q
 
 # The flagship in about half a minute: Skype's 2007 Patch Tuesday storm at 1/500 scale (14,000
 # clients, reference engine: nothing to compile), then the day-2 fix compared as if in place from

@@ -344,7 +344,7 @@ def test_calibrate_recovers_an_exponential_service_time(tmp_path):
     users = tmp_path / "users.csv"
     with running_lab(str(path), "--write-credentials", str(users), "--users", "50", "--serve") as lab:
         result = CliRunner().invoke(cli(), ["calibrate", str(path), "--host", lab.url, "--credentials", str(users),
-                                            "--step-seconds", "8", "--warmup", "0.5", "--json", "--no-probes",
+                                            "--step-seconds", "6", "--warmup", "0.5", "--json", "--no-probes",
                                             "--out", str(tmp_path / "server.toml")])
     assert result.exit_code == 0, result.output
     calibration = json.loads(result.stdout)

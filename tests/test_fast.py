@@ -380,7 +380,7 @@ SHIPPED = {
 @pytest.mark.parametrize("name", list(SHIPPED))
 def test_shipped_scenarios_agree_with_des(name):
     scale, sets = SHIPPED[name]
-    runs = both_engines(load_scenario(f"scenarios/{name}.toml", sets, scale=scale), reps=10)
+    runs = both_engines(load_scenario(f"scenarios/{name}.toml", sets, scale=scale), reps=8)
     assert_agree(runs, defined(runs, EVENT_FIELDS))
 
 

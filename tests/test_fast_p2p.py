@@ -78,7 +78,7 @@ P2P_FIELDS = FIELDS + ("steady.blocking", "peak_offered_rps")
 
 
 def test_p2p_storm_agrees_with_des():
-    runs = both_engines(parse_scenario(P2P_STORM, "test_fast"), reps=10)
+    runs = both_engines(parse_scenario(P2P_STORM, "test_fast"), reps=8)
     assert_agree(runs, defined(runs, P2P_FIELDS))
     for name in ("supernodes", "workers"):  # the supernode count and the slots it adds, bin by bin
         a = np.array([r.timeseries[name] for r in runs["des"]])
@@ -231,5 +231,5 @@ def test_p2p_bookkeeping_is_consistent_through_a_storm(until):
     ("every-key", 0.15, ()),
 ], ids=["skype-2007", "skype-2010", "every-key"])
 def test_p2p_scenarios_agree_with_des(name, scale, sets):
-    runs = both_engines(load_scenario(f"scenarios/{name}.toml", sets, scale=scale), reps=8)
+    runs = both_engines(load_scenario(f"scenarios/{name}.toml", sets, scale=scale), reps=6)
     assert_agree(runs, defined(runs, P2P_FIELDS))
