@@ -2,10 +2,10 @@
 
 With `--no-loadscope-reorder` (the Makefile passes it; by default xdist reorders the files by
 their number of tests and ignores this order) xdist gives each idle worker the next file in
-collection order, so a long file collected last keeps one worker busy while the other waits. The longest files go first (measured in a fresh
-clone with `--durations=0`), a load-test file (which waits on real servers) alternating with a
-simulation file (which computes), so that the two workers rarely both wait or both compute. The
-order of the tests inside a file does not change.
+collection order, so a long file collected last keeps one worker busy while the other waits.
+The longest files go first (measured with `--durations=0`), a load-test file (which waits on
+real servers) alternating with a simulation file (which computes), so that the two workers
+rarely both wait or both compute. The order of the tests inside a file does not change.
 """
 
 from __future__ import annotations
