@@ -56,6 +56,34 @@ def test_every_relative_link_in_the_markdown_resolves_inside_the_repository():
     assert not broken, "\n".join(broken)
 
 
+def _anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    found = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *$", re.sub(r"```.*?```", "", text, flags=re.S), flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        base, n = slug, 1
+        while slug in found:  # a repeated heading gets -1, -2, ...
+            slug, n = f"{base}-{n}", n + 1
+        found.add(slug)
+    return found
+
+
+def test_every_anchor_in_the_markdown_names_a_heading():
+    """`#4-load-test-the-lab` and `model.md#4-backoff-policies` point at headings that exist."""
+    pages = {path: text for path, text in texts() if path.suffix == ".md"}
+    anchors = {path.resolve(): _anchors(text) for path, text in pages.items()}
+    broken = []
+    for path, text in pages.items():
+        for target in MD_LINK.findall(text):
+            if re.match(r"[a-z]+:", target) or "#" not in target:
+                continue
+            page, anchor = target.split("#", 1)
+            file = (path.parent / page).resolve() if page else path.resolve()
+            if file in anchors and anchor not in anchors[file]:
+                broken.append(f"{path.relative_to(ROOT)}: {target}")
+    assert not broken, "\n".join(broken)
+
+
 DOCS_NAMED = re.compile(r"docs/([\w-]+\.md)(?: sections? (\d+(?:\.\d+)?))?")
 
 
