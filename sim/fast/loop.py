@@ -38,7 +38,8 @@ from sim.fast.layout import (
 from sim.fast.limiter import limiter_reset, limiter_result, limiter_retry, limiter_send
 from sim.fast.p2p import become, tick
 from sim.fast.record import count, count_start, level_add, watch
-from sim.fast.server import control, dispatch, free, home_full, partition_hang, start, take_token
+from sim.fast.server import (control, dispatch, free, home_full, partition_hang, reply_after_rtt, start,
+                             take_token)
 from sim.fast.streams import draw, policy_delay
 from sim.limiters import FAILED, OK, SHORT, TIMED_OUT
 
@@ -232,18 +233,7 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                     else:
                         if P[P_FAULT] > 0.0 and draw(draws, S, D_U01) < P[P_FAULT]:  # fails whatever the load
                             if Q[Q_FAULT_FAST]:  # an error at once, no worker: one round trip later
-                                rtt = P[P_RTT]
-                                if rtt >= timeout:  # the deadline comes first: a timeout
-                                    if timeout > 0:
-                                        push(hp, S, now + timeout, K_TIMEOUT, cid, gen[cid])
-                                        action = A_NONE
-                                    else:
-                                        action = A_TIMEOUT
-                                elif rtt > 0:
-                                    push(hp, S, now + rtt, K_FAULT, cid, gen[cid])
-                                    action = A_NONE
-                                else:
-                                    action = A_ERROR
+                                action = reply_after_rtt(P, S, hp, now, timeout, cid, gen[cid], K_FAULT, A_ERROR)
                                 continue
                             hang |= HANG_FAULT  # served, then answered with an error
                         if not (S[S_BUSY] < Q[Q_WORKERS] and S[S_RJN] == 0) and S[S_QN] >= P[P_QLIMIT]:
@@ -274,20 +264,9 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                     count(rec, C_REJECTED, now, width, nbins)
                     count_start(rec, SC_REFUSALS, now, width, nbins)
                     cra[cid] = ra
-                    rtt = P[P_RTT]
-                    if rtt >= timeout:  # the deadline comes first: a timeout
-                        if timeout > 0:
-                            push(hp, S, now + timeout, K_TIMEOUT, cid, gen[cid])
-                            action = A_NONE
-                        else:
-                            action = A_TIMEOUT
-                    elif rtt > 0:
-                        push(hp, S, now + rtt, K_REFUSED, cid, gen[cid])
-                        action = A_NONE
-                    else:
-                        action = A_FAIL
-                        if Q[Q_LIMITER]:
-                            limiter_result(Q, lm, cid, now, FAILED)
+                    action = reply_after_rtt(P, S, hp, now, timeout, cid, gen[cid], K_REFUSED, A_FAIL)
+                    if action == A_FAIL and Q[Q_LIMITER]:  # answered now: the limiter hears of it now
+                        limiter_result(Q, lm, cid, now, FAILED)
             elif action == A_TIMEOUT:
                 count(rec, C_TIMEOUTS, now, width, nbins)
                 count_start(rec, SC_TIMEOUTS, sent[cid], width, nbins)

@@ -11,6 +11,7 @@ from numba import njit
 
 from sim.fast.heap import push
 from sim.fast.layout import (
+    A_NONE, A_TIMEOUT, K_TIMEOUT, P_RTT,
     C_REJECTED, C_WASTED, CL_CRA, CL_GEN, CL_KEYS, CT_LOSE, CT_WORKERS, D_SERVICE, D_U01, G_BUSY_TIME,
     G_REDISPATCH_AT, G_TOKENS, G_TOKENS_AT, G_WAITS_SUM, G_WASTED_TIME, HANG_FAULT, HANG_PARTITION, K_DONE,
     K_REFUSED, K_REJECT_DONE, L_QUEUE, L_REJECTING, L_SERVING, L_WORKERS, ONLINE, P_KNEE, P_PER_REQ, P_PER_WORKER,
@@ -41,6 +42,23 @@ def partition_hang(S, PT, draws, key, now):
     if now >= PT[i, PT_ISOLATE_AT]:
         return -1 if draw(draws, S, D_U01) < PT[i, PT_FAILURE] else 0
     return 1
+
+
+@njit(cache=True, inline="always")
+def reply_after_rtt(P, S, hp, now, timeout, cid, g, kind, at_once):
+    """An answer given at once by the server reaches the client one round trip later (a heap entry
+    of `kind`), unless its deadline comes first (a timeout); with no round trip it acts now:
+    returns the client's next action (A_NONE while it waits)."""
+    rtt = P[P_RTT]
+    if rtt >= timeout:  # the deadline comes first: a timeout
+        if timeout > 0:
+            push(hp, S, now + timeout, K_TIMEOUT, cid, g)
+            return A_NONE
+        return A_TIMEOUT
+    if rtt > 0:
+        push(hp, S, now + rtt, kind, cid, g)
+        return A_NONE
+    return at_once
 
 
 @njit(cache=True, inline="always")
