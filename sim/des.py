@@ -248,7 +248,7 @@ class Model(RunRecords):
                     outcome, retry_after = SHORT_OUTCOME
                 else:
                     outcome, retry_after = yield from self.attempt(cid)
-                    result = RESULT_OK if outcome == OK else TIMED_OUT if outcome == "timeout" else FAILED
+                    result = RESULT_OK if outcome == OK else TIMED_OUT if outcome == TIMEOUT else FAILED
                     on_result(lim.code, lim.prm, self._limiter_row(cid), env.now, result, held)
             if outcome == OK:
                 self.tallies.login(env.now - begun)
@@ -257,7 +257,7 @@ class Model(RunRecords):
             if not policy.allows_retry(attempts):
                 break
             if lim is not None and lim.stops_retries:
-                cost = on_retry(lim.code, lim.prm, self._limiter_row(cid), env.now, outcome == "timeout")
+                cost = on_retry(lim.code, lim.prm, self._limiter_row(cid), env.now, outcome == TIMEOUT)
                 if cost < 0:  # denied: the SDK hands the last failure to the app, which relaunches later
                     self.counts["suppressed"].add(env.now)
                     break

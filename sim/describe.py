@@ -192,24 +192,29 @@ def summary_lines(summary: dict, first_event_at: float | None = None) -> str:
 
 def limiter_line(summary: dict) -> str | None:
     """What the client's limiter did, when it bound (docs/model.md section 4.7); None when it did not."""
+    did = _limiter_did(summary)
+    return None if did is None else "  the client's limiter bound: it " + did
+
+
+def _limiter_did(summary: dict) -> str | None:
+    """`denied 3 retries (each ended its episode) and refused ...`, or None when it did neither."""
     suppressed, short = summary.get("suppressed") or 0, summary.get("short_circuited") or 0
-    if not suppressed and not short:
-        return None
     parts = []
     if suppressed:
-        parts.append(f"denied {plural(suppressed, 'retry').replace('retrys', 'retries')} (each ended its episode)")
+        parts.append(f"denied {plural(suppressed, 'retry', 'retries')} (each ended its episode)")
     if short:
         parts.append(f"refused {plural(short, 'call')} locally (not sent; the policy's delay followed)")
-    return "  the client's limiter bound: it " + " and ".join(parts)
+    return " and ".join(parts) or None
 
 
-def plural(n: float, noun: str) -> str:
-    """`1 episode`, `2,500 episodes`: a count and its noun, agreed (means are rounded to whole numbers).
+def plural(n: float, noun: str, many: str | None = None) -> str:
+    """`1 episode`, `2,500 episodes`: a count and its noun, agreed (means are rounded to whole numbers);
+    `many` for a noun whose plural is not noun + s.
 
-        >>> plural(1, "variant"), plural(2, "variant"), plural(1234.4, "attempt")
-        ('1 variant', '2 variants', '1,234 attempts')
+        >>> plural(1, "variant"), plural(2, "variant"), plural(1234.4, "attempt"), plural(2, "retry", "retries")
+        ('1 variant', '2 variants', '1,234 attempts', '2 retries')
     """
-    return f"{n:,.0f} {noun}" if n == 1 else f"{n:,.0f} {noun}s"
+    return f"{n:,.0f} {noun}" if n == 1 else f"{n:,.0f} {many or noun + 's'}"
 
 
 def _human(seconds: float) -> str:
@@ -257,10 +262,9 @@ def plain_lines(summary: dict, s: Scenario) -> list[str]:
                      "clients had already timed out (wasted work).")
     limiter = s.client.build_limiter()
     if limiter is not None:
-        bound = limiter_line(summary)
+        did = _limiter_did(summary)
         lines.append(f"The client's limiter ({limiter.describe()}) "
-                     + ("did not bind: it denied no retry and refused no call." if bound is None
-                        else bound.strip().removeprefix("the client's limiter bound: it ") + "."))
+                     + ("did not bind: it denied no retry and refused no call." if did is None else did + "."))
     if s.server.fault_rate > 0:
         lines.append(f"The server failed {s.server.fault_rate:.0%} of the requests that reached it whatever the load "
                      f"({'at once' if s.server.fault_when == 'fast' else 'after their service'}): "

@@ -226,7 +226,7 @@ R_FREE, R_QUEUED, R_SERVING, R_REJECT, R_DEAD = range(5)
 H_REBOOT, H_DISCONNECT, H_LOGIN = 0, 1, 2
 # what a client does next inside one event
 (A_NONE, A_EPISODE, A_ATTEMPT, A_FAIL, A_TIMEOUT, A_SUCCESS, A_ONLINE, A_OFFLINE, A_REBOOT, A_GIVE_UP,
- A_ERROR) = range(11)
+ A_ERROR, A_REFUSAL) = range(12)
 # control codes: server actions Python asks for between two stretches
 CT_WORKERS, CT_LOSE, CT_DISPATCH = range(3)
 # outage modes (S_OUTAGE)

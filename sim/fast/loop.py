@@ -23,7 +23,7 @@ from numba import njit
 from sim.fast.clients import state_level, wake
 from sim.fast.heap import pop, push, top_kind
 from sim.fast.layout import (
-    A_ATTEMPT, A_EPISODE, A_ERROR, A_FAIL, A_GIVE_UP, A_NONE, A_OFFLINE, A_ONLINE, A_REBOOT, A_SUCCESS,
+    A_ATTEMPT, A_EPISODE, A_ERROR, A_FAIL, A_GIVE_UP, A_NONE, A_OFFLINE, A_ONLINE, A_REBOOT, A_REFUSAL, A_SUCCESS,
     A_TIMEOUT, CONNECTING, CT_WORKERS, C_ATTEMPTS, C_ERRORS, C_REJECTED, C_SHORT, C_SUCCESSES, C_SUPPRESSED,
     C_TIMEOUTS, C_WASTED, DONE, D_CONNECT, D_OFFLINE, D_RELAUNCH, D_SESSION, D_TIMEOUT, D_U01, D_UNIFORM,
     GAVE_UP, GROW_HEAP, GROW_LOGINS, GROW_POOL, G_BUSY_TIME, G_REDISPATCH_AT, G_WASTED_TIME, HANG_FAULT,
@@ -128,10 +128,8 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                 dispatch(P, Q, S, G, keys, pool, draws, PT, hp, rec, now)
                 if deliver and not late:
                     gen[cid] += 1
-                    action = A_FAIL
+                    action = A_REFUSAL
                     ra = cra[cid]
-                    if Q[Q_LIMITER]:
-                        limiter_result(Q, lm, cid, now, FAILED)
             elif kind == K_DONE and rstate[a] == R_DEAD:  # lost to an outage or failover: accounted
                 free(S, pool, a)
             elif kind == K_DONE:  # a request leaves its worker
@@ -177,10 +175,8 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                     action = A_ERROR
                 else:  # a refusal arrives one round trip after it was sent
                     gen[cid] += 1
-                    action = A_FAIL
+                    action = A_REFUSAL
                     ra = cra[cid]
-                    if Q[Q_LIMITER]:
-                        limiter_result(Q, lm, cid, now, FAILED)
         S[S_EVENTS] += 1
         while action != A_NONE:  # the client's next steps at this instant (sim.des Model.life)
             if action == A_EPISODE:
@@ -264,9 +260,7 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                     count(rec, C_REJECTED, now, width, nbins)
                     count_start(rec, SC_REFUSALS, now, width, nbins)
                     cra[cid] = ra
-                    action = reply_after_rtt(P, S, hp, now, timeout, cid, gen[cid], K_REFUSED, A_FAIL)
-                    if action == A_FAIL and Q[Q_LIMITER]:  # answered now: the limiter hears of it now
-                        limiter_result(Q, lm, cid, now, FAILED)
+                    action = reply_after_rtt(P, S, hp, now, timeout, cid, gen[cid], K_REFUSED, A_REFUSAL)
             elif action == A_TIMEOUT:
                 count(rec, C_TIMEOUTS, now, width, nbins)
                 count_start(rec, SC_TIMEOUTS, sent[cid], width, nbins)
@@ -298,6 +292,10 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                 else:  # at once, as a new entry at this instant (bounds the work of one event)
                     push(hp, S, now, K_ATTEMPT, cid, gen[cid])
                     action = A_NONE
+            elif action == A_REFUSAL:  # a refusal reached the client (ra: its Retry-After)
+                if Q[Q_LIMITER]:
+                    limiter_result(Q, lm, cid, now, FAILED)
+                action = A_FAIL
             elif action == A_ERROR:  # a partition hang or an injected fault: an error before the deadline
                 count(rec, C_ERRORS, now, width, nbins)
                 if Q[Q_LIMITER]:
