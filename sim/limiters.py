@@ -47,7 +47,7 @@ from typing import ClassVar
 import numpy as np
 
 __all__ = ["KINDS", "CODES", "SEND", "SHORT", "DENIED", "SLOTS", "MAX_WINDOW_CALLS", "Limiter", "on_send",
-           "on_retry", "on_result", "KERNELS", "OK", "FAILED", "TIMED_OUT"]
+           "on_retry", "on_result", "group_of", "KERNELS", "OK", "FAILED", "TIMED_OUT"]
 
 # kind codes (0: no limiter)
 NONE, QUOTA, THROTTLE, BUDGET, ADAPTIVE, BREAKER = range(6)
@@ -241,8 +241,14 @@ def on_result(code, prm, row, now, outcome, held):
                 _open(prm, row, now)
 
 
+def group_of(cid: int, groups: int, per_device: bool) -> int:
+    """The row a device uses: its own, or its group's (devices split by id modulo groups)."""
+    return cid if per_device else cid % groups
+
+
 #: what a compiled engine registers with numba, helpers first
-KERNELS = (_roll, _ring_sum, _ring_add, _window_reset, _window_record, _open, on_send, on_retry, on_result)
+KERNELS = (_roll, _ring_sum, _ring_add, _window_reset, _window_record, _open, on_send, on_retry, on_result,
+           group_of)
 
 
 # --- the configuration ----------------------------------------------------------------------------
@@ -485,7 +491,3 @@ class Limiter:
             return text + f", shared by groups of {self.group_size} devices"
         return text + ", shared by all devices"
 
-
-def group_of(cid: int, groups: int, per_device: bool) -> int:
-    """The row a device uses: its own, or its group's (devices split by id modulo groups)."""
-    return cid if per_device else cid % groups

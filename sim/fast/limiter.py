@@ -21,7 +21,7 @@ for _kernel in limiters.KERNELS:  # helpers first: each compiles against those b
 @njit(cache=True, inline="always")
 def limiter_row(Q, lm, cid):
     """The state row client `cid` uses (a view into LM_STATE)."""
-    return lm[LM_STATE][cid if Q[Q_L_DEVICE] else cid % Q[Q_L_GROUPS]]
+    return lm[LM_STATE][limiters.group_of(cid, Q[Q_L_GROUPS], Q[Q_L_DEVICE] != 0)]
 
 
 @njit(cache=True)
