@@ -51,7 +51,7 @@ CSV_FIELDS = (
     "recovery_p90_s", "recovery_p99_s", "recovery_p99_low", "recovery_p99_high",
     "amplification", "amplification_low", "amplification_high", "attempts", "peak_offered_rps",
     "wasted_work_fraction", "metastable_share", "logins", "gave_up", "login_time_p50_s", "login_time_p99_s",
-    "suppressed", "short_circuited",
+    "suppressed", "short_circuited", "rejected", "resumptions", "resumed",
 )
 #: up to this many replications, a tie whose runs do not overlap is called out (t(R - 1) is so
 #: large that the CIs overlap even when every run of one variant beat every run of the other)
@@ -448,7 +448,7 @@ def _csv_row(r: VariantResult) -> list[Any]:
             s["recovery_s"]["p90"], s["recovery_s"]["p99"], *p99_ci, s["amplification"], *amp_ci,
             s["attempts"], s["peak_offered_rps"], s["wasted_work_fraction"], s["metastable_share"],
             s["logins"], s["gave_up"], s["login_time_s"]["p50"], s["login_time_s"]["p99"],
-            s.get("suppressed"), s.get("short_circuited")]
+            s.get("suppressed"), s.get("short_circuited"), s.get("rejected"), s.get("resumptions"), s.get("resumed")]
 
 
 def _csv_cell(value: Any) -> str:

@@ -501,8 +501,9 @@ def _number(x: float) -> str:
 def scale_scenario(s: Scenario, factor: float) -> Scenario:
     """`--scale S`: population and capacity S times the size; shares, times and per-client figures stay.
 
-    clients, login_rate, workers, queue_limit, rate_limit rate and burst, and a shared limiter's
-    `groups` are multiplied by S (counts rounded to the nearest whole number, a positive count kept
+    clients, login_rate, workers, queue_limit, rate_limit rate and burst, a concurrency limit's
+    initial/min/max (and its gradient queue_size), and a shared limiter's `groups` are multiplied
+    by S (counts rounded to the nearest whole number, a positive count kept
     >= 1; a limiter's `group_size` stays, so its groups follow the clients); the overload knee
     by S and its per_request by 1/S, so that the slowdown at the same load per worker is the
     same; p2p follows, being per client.
@@ -528,6 +529,12 @@ def scale_scenario(s: Scenario, factor: float) -> Scenario:
         ov = s.server.overload
         server_update["overload"] = ov.model_copy(update={"knee": ov.knee * factor,
                                                           "per_request": ov.per_request / factor})
+    if s.server.concurrency is not None:  # a concurrency limit counts requests, like workers (its bounds,
+        c = s.server.concurrency          # and Gradient2's queue_size; AIMD's step of 1 stays: docs/model.md 3.3)
+        scaled_keys = {k: max(1.0, float(round(getattr(c, k) * factor))) for k in ("initial", "min", "max")}
+        if c.queue_size is not None:
+            scaled_keys["queue_size"] = c.queue_size * factor
+        server_update["concurrency"] = c.model_copy(update=scaled_keys)
     update: dict[str, Any] = {"population": pop, "server": s.server.model_copy(update=server_update)}
     lim = s.client.limiter
     if lim is not None and lim.groups is not None:  # groups are instances, a count like workers

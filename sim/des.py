@@ -79,6 +79,9 @@ class Model(RunRecords):
             self.lstate = lim.new_states(self.lgroups)
         self.state = array("b")
         self.keys = array("d")
+        # docs/model.md section 3.4: when each client last logged in (-inf: it holds no token)
+        self.resume_window = c.resume_window
+        self.token_at = array("d")
         self.rebooting = bytearray()
         self.procs: dict[int, list] = {}
         self.n_state = [0, 0, 0, 0]
@@ -104,6 +107,7 @@ class Model(RunRecords):
         cid = len(self.state)
         self.state.append(state)
         self.keys.append(self.uniform.next())
+        self.token_at.append(-math.inf)
         self.rebooting.append(0)
         if self.p2p is not None:
             self.supernode.append(0)
@@ -118,6 +122,7 @@ class Model(RunRecords):
         pop = self.s.population
         online = int(round(pop.online_at_start * pop.clients))
         self.keys.extend(self.rng.random(pop.clients))
+        self.token_at.extend([0.0] * online + [-math.inf] * (pop.clients - online))  # online: logged in
         self.state.extend([ONLINE] * online + [OFFLINE] * (pop.clients - online))
         self.rebooting.extend(bytes(pop.clients))
         self.n_state[ONLINE], self.n_state[OFFLINE] = online, pop.clients - online
@@ -207,6 +212,7 @@ class Model(RunRecords):
     def reboot(self, cid: int, downtime: float) -> Generator:
         self.set_state(cid, OFFLINE)
         self.rebooting[cid] = 1
+        self.token_at[cid] = -math.inf  # the device forgets its session: the next login is a full one
         if self.limiter is not None and self.limiter.per_device:  # the app restarts with a fresh limiter
             self.lstate[cid] = self.limiter.initial_row()
         try:
@@ -238,8 +244,10 @@ class Model(RunRecords):
         lim, held = self.limiter, 0.0
         while True:
             attempts += 1
+            # a valid token makes it a resumption (docs/model.md section 3.4)
+            resume = env.now - self.token_at[cid] < self.resume_window
             if lim is None:
-                outcome, retry_after = yield from self.attempt(cid)
+                outcome, retry_after = yield from self.attempt(cid, resume)
             else:
                 row = self._limiter_row(cid)
                 u = self.uniform.next() if lim.draws else 0.0
@@ -247,12 +255,16 @@ class Model(RunRecords):
                     self.counts["short_circuited"].add(env.now)  # refused locally: not sent
                     outcome, retry_after = SHORT_OUTCOME
                 else:
-                    outcome, retry_after = yield from self.attempt(cid)
+                    outcome, retry_after = yield from self.attempt(cid, resume)
                     result = RESULT_OK if outcome == OK else TIMED_OUT if outcome == TIMEOUT else FAILED
                     on_result(lim.code, lim.prm, self._limiter_row(cid), env.now, result, held)
             if outcome == OK:
                 self.tallies.login(env.now - begun)
                 self.counts["successes"].add(env.now)
+                if self.resume_window > 0:
+                    if resume:
+                        self.counts["resumed"].add(env.now)
+                    self.token_at[cid] = env.now
                 return ONLINE_STEP
             if not policy.allows_retry(attempts):
                 break
@@ -287,13 +299,15 @@ class Model(RunRecords):
             self.lstate = grown
         return self.lstate[cid]
 
-    def attempt(self, cid: int) -> Generator:
+    def attempt(self, cid: int, resume: bool = False) -> Generator:
         """One request: sent now, answered by the server or ended by the client's timeout."""
         env = self.env
         now = env.now
         self.counts["attempts"].add(now)
         timeout = self.timeout.next()
-        req = Request(cid, now, now + timeout, env.event())
+        if resume:
+            self.counts["resumptions"].add(now)
+        req = Request(cid, now, now + timeout, env.event(), resume)
         refusal = self.server.submit(req)
         if refusal is None:  # waiting, in service or blackholed: the reply or the deadline decides
             if timeout < math.inf:
@@ -436,6 +450,9 @@ class Model(RunRecords):
             self.failover(e)
         elif e.kind == "p2p-rules":
             self.p2p_rules = self.p2p_rules.model_copy(update=e.changes())
+        elif e.kind == "token-purge":  # revoked: the next login of each picked client is a full one
+            for cid in pick(self.rng, np.arange(len(self.token_at)), e.fraction):
+                self.token_at[int(cid)] = -math.inf
         # surge: read by `arrivals`
 
     def hit_clients(self, e) -> Generator:

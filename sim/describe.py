@@ -11,7 +11,8 @@ from sim.policies import Policy, make_policy, policy_names
 from sim.scenario import Scenario
 from sim.units import format_duration
 
-__all__ = ["scenario_line", "summary_lines", "plain_lines", "dist_text", "policy_text", "client_text", "capacity_rps",
+__all__ = ["scenario_line", "server_protections", "summary_lines", "plain_lines", "dist_text", "policy_text",
+           "client_text", "capacity_rps",
            "PolicyRow",
            "policy_rows", "recovery_line", "plural"]
 
@@ -76,9 +77,37 @@ def scenario_line(s: Scenario) -> str:
     ]
     if s.server.p2p is not None:
         parts.insert(2, "p2p supernodes")
+    protections = server_protections(s)
+    if protections:
+        parts.insert(2, protections)
     if s.scale != 1.0:
         parts.append(f"scale {s.scale:g}")
     return f"{s.name}: " + ", ".join(parts)
+
+
+def server_protections(s: Scenario) -> str:
+    """The adaptive protections and the resumption class (docs/model.md sections 3.3, 3.4), or "".
+
+        >>> from sim.config import load_scenario
+        >>> server_protections(load_scenario("quickstart", sets=["server.concurrency.kind=aimd",
+        ...     "server.codel.target=5ms", "server.retry_after_from=queue"]))
+        'aimd limit 20..200, CoDel 5ms/100ms + adaptive LIFO, Retry-After from the queue (1s..32s)'
+    """
+    srv, parts = s.server, []
+    if srv.concurrency is not None:
+        c = srv.concurrency
+        parts.append(f"{c.kind} limit {c.min:g}..{c.max:g}")
+    if srv.codel is not None:
+        parts.append(f"CoDel {format_duration(srv.codel.target)}/{format_duration(srv.codel.interval)}"
+                     + (" + adaptive LIFO" if srv.codel.adaptive_lifo else ""))
+    if srv.retry_after_from == "queue":
+        parts.append(f"Retry-After from the queue (1s..{format_duration(srv.retry_after_max)})")
+    if s.client.resume_window > 0:
+        cost = f" at {dist_text(srv.resume.service_time)}" if srv.resume is not None else ""
+        window = s.client.resume_window
+        parts.append(("resumption (tokens never expire)" if math.isinf(window)
+                      else f"resumption within {format_duration(window)}") + cost)
+    return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -159,8 +188,8 @@ def summary_lines(summary: dict, first_event_at: float | None = None) -> str:
     reps = summary.get("replications")
     head = f"{summary['scenario']} ({summary['engine']} engine" + (f", mean of {reps} replications)" if reps else ")")
     end = summary["duration_s"]
-    if summary["clients"] == 0:
-        return f"{head}\n  no clients (population.clients = 0): nothing to log in"
+    if summary["clients"] == 0 and summary["episodes"] == 0:
+        return f"{head}\n  no clients (population.clients = 0, no arrivals): nothing to log in"
     lines = [
         head,
         f"  {summary['logins']:,.0f} logins in {plural(summary['episodes'], 'episode')}; "
@@ -175,6 +204,9 @@ def summary_lines(summary: dict, first_event_at: float | None = None) -> str:
     limited = limiter_line(summary)
     if limited:
         lines.append(limited)
+    if summary.get("resumptions"):
+        lines.append(f"  {plural(summary['resumptions'], 'attempt')} sent as session resumptions (a valid "
+                     f"token); {summary.get('resumed') or 0:,.0f} of the {summary['logins']:,.0f} logins resumed")
     if first_event_at is None or first_event_at >= end:
         why = "the scenario has no events" if first_event_at is None else (
             f"the first is at {format_duration(first_event_at)}, the run ended at {format_duration(end)}")
@@ -186,7 +218,8 @@ def summary_lines(summary: dict, first_event_at: float | None = None) -> str:
         lines.append(f"  lowest online share (of the clients that want to be online): {_share(lowest)}, "
                      f"at {format_duration(round(summary['lowest_online_at_s'], 1))} into the run")
     if summary["metastable"]:
-        lines.append("  the storm sustained itself: METASTABLE (still down and saturated at the end)")
+        lines.append("  the storm sustained itself: METASTABLE (still down at the end, the tier saturated "
+                     "or its work wasted)")
     return "\n".join(lines)
 
 

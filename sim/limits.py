@@ -345,7 +345,16 @@ def _parts(s: Scenario, engine: str, end: float, d: _Demand, replications: int, 
              "raise resolution, shorten duration or use --until"),
         Part("login times", f"{max(d.sources, key=lambda src: src.episodes).keys} (~{_count(d.episodes)} episodes)",
              _finite(at_once * d.episodes * LOGIN), "lower it, use --scale"),
-    ) + _limiter_part(s, engine, d, at_once)
+    ) + _limiter_part(s, engine, d, at_once) + _token_part(s, d, at_once)
+
+
+def _token_part(s: Scenario, d: _Demand, at_once: float) -> tuple[Part, ...]:
+    """When each client last logged in (docs/model.md section 3.4): 8 bytes a client in both engines."""
+    if s.client.resume_window <= 0:
+        return ()
+    return (Part("session tokens", f"client.resume_window = {s.client.resume_window:g} s: a token time for each "
+                                   f"of ~{_count(d.clients)} clients", _finite(at_once * d.clients * 8.0),
+                 "lower it, use --scale"),)
 
 
 def _limiter_part(s: Scenario, engine: str, d: _Demand, at_once: float) -> tuple[Part, ...]:

@@ -18,13 +18,16 @@ __all__ = ["summarize", "timeseries", "quantiles", "ratio", "SUMMARY_FIELDS", "S
 SUMMARY_FIELDS = (
     "scenario", "engine", "seed", "scale", "clients", "duration_s", "wallclock_s", "events_processed",
     "episodes", "logins", "gave_up", "attempts", "amplification", "timeouts", "rejected", "errors",
-    "wasted", "suppressed", "short_circuited", "wasted_work_fraction", "peak_offered_rps", "capacity_rps",
+    "wasted", "suppressed", "short_circuited", "resumptions", "resumed", "wasted_work_fraction",
+    "peak_offered_rps", "capacity_rps",
     "login_time_s", "recovery_s",
     "metastable", "steady", "lowest_online_share", "lowest_online_at_s",
 )
 STEADY_FIELDS = ("arrival_rate", "throughput", "utilization", "mean_wait_s", "p_wait", "blocking",
                  "abandonment", "mean_in_system", "mean_orbit", "attempts_per_login")
 STEADY, TAIL = 0, 1  # window numbers in the levels and counters
+#: the tail's share of wasted completions above which a tier has collapsed (metastable): goodput near zero
+WASTED_COLLAPSE = 0.9
 
 
 class Records(Protocol):
@@ -86,6 +89,9 @@ def summarize(r: Records, *, events: int, wallclock: float, engine: str = "des")
         # the client's limiter (docs/model.md section 4.7): retries it denied, calls it refused locally
         "suppressed": r.counts["suppressed"].total,
         "short_circuited": r.counts["short_circuited"].total,
+        # docs/model.md section 3.4: attempts that were session resumptions, and the logins they made
+        "resumptions": r.counts["resumptions"].total,
+        "resumed": r.counts["resumed"].total,
         "wasted_work_fraction": ratio(t.wasted_time, t.busy_time),
         "peak_offered_rps": float((bins / lengths).max()) if len(bins) else 0.0,
         "capacity_rps": r.capacity_at_start,
@@ -107,13 +113,25 @@ def level_mean(r: Records, name: str, window: int) -> float | None:
 
 
 def metastable(r: Records) -> bool:
-    """The storm sustains itself: triggers over for >= 10 % of the run, yet the tail stays down and busy."""
+    """The storm sustains itself (docs/model.md section 5): the triggers have been over for at least
+    10 % of the run, yet in the tail the online share stays below 99 % and the tier is stuck,
+    either busy (workers >= 95 % busy: a backlog-driven storm) or wasted (at least 90 % of the
+    requests it completes reach nobody, goodput near zero: a latency-driven collapse, where a tier
+    without a concurrency bound slows down until its answers come after the clients' deadlines)."""
     if r.last_event_end > r.end - 0.1 * r.end:
         return False
-    busy, workers = level_mean(r, "busy", TAIL), r.levels["workers"].mean(TAIL)
-    if busy is None or not workers:
+    if r.watch.tail_max >= 0.99:
         return False
-    return r.watch.tail_max < 0.99 and busy / workers >= 0.95
+    busy, workers = level_mean(r, "busy", TAIL), r.levels["workers"].mean(TAIL)
+    if busy is not None and workers and busy / workers >= 0.95:
+        return True
+    return wasted_share(r) >= WASTED_COLLAPSE
+
+
+def wasted_share(r: Records) -> float:
+    """Of the requests the tier completed in the tail, the share that reached nobody (0: none completed)."""
+    wasted, useful = r.counts["wasted"].sums[TAIL], r.counts["successes"].sums[TAIL]
+    return wasted / (wasted + useful) if wasted + useful else 0.0
 
 
 def steady(r: Records) -> dict[str, float | None]:

@@ -15,7 +15,8 @@ __all__ = ["COUNTS", "STATES", "LEVELS", "DERIVED", "COLUMNS", "Window", "Level"
            "ShareWatch", "Tallies", "RunRecords"]
 
 #: per-bin event counts (also kept per steady window)
-COUNTS = ("attempts", "successes", "rejected", "timeouts", "errors", "wasted", "suppressed", "short_circuited")
+COUNTS = ("attempts", "successes", "rejected", "timeouts", "errors", "wasted", "suppressed", "short_circuited",
+          "resumptions", "resumed")
 #: client states; their counts are time-weighted levels
 STATES = ("online", "connecting", "offline", "gave_up")
 #: time-weighted levels of the server and the population

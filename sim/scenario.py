@@ -22,11 +22,13 @@ from sim.distributions import Constant, Distribution, parse_distribution
 from sim.limiters import Limiter
 from sim.policies import POLICIES, Policy, make_policy
 from sim.presets import PRESETS
+from sim.protections import LIMIT_DEFAULTS, LIMIT_KEYS
 from sim.suggest import did_you_mean
 from sim.units import parse_duration
 
 __all__ = [
     "Scenario", "Population", "Client", "PolicySpec", "LimiterSpec", "Server", "RateLimit", "Overload", "P2P",
+    "ConcurrencyLimit", "CoDel", "Resume", "TokenPurge",
     "Wave", "Event", "EVENT_KINDS", "Target", "P2PChange", "table_of",
 ]
 
@@ -197,6 +199,9 @@ class Client(_Table):
     rtt: Duration = 0.010
     policy: Annotated[PolicySpec, BeforeValidator(_policy_table)] = PolicySpec()
     limiter: LimiterSpec | None = None
+    # docs/model.md section 3.4: a client that logged in less than this long ago still holds a
+    # valid session or refresh token, and its next login is a cheap resumption (0: never)
+    resume_window: Duration = 0.0
 
     @model_validator(mode="before")
     @classmethod
@@ -261,6 +266,77 @@ class Overload(_Table):
     per_request: NonNegative
 
 
+class ConcurrencyLimit(_Table):
+    """`[server.concurrency]`: an adaptive concurrency limit (docs/model.md section 3.3, `sim.protections`).
+
+    Requests beyond the limit (queued + in service) are refused at once with 503; the limit
+    follows the latency of the requests that leave their workers. Unset keys take the kind's
+    defaults (Netflix concurrency-limits), filled in so that `validate --show` prints them.
+    """
+
+    kind: Literal["aimd", "gradient"]
+    initial: Annotated[float, Field(ge=1.0)] | None = None
+    min: Annotated[float, Field(ge=1.0)] | None = None
+    max: Annotated[float, Field(ge=1.0)] | None = None
+    backoff: Annotated[float, Field(ge=0.5, lt=1.0)] | None = None
+    timeout: Annotated[float, BeforeValidator(_as_value_error(parse_duration)), Field(gt=0.0)] | None = None
+    smoothing: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    queue_size: NonNegative | None = None
+    long_window: Annotated[float, Field(ge=1.0)] | None = None
+    tolerance: Annotated[float, Field(ge=1.0)] | None = None
+
+    @model_validator(mode="after")
+    def _filled(self) -> ConcurrencyLimit:
+        own = LIMIT_KEYS[self.kind]
+        for name in type(self).model_fields:
+            if name == "kind":
+                continue
+            if name not in own and getattr(self, name) is not None:
+                other = next(k for k, keys in LIMIT_KEYS.items() if name in keys)
+                raise ValueError(f"{name}: a key of kind \"{other}\", not of kind \"{self.kind}\" "
+                                 f"(its keys: {', '.join(own)})")
+            if name in own and getattr(self, name) is None:
+                object.__setattr__(self, name, float(LIMIT_DEFAULTS[self.kind][name]))
+        for name in ("initial", "min", "max", "long_window"):
+            value = getattr(self, name)
+            if value is not None and value != int(value):
+                raise ValueError(f"{name}: expected a whole number, got {value!r}")
+        if not self.min <= self.initial <= self.max:
+            raise ValueError(f"initial: must lie between min ({self.min:g}) and max ({self.max:g}), "
+                             f"got {self.initial:g}")
+        return self
+
+    def keys(self) -> dict[str, float]:
+        """The kind's keys and values (for `sim.protections.limit_params`)."""
+        return {name: getattr(self, name) for name in LIMIT_KEYS[self.kind]}
+
+
+class CoDel(_Table):
+    """`[server.codel]`: controlled-delay queue timeouts and adaptive LIFO (docs/model.md section 3.3).
+
+    Facebook's server-queue CoDel (folly/wangle `Codel`): when the shortest wait over the last
+    `interval` exceeded `target`, requests that waited more than 2 x target are shed with 503,
+    and with `adaptive_lifo` the queue is served newest first until the queue drains again.
+    """
+
+    target: Annotated[float, BeforeValidator(_as_value_error(parse_duration)), Field(gt=0.0)] = 0.005
+    interval: Annotated[float, BeforeValidator(_as_value_error(parse_duration)), Field(gt=0.0)] = 0.100
+    adaptive_lifo: bool = True
+
+    @model_validator(mode="after")
+    def _interval_longer(self) -> CoDel:
+        if self.interval <= self.target:  # folly's Codel::setOptions refuses it too
+            raise ValueError(f"interval: must be longer than target ({self.target:g} s), got {self.interval:g} s")
+        return self
+
+
+class Resume(_Table):
+    """`[server.resume]`: what a resumption costs (docs/model.md section 3.4): a client holding a
+    valid token (`client.resume_window`) resumes its session instead of a full login."""
+
+    service_time: Dist
+
+
 class P2P(_Table):
     """Skype-style supernodes: online clients carry login capacity and homes (docs/model.md section 3.2)."""
 
@@ -282,8 +358,15 @@ class Server(_Table):
     cancel_on_timeout: bool = False
     reject_cost: Duration = 0.0
     retry_after: Duration = 0.0
+    # docs/model.md section 3.3: "fixed" sends `retry_after`; "queue" computes it from the queue
+    # (the time the workers need to drain it, whole seconds, 1 s to retry_after_max)
+    retry_after_from: Literal["fixed", "queue"] = "fixed"
+    retry_after_max: Annotated[float, BeforeValidator(_as_value_error(parse_duration)), Field(ge=1.0)] = 32.0
     rate_limit: RateLimit | None = None
     overload: Overload | None = None
+    concurrency: ConcurrencyLimit | None = None
+    codel: CoDel | None = None
+    resume: Resume | None = None
     p2p: P2P | None = None
     # fault injection (docs/model.md section 3): this share of the requests that reach the queue
     # fails whatever the load, at once ("fast") or after its service ("after-service")
@@ -383,6 +466,14 @@ class Partition(_Event):
     isolate_at: Duration | None = None
 
 
+class TokenPurge(_Event):
+    """The sessions and refresh tokens of `fraction` of the clients are revoked: their next logins
+    are full logins (docs/model.md section 3.4); an online client stays online."""
+
+    kind: Literal["token-purge"]
+    fraction: Fraction = 1.0
+
+
 class Surge(_Event):
     """For `duration`, `login_rate` is multiplied by `factor` (organic spike)."""
 
@@ -418,12 +509,13 @@ class P2PChange(_Event):
 
 
 Event = Annotated[
-    Union[Reboot, Disconnect, Login, Outage, Capacity, Admit, Partition, Surge, Failover, P2PChange],
+    Union[Reboot, Disconnect, Login, Outage, Capacity, Admit, Partition, Surge, Failover, P2PChange, TokenPurge],
     Field(discriminator="kind"),
 ]
 EVENT_KINDS: dict[str, type[_Event]] = {
     cls.model_fields["kind"].annotation.__args__[0]: cls
-    for cls in (Reboot, Disconnect, Login, Outage, Capacity, Admit, Partition, Surge, Failover, P2PChange)
+    for cls in (Reboot, Disconnect, Login, Outage, Capacity, Admit, Partition, Surge, Failover, P2PChange,
+                TokenPurge)
 }
 
 _ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")

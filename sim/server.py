@@ -15,6 +15,8 @@ import numpy as np
 import simpy
 
 from sim.bucket import TokenBucket
+from sim.protections import (admits, codel_params, codel_row, codel_shed, limit_params, limit_row, limit_sample,
+                             queue_retry_after, serve_newest)
 from sim.record import Counter, Level, StartCounter, Tallies
 from sim.scenario import Scenario
 from sim.streams import DrawStream
@@ -33,10 +35,11 @@ TIMEOUT_OUTCOME = _TIMEOUT = (TIMEOUT, 0.0)
 class Request:
     """One attempt at the server."""
 
-    __slots__ = ("cid", "sent", "deadline", "reply", "started", "live", "hang", "fault")
+    __slots__ = ("cid", "sent", "deadline", "reply", "started", "live", "hang", "fault", "resume")
 
-    def __init__(self, cid: int, sent: float, deadline: float, reply: simpy.Event):
+    def __init__(self, cid: int, sent: float, deadline: float, reply: simpy.Event, resume: bool = False):
         self.cid, self.sent, self.deadline, self.reply = cid, sent, deadline, reply
+        self.resume = resume  # a session resumption (docs/model.md section 3.4), not a full login
         self.started = -1.0   # service start time (-1: not in service)
         self.live = True      # False once lost to an outage/failover or cancelled
         self.hang = False
@@ -85,6 +88,16 @@ class LoginServer:
         self.home_full: Callable[[], bool] | None = None   # p2p: no supernode can home another client
         self.fault_rate = srv.fault_rate
         self.fault_fast = srv.fault_when == "fast"
+        # docs/model.md section 3.3: adaptive protections (sim.protections holds their kernels)
+        self.queue_ra = srv.retry_after_from == "queue"
+        self.ra_top = srv.retry_after_max
+        lim = srv.concurrency
+        self.limit_prm = limit_params(lim.kind, **lim.keys()) if lim is not None else None
+        self.limit = limit_row(lim.kind, **lim.keys()) if lim is not None else None
+        self.codel_prm = codel_params(srv.codel.target, srv.codel.interval) if srv.codel is not None else None
+        self.codel = codel_row() if srv.codel is not None else None
+        self.adaptive_lifo = srv.codel is not None and srv.codel.adaptive_lifo
+        self.resume_service = DrawStream(srv.resume.service_time, rng) if srv.resume is not None else None
 
     # --- arrival --------------------------------------------------------------------------
 
@@ -109,16 +122,20 @@ class LoginServer:
         if hang is None:
             return self._refuse(req, _CONN_REFUSED)  # fail-fast after isolate_at
         if self.home_full is not None and self.home_full():
-            return self._refuse(req, self.busy_503, costly=True)
+            return self._refuse(req, self._busy(), costly=True)
         req.hang = hang
         if self.fault_rate > 0 and self.rng.random() < self.fault_rate:  # fails whatever the load
             if self.fault_fast:
                 return _ERROR  # at once, no worker: the client counts an error one round trip later
             req.fault = True
+        if self.limit is not None and not admits(self.limit, len(self.queue) + self.serving):
+            return self._refuse(req, self._busy(), costly=True)  # beyond the adaptive concurrency limit
         if self.busy < self.workers and not self.reject_work:
+            if self.codel is not None:  # no wait: it starts the interval's minimum at 0
+                codel_shed(self.codel_prm, self.codel, now, 0.0)
             self._start(req)
         elif len(self.queue) >= self.queue_limit:
-            return self._refuse(req, self.busy_503, costly=True)
+            return self._refuse(req, self._busy(), costly=True)
         else:
             self.queue.append(req)
             self.levels["queue"].add(now, 1)
@@ -141,6 +158,13 @@ class LoginServer:
         return True
 
     # --- refusals -------------------------------------------------------------------------
+
+    def _busy(self) -> tuple[str, float]:
+        """The 503 of a tier too busy (queue full, concurrency limit, CoDel, no home): its
+        Retry-After fixed, or computed from the queue now (docs/model.md section 3.3)."""
+        if not self.queue_ra:
+            return self.busy_503
+        return REFUSED, queue_retry_after(len(self.queue), self.workers, self.mean_service, self.ra_top)
 
     def _refuse(self, req: Request, outcome: tuple[str, float], costly: bool = False) -> tuple[str, float] | None:
         now = self.env.now
@@ -179,10 +203,16 @@ class LoginServer:
                 continue
             if not queue:
                 return
-            req = queue.pop() if self.lifo else queue.popleft()
+            newest = self.lifo or (self.adaptive_lifo and serve_newest(self.codel))
+            req = queue.pop() if newest else queue.popleft()
             self.levels["queue"].add(env.now, -1)
             if self.drop_expired and env.now >= req.deadline:
                 continue  # discarded at the head without using a worker
+            if self.codel is not None and codel_shed(self.codel_prm, self.codel, env.now, env.now - req.sent):
+                self.counts["rejected"].add(env.now)  # CoDel sheds it: a 503 without using a worker
+                self.steady_refusals.add(req.sent)
+                self._send_refusal(req, self._busy())
+                continue
             self._start(req)
 
     def _start(self, req: Request) -> None:
@@ -199,14 +229,14 @@ class LoginServer:
             work = entry[3]  # hang or not is decided at service start, with probability `failure`
         else:
             req.hang = False
-            work = self._service_time()
+            work = self._service_time(req.resume)
         if self.cancel and now + work > req.deadline:
             work = max(0.0, req.deadline - now)  # deadline propagation: stop at the deadline
         ev = env.timeout(work, req)
         ev.callbacks.append(self._done)
 
-    def _service_time(self) -> float:
-        t = self.service.next()
+    def _service_time(self, resume: bool) -> float:
+        t = (self.resume_service if resume and self.resume_service is not None else self.service).next()
         if self.overload is not None:
             t *= 1.0 + self.overload.per_request * max(0.0, len(self.queue) + self.serving - self.overload.knee)
         return t
@@ -216,6 +246,9 @@ class LoginServer:
         if not req.live:
             return  # lost to an outage or failover: already accounted for
         now = self.env.now
+        if self.limit is not None:  # the limit learns from the time this request spent at the tier
+            limit_sample(self.limit_prm, self.limit, now - req.sent, len(self.queue) + self.serving,
+                         now >= req.deadline)
         self._finish(req, now)
         if now >= req.deadline:
             pass  # late: the client has timed out (a response at exactly the deadline is late)

@@ -66,7 +66,7 @@ RUN_COLUMNS = ("point", "policy", "replication", "spawn_key", "regime")
 #: points.csv: each of these as a mean, with `.low` and `.high` (its 95 % CI) beside it
 POINT_FIELDS = ("recovery_s.p90", "recovery_s.p99", "lowest_online_share", "amplification", "attempts",
                 "peak_offered_rps", "wasted_work_fraction", "login_time_s.p50", "login_time_s.p99", "logins",
-                "gave_up", "timeouts", "rejected", "suppressed", "short_circuited", "steady.utilization",
+                "gave_up", "timeouts", "rejected", "suppressed", "short_circuited", "resumptions", "steady.utilization",
                 "steady.throughput", "steady.mean_wait_s", "wallclock_s")
 _STRINGS = ("scenario", "engine")
 

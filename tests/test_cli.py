@@ -54,7 +54,8 @@ def test_typo_gives_one_line_with_suggestion_and_exit_2(tmp_path):
     problem, hint = result.stderr.strip().splitlines()
     assert problem == f"{bad}: server.workrs: unknown key 'workrs'; did you mean 'workers'? " \
                       "(valid keys: workers, service_time, queue_limit, discipline, drop_expired, " \
-                      "cancel_on_timeout, reject_cost, retry_after, rate_limit, overload, p2p, fault_rate, fault_when)"
+                      "cancel_on_timeout, reject_cost, retry_after, retry_after_from, retry_after_max, rate_limit, " \
+                          "overload, concurrency, codel, resume, p2p, fault_rate, fault_when)"
     assert hint == "(every key of a scenario, its unit and default: docs/model.md section 2)"
     assert "Traceback" not in result.output
 

@@ -228,6 +228,9 @@ def test_every_key_scenario_uses_every_key():
             expected = set(_keys_at(loc))
             if loc == ["client", "limiter"]:  # one kind's keys; groups or group_size, not both
                 expected = {"kind", "scope", "group_size"} | set(Limiter.KEYS[node["kind"]])
+            if loc == ["server", "concurrency"]:  # one kind's keys (sim.protections.LIMIT_KEYS)
+                from sim.protections import LIMIT_KEYS
+                expected = {"kind"} | set(LIMIT_KEYS[node["kind"]])
             missing += [".".join(map(str, loc + [k])) for k in expected - set(node)]
     assert missing == []
     s = load_scenario(next(p for p in shipped_scenarios() if p.stem == "every-key"))

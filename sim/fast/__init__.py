@@ -17,8 +17,8 @@ compiled. Who a fraction event picks and when (`sim.waves`) is drawn in Python a
     >>> result.summary["engine"]
     'fast'
 
-Server-wide events (outage, capacity, admit, partition, failover) act in Python between two
-stretches of the loop, at their `at` and at their ends, in the order `des` fires them (file order
+Server-wide events (outage, capacity, admit, partition, failover, token-purge) act in Python
+between two stretches of the loop, at their `at` and at their ends, in the order `des` fires them (file order
 at the same instant, an end after the events scheduled before it); a capacity ramp's steps are
 heap entries of the loop.
 
@@ -35,24 +35,26 @@ unsupported raises `UnsupportedScenario` naming it, and `--engine auto` falls ba
 The modules, named after the reference engine's parts (each compiled kernel names the part of
 `sim.des`, `sim.server`, `sim.p2p` or `sim.record` it mirrors):
 
-    ==========  ================================================================================
-    layout      the packed arrays' fields, as tables (start here)
-    heap        the 4-ary heap of packed rows (SimPy's event queue)
-    record      `sim.record` over arrays: levels, counters, the share watch
-    streams     `sim.streams`: blocks of draws, the policy's delay formula
-    limiter     `sim.limiters`' kernels on the client limiter's rows (`Model._limiter_row`)
-    clients     a client's state counts and wake-ups (`Model.set_state`, `Model.wake`)
-    server      `sim.server.LoginServer`: submit, start, dispatch, done, lose, control
-    p2p         `sim.p2p.Supernodes`, the tick (`Model.p2p_ticks`), `Model.set_state` (`become`)
-    loop        the compiled event loop (`advance`): events and a client's steps (`Model.life`)
-    engine      the Python side: `run`, `Engine`, array growth, draw refills, warm-up
-    events      the scenario's events as `Engine` acts them between stretches of the loop
-    cache       keeps numba's on-disk cache consistent with the package's sources
-    ==========  ================================================================================
+    ===========  ================================================================================
+    layout       the packed arrays' fields, as tables (start here)
+    heap         the 4-ary heap of packed rows (SimPy's event queue)
+    record       `sim.record` over arrays: levels, counters, the share watch
+    streams      `sim.streams`: blocks of draws, the policy's delay formula
+    limiter      `sim.limiters`' kernels on the client limiter's rows (`Model._limiter_row`)
+    protections  `sim.protections`' kernels: concurrency limit, CoDel, Retry-After from the queue
+    clients      a client's state counts and wake-ups (`Model.set_state`, `Model.wake`)
+    server       `sim.server.LoginServer`: submit, start, dispatch, done, lose, control
+    p2p          `sim.p2p.Supernodes`, the tick (`Model.p2p_ticks`), `Model.set_state` (`become`)
+    loop         the compiled event loop (`advance`): events and a client's steps (`Model.life`)
+    engine       the Python side: `run`, `Engine`, array growth, draw refills, warm-up
+    events       the scenario's events as `Engine` acts them between stretches of the loop
+    cache        keeps numba's on-disk cache consistent with the package's sources
+    ===========  ================================================================================
 
-numba caches the compiled code in `sim/fast/__pycache__`; `cache` clears it when any
-module of the package (or `sim.policies`, `sim.limiters`) changed since it was written, because
-numba checks only the file of the function it loads, not the files of the functions it calls.
+numba caches the compiled code in `sim/fast/__pycache__`; `cache` clears it when any module of
+the package (or `sim.policies`, `sim.limiters`, `sim.protections`, `sim.record`) changed since it
+was written, because numba checks only the file of the function it loads, not the files of the
+functions it calls.
 """
 
 from __future__ import annotations

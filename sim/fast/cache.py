@@ -11,7 +11,7 @@ import hashlib
 from itertools import chain
 from pathlib import Path
 
-from sim import limiters, policies, record
+from sim import limiters, policies, protections, record
 
 HERE = Path(__file__).parent
 CACHE = HERE / "__pycache__"
@@ -20,7 +20,7 @@ STAMP = CACHE / "sources.sha256"
 
 def sources_digest() -> str:
     """A sha256 over the package's sources and those of the modules it compiles or folds in."""
-    files = sorted(HERE.glob("*.py")) + [Path(m.__file__) for m in (policies, limiters, record)]
+    files = sorted(HERE.glob("*.py")) + [Path(m.__file__) for m in (policies, limiters, protections, record)]
     return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
 
 

@@ -19,24 +19,25 @@ from sim.fast import loop
 from sim.fast.events import EventActions
 from sim.fast.heap import push
 from sim.fast.layout import (
-    BLOCK, D_U01, DONE, G_BELOW0, G_BUSY_TIME, G_EVER0, G_LAST_UP0, G_LOWEST, G_LOWEST_AT, G_SHARE,
+    BLOCK, D_RESUME, D_U01, DONE, G_BELOW0, G_BUSY_TIME, G_EVER0, G_LAST_UP0, G_LOWEST, G_LOWEST_AT, G_SHARE,
     G_SINCE, G_TAIL_MAX, G_TOKENS, G_TOKENS_AT, G_WAITS_SUM, G_WASTED_TIME, GROW_HEAP, GROW_LOGINS, GROW_POOL, INF,
-    K_SESSION_END, K_TICK, K_WANT, MAX_PARTITIONS, N_G, N_S, N_STREAMS, NOT_YET, OFFLINE, ONLINE, P2P_TICK,
+    K_SESSION_END, K_TICK, K_WANT, MAX_PARTITIONS, N_G, N_P, N_Q, N_S, N_STREAMS, NOT_YET, OFFLINE, ONLINE, P2P_TICK,
     P_PER_WORKER, P_PROMO_DELAY, P_PROMO_RATE, P_RATIO, P_SHUTDOWN_AT, P_SHUTDOWN_RATE, Q_DEDICATED, Q_EXTRA,
-    Q_L_DEVICE, Q_L_DRAWS, Q_L_GROUPS, Q_L_STOPS, Q_LIMITER, Q_WORKERS, REFILL, S_EPISODES, S_EVENTS, S_FREE,
-    S_GAVE_UP, S_HN, S_LOGINS, S_N0, S_NONS, S_NSN, S_POS, S_QH, S_QN, S_RJH, S_RJN, S_SEQ, S_SFREE, S_WAITS_POS,
-    S_WAITS_STARTED, SPARE)
+    Q_ALIFO, Q_CLIMIT, Q_CODEL, Q_L_DEVICE, Q_L_DRAWS, Q_L_GROUPS, Q_L_STOPS, Q_LIMITER, Q_QUEUE_RA, Q_RESUME,
+    Q_RESUME_SVC, Q_WORKERS, REFILL, S_EPISODES, S_EVENTS, S_FREE, S_GAVE_UP, S_HN, S_LOGINS, S_N0, S_NONS, S_NSN,
+    S_POS, S_QH, S_QN, S_RJH, S_RJN, S_SEQ, S_SFREE, S_WAITS_POS, S_WAITS_STARTED, SPARE)
 from sim.fast.p2p import seed, start_p2p
 from sim.fast.server import control
 from sim.fast.streams import POLICY_CODES
 from sim.metrics import summarize, timeseries
+from sim.protections import codel_params, codel_row, limit_params, limit_row
 from sim.record import COUNTS, LEVELS, RunRecords
 from sim.results import Progress, RunResult, UnsupportedScenario
 from sim.scenario import Scenario
 from sim.waves import rate_schedule
 
 SUPPORTED_EVENTS = ("reboot", "disconnect", "login", "outage", "capacity", "admit", "partition", "surge", "failover",
-                    "p2p-rules")
+                    "p2p-rules", "token-purge")
 
 
 def run(scenario: Scenario, *, until: float | None = None, rng: np.random.Generator | None = None,
@@ -158,7 +159,11 @@ class Engine(EventActions):
         self._init_heap(pop, n, online, m)
         self._init_pool(min(m, srv.queue_limit) + srv.workers + 64)
         self.policy = c.build_policy()
-        self.streams = (c.timeout, c.connect_delay, c.relaunch, pop.session, pop.offline, srv.service_time, None, None)
+        # a resumption's own service time (docs/model.md section 3.4): drawn only when resumptions
+        # can happen, and last, so that every other stream draws what it drew before it existed
+        resume = srv.resume.service_time if srv.resume is not None and c.resume_window > 0 else None
+        self.streams = (c.timeout, c.connect_delay, c.relaunch, pop.session, pop.offline, srv.service_time, None, None,
+                        resume)
         self.draws = np.empty((N_STREAMS, BLOCK))
         for k in range(N_STREAMS):
             self.draws[k] = self._sample(k, BLOCK)
@@ -166,6 +171,7 @@ class Engine(EventActions):
         self.logins = np.empty(max(1024, m))
         self._init_params(s, rec, m, n)
         self._init_limiter(c, n, m)
+        self._init_protections(s, online, m)
         self._start_p2p(srv.p2p, m)
         workers = int(self.Q[Q_WORKERS])
         rec.levels["workers"].set(0.0, workers)
@@ -212,14 +218,15 @@ class Engine(EventActions):
             srv.queue_limit, base, cap, mult, top, ov.knee if ov else 0.0, ov.per_request if ov else 0.0,
             rl.rate if rl else 0.0, rl.bucket if rl else 0.0, rl.retry_after if rl else 0.0,
             rec.watch.start, thresholds[0], thresholds[1], srv.reject_cost, INF, 0.0, 0.0, 0.0, 0.0, INF, 0.0, 0.0,
-            srv.fault_rate], dtype=float)
+            srv.fault_rate, c.resume_window, srv.retry_after_max, srv.service_time.mean], dtype=float)
         p2p = srv.p2p
         self.Q = np.array([srv.workers, POLICY_CODES[type(pol).kernel], int(pol.random), pol.max_attempts,
                            int(srv.discipline == "lifo"), int(srv.drop_expired or srv.cancel_on_timeout),
                            int(srv.cancel_on_timeout), int(c.honor_retry_after), len(rec.counts["attempts"].bins),
                            int(ov is not None), int(rl is not None), n, srv.workers, 0, int(p2p is not None),
                            p2p.children if p2p else 0, p2p.slots if p2p else 0, 16 + (p2p.children if p2p else 0),
-                           0, 0, 0, 0, 1, int(srv.fault_when == "fast")], dtype=np.int64)
+                           0, 0, 0, 0, 1, int(srv.fault_when == "fast"), 0, 0, 0, 0, 0, 0], dtype=np.int64)
+        assert len(self.P) == N_P and len(self.Q) == N_Q, "sim.fast.layout's P_ or Q_ fields changed"
         self.S = np.zeros(N_S, dtype=np.int64)
         self.S[S_HN], self.S[S_SEQ] = self.heap_size, self.heap_size
         self.S[S_FREE] = len(self.free)
@@ -242,6 +249,27 @@ class Engine(EventActions):
         Q = self.Q
         Q[Q_LIMITER], Q[Q_L_DRAWS], Q[Q_L_STOPS] = lim.code, int(lim.draws), int(lim.stops_retries)
         Q[Q_L_DEVICE], Q[Q_L_GROUPS] = int(lim.per_device), rows
+
+    def _init_protections(self, s: Scenario, online: int, m: int) -> None:
+        """The server's adaptive protections and the clients' tokens (`pr`, docs/model.md sections
+        3.3, 3.4), as `LoginServer` and `Model` set them up; size-1 dummies for what is off."""
+        c, srv, Q = s.client, s.server, self.Q
+        lim, codel = srv.concurrency, srv.codel
+        lprm = limit_params(lim.kind, **lim.keys()) if lim is not None else np.zeros(1)
+        lrow = limit_row(lim.kind, **lim.keys()) if lim is not None else np.zeros(1)
+        cprm = codel_params(codel.target, codel.interval) if codel is not None else np.zeros(1)
+        crow = codel_row() if codel is not None else np.zeros(1)
+        if c.resume_window > 0:  # the clients online at t = 0 logged in at 0; the others hold no token
+            tok = np.full(m, -INF)
+            tok[:online] = 0.0
+        else:
+            tok = np.full(1, -INF)
+        self.pr = tuple(np.ascontiguousarray(a, dtype=float) for a in (lprm, lrow, cprm, crow, tok))
+        Q[Q_CLIMIT], Q[Q_CODEL] = int(lim is not None), int(codel is not None)
+        Q[Q_ALIFO] = int(codel is not None and codel.adaptive_lifo)
+        Q[Q_QUEUE_RA] = int(srv.retry_after_from == "queue")
+        Q[Q_RESUME] = int(c.resume_window > 0)
+        Q[Q_RESUME_SVC] = int(self.streams[D_RESUME] is not None)
 
     def _start_p2p(self, cfg, m: int) -> None:
         """docs/model.md section 3.2 at t = 0 (as `Model._start_p2p`): the wanted supernodes among the clients
@@ -289,6 +317,8 @@ class Engine(EventActions):
         dist = self.streams[k]
         if k == D_U01:  # hang or not, fail fast or not (partitions); fault or not; the adaptive limiter's
             return self.rng.random(size)
+        if k == D_RESUME and dist is None:  # no resumption draws: no random numbers taken
+            return np.zeros(size)
         if dist is None:
             return self.rng.random(size) if self.policy.random else np.zeros(size)
         return np.broadcast_to(np.asarray(dist.sample(self.rng, size), dtype=float), (size,))
@@ -397,7 +427,7 @@ class Engine(EventActions):
         while True:
             P, Q, S, G, cl, hp, pool, draws, PT, rec = self._loop_args()
             status = loop.advance(float(until), P, Q, S, G, cl, hp, pool, draws, PT, self.hits, self.arrivals, rec,
-                                  self.pp, self.lm)
+                                  self.pp, self.lm, self.pr)
             if status == DONE:
                 return
             self._make_room(status)
@@ -421,7 +451,7 @@ class Engine(EventActions):
         self.grow_heap(int(self.S[S_HN]) + len(self.rc) + 64)  # a loss answers at most every slot
         now = self.now
         P, Q, S, G, cl, hp, pool, draws, PT, rec = self._loop_args()
-        control(code, x, now, P, Q, S, G, cl, hp, pool, draws, PT, rec)
+        control(code, x, now, P, Q, S, G, cl, hp, pool, draws, PT, rec, self.pr)
 
     def _refill(self) -> None:
         """Streams running low keep their unread draws and get a fresh block behind them."""

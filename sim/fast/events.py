@@ -1,9 +1,9 @@
 """The scenario's events (docs/model.md section 3.1) as the compiled engine acts them, in Python.
 
-Server-wide events (outage, capacity, admit, partition, failover) act between two stretches of
-the loop, at their `at` and at their ends, in the order `sim.des.Model.fire` fires them; a
-capacity ramp's steps are heap entries of the loop. A fraction event picks its clients and
-draws their times here (`sim.waves`); the hits join the loop as a sorted stream.
+Server-wide events (outage, capacity, admit, partition, failover, token-purge) act between two
+stretches of the loop, at their `at` and at their ends, in the order `sim.des.Model.fire` fires
+them; a capacity ramp's steps are heap entries of the loop. A fraction event picks its clients
+and draws their times here (`sim.waves`); the hits join the loop as a sorted stream.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 
 from sim.fast.heap import push_many
 from sim.fast.layout import (CT_DISPATCH, CT_LOSE, CT_WORKERS, H_DISCONNECT, H_LOGIN, H_REBOOT, INF, K_WORKERS,
-                             OFFLINE, ONLINE, OUT_BLACKHOLE, OUT_NONE, OUT_REFUSE, P_ADMIT, P_ADMIT_RA,
-                             Q_ABASE, Q_DEDICATED, S_ARR, S_HIT, S_HN, S_NPART, S_OUTAGE, S_RAMP)
+                             OFFLINE, ONLINE, OUT_BLACKHOLE, OUT_NONE, OUT_REFUSE, P_ADMIT, P_ADMIT_RA, PR_TOK,
+                             Q_ABASE, Q_DEDICATED, Q_RESUME, S_ARR, S_HIT, S_HN, S_NPART, S_OUTAGE, S_RAMP)
 from sim.waves import pick, wave_times
 
 
@@ -91,6 +91,14 @@ class EventActions:
         self.S[S_NPART] = len(self.partitions)
         for i, entry in enumerate(self.partitions):
             self.PT[i] = entry
+
+    def _token_purge(self, e) -> None:
+        """The tokens of `fraction` of the clients that exist now are revoked (`Model.fire`): their
+        next logins are full ones. Without tokens (resume_window 0) there is nothing to revoke."""
+        if not self.Q[Q_RESUME]:
+            return
+        existing = int(self.Q[Q_ABASE] + self.S[S_ARR])  # arrivals still to come hold none
+        self.pr[PR_TOK][pick(self.rng, np.arange(existing), e.fraction)] = -INF
 
     def _failover(self, e) -> None:
         """The primary dies: in-flight requests fail, sessions drop, clients find the standby late.

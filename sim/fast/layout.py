@@ -26,7 +26,7 @@ Float parameters `P` (float64; set at the start, the marked ones by events):
     P_TAIL0             the tail window's start                                    s
     P_RTT               client round trip (a refusal's reply arrives after it)      s
     P_GIVE_UP           give_up_after, from the episode's first attempt            s
-    P_RETRY_AFTER       the server's Retry-After on a 503 (queue full, no home)    s
+    P_RETRY_AFTER       a busy tier's fixed Retry-After (without Q_QUEUE_RA)       s
     P_QLIMIT            queue_limit                                                requests
     P_BASE, CAP         the policy's kernel arguments (`Policy.kernel_args`)       s
     P_MULT, TOP         the same: multiplier, top                                  -
@@ -47,6 +47,11 @@ Float parameters `P` (float64; set at the start, the marked ones by events):
     P_PER_WORKER        p2p: homes per dedicated worker (children / slots)         clients
     P_FAULT             fault_rate: share of the requests past the checks that    share
                         fail whatever the load (0: no fault injection, no draws)
+    P_RESUME_WINDOW     client.resume_window: a token younger than this makes an   s
+                        attempt a resumption (0: never; Q_RESUME is then 0)
+    P_RA_MAX            retry_after_max: the top of a Retry-After computed from    s
+                        the queue (Q_QUEUE_RA)
+    P_MEAN_SERVICE      the mean of server.service_time (the queue's Retry-After)  s
     ==================  =========================================================  ========
 
 Int parameters `Q` (int64; the marked ones change during the run):
@@ -80,6 +85,15 @@ Int parameters `Q` (int64; the marked ones change during the run):
     Q_L_GROUPS      rows of shared limiter state (a client uses row id % groups)
     Q_FAULT_FAST    1: an injected fault answers an error at once (fault_when "fast"),
                     0: after its service ("after-service")
+    Q_CLIMIT        1: the adaptive concurrency limit is on (`[server.concurrency]`:
+                    PR_LPRM, PR_LROW; 0: the loop touches neither)
+    Q_CODEL         1: CoDel queue timeouts are on (`[server.codel]`: PR_CPRM, PR_CROW)
+    Q_ALIFO         1: CoDel's adaptive LIFO (newest first while CoDel is overloaded)
+    Q_QUEUE_RA      1: a busy tier's 503 carries a Retry-After computed from the queue
+                    (retry_after_from "queue"), 0: P_RETRY_AFTER
+    Q_RESUME        1: clients hold tokens (resume_window > 0: PR_TOK is per client)
+    Q_RESUME_SVC    1: a resumption's service time is drawn from `[server.resume]`
+                    (stream D_RESUME), 0: from service_time (D_SERVICE)
     ==============  ============================================================
 
 Int state `S` (int64; counts, ring heads, list lengths):
@@ -111,7 +125,7 @@ Int state `S` (int64; counts, ring heads, list lengths):
     S_NROOM              supernodes with room (used length of `room`)
     S_NONS               ONLINE ordinary clients (used length of `ons`)
     S_SFREE              free supernode slots (the top of the `sfree` stack)
-    S_POS + k            read position in draw stream k (D_TIMEOUT .. D_U01)
+    S_POS + k            read position in draw stream k (D_TIMEOUT .. D_RESUME)
     ===================  ==========================================================
 
 Float state `G` (float64):
@@ -165,7 +179,8 @@ Tuples of arrays the kernels take, by index:
                 slots), PL_QUEUE (ring of queued slots), PL_STATE (R_*), PL_HANG (bits:
                 HANG_PARTITION 1: a partition may hang it, HANG_FAULT 2: an injected
                 fault, answered with an error after its service; K_DONE answers an
-                error when any bit is left), PL_REJECTS (ring of reject work waiting)
+                error when either is left; HANG_RESUME 4: a session resumption, served
+                from D_RESUME with Q_RESUME_SVC), PL_REJECTS (ring of reject work waiting)
     rec         `sim.record` as arrays: REC_LV (per level: value, since, integral),
                 REC_LB (level bins), REC_LS (level window snapshots; nan: not taken),
                 REC_WS (the windows' starts: steady, tail), REC_CT (counter totals),
@@ -188,12 +203,19 @@ Tuples of arrays the kernels take, by index:
                 resets a per-device row to it), LM_HELD (per client: the quota cost the
                 episode's last retry took, 0 at the episode's start); size-1 dummies
                 when Q_LIMITER is 0, so the loop has one compiled signature
+    pr          the server's adaptive protections and the clients' tokens (docs/model.md
+                sections 3.3, 3.4, `sim.protections`), all float64: PR_LPRM (the
+                concurrency limit's `prm`, x 10), PR_LROW (its state row, x 4), PR_CPRM
+                (CoDel's `prm`, x 2), PR_CROW (its state row, x 4), PR_TOK (per client:
+                when it last logged in, -inf: no token); size-1 dummies for what is off
+                (Q_CLIMIT, Q_CODEL, Q_RESUME 0), so the loop has one compiled signature
     ==========  ==========================================================================
 
 `PT` (float64, MAX_PARTITIONS x 5): per active partition: PT_OFFSET (its key offset), PT_FRACTION,
 PT_FAILURE (probability a request hangs / fails fast), PT_HANG (how long a hang lasts),
 PT_ISOLATE_AT (from then on: fail fast). `draws` (float64, N_STREAMS x BLOCK): blocks of each
-stream's own samples, read at S_POS + k.
+stream's own samples, read at S_POS + k (D_RESUME only with Q_RESUME_SVC: zeros otherwise, and
+never refilled, so the other streams draw exactly what they drew before it existed).
 """
 
 from __future__ import annotations
@@ -209,9 +231,10 @@ OFFLINE, CONNECTING, ONLINE, GAVE_UP, NOT_YET = 0, 1, 2, 3, 4
 # rows of the levels and counters (sim.record's LEVELS and COUNTS)
 L_QUEUE, L_SERVING, L_REJECTING, L_WORKERS, L_SUPERNODES, L_ORBIT = (
     LEVELS.index(n) for n in ("queue", "serving", "rejecting", "workers", "supernodes", "orbit"))
-C_ATTEMPTS, C_SUCCESSES, C_REJECTED, C_TIMEOUTS, C_ERRORS, C_WASTED, C_SUPPRESSED, C_SHORT = (
+(C_ATTEMPTS, C_SUCCESSES, C_REJECTED, C_TIMEOUTS, C_ERRORS, C_WASTED, C_SUPPRESSED, C_SHORT, C_RESUMPTIONS,
+ C_RESUMED) = (
     COUNTS.index(n) for n in ("attempts", "successes", "rejected", "timeouts", "errors", "wasted", "suppressed",
-                              "short_circuited"))
+                              "short_circuited", "resumptions", "resumed"))
 SC_REFUSALS, SC_TIMEOUTS = 0, 1  # start counters: steady_refusals, steady_timeouts
 
 # heap entry kinds: a client's timer or reply (valid while its generation matches; a refusal's
@@ -235,20 +258,22 @@ MAX_PARTITIONS = 64
 
 # draw streams: blocks of each distribution's own samples (D_UNIFORM: the policy's, zeros when it
 # draws none; D_U01: partitions' hang / fail-fast, fault injection, the adaptive limiter: at most
-# 4 in one attempt, within SPARE)
-D_TIMEOUT, D_CONNECT, D_RELAUNCH, D_SESSION, D_OFFLINE, D_SERVICE, D_UNIFORM, D_U01 = range(8)
-N_STREAMS, BLOCK, SPARE = 8, 1 << 15, 8
+# 4 in one attempt, within SPARE; D_RESUME: `[server.resume]`'s service time, last so that the
+# others are filled as before it existed, zeros and never read without it)
+D_TIMEOUT, D_CONNECT, D_RELAUNCH, D_SESSION, D_OFFLINE, D_SERVICE, D_UNIFORM, D_U01, D_RESUME = range(9)
+N_STREAMS, BLOCK, SPARE = 9, 1 << 15, 8
 
 # float parameters
 (P_WIDTH, P_STEADY0, P_STEADY1, P_TAIL0, P_RTT, P_GIVE_UP, P_RETRY_AFTER, P_QLIMIT, P_BASE, P_CAP, P_MULT,
  P_TOP, P_KNEE, P_PER_REQ, P_RL_RATE, P_RL_BURST, P_RL_RA, P_W_START, P_THR0, P_THR1, P_REJECT_COST,
  P_ADMIT, P_ADMIT_RA, P_RATIO, P_PROMO_DELAY, P_PROMO_RATE, P_SHUTDOWN_AT, P_SHUTDOWN_RATE, P_PER_WORKER,
- P_FAULT) = range(30)
-N_P = P_FAULT + 1
+ P_FAULT, P_RESUME_WINDOW, P_RA_MAX, P_MEAN_SERVICE) = range(33)
+N_P = P_MEAN_SERVICE + 1
 # int parameters
 (Q_WORKERS, Q_POLICY, Q_RANDOM, Q_MAX_ATT, Q_LIFO, Q_DROP, Q_CANCEL, Q_HONOR, Q_NBINS, Q_OVERLOAD, Q_RL, Q_ABASE,
  Q_DEDICATED, Q_EXTRA, Q_P2P, Q_CHILDREN, Q_SLOTS, Q_MARGIN, Q_LIMITER, Q_L_DRAWS, Q_L_STOPS, Q_L_DEVICE,
- Q_L_GROUPS, Q_FAULT_FAST) = range(24)
+ Q_L_GROUPS, Q_FAULT_FAST, Q_CLIMIT, Q_CODEL, Q_ALIFO, Q_QUEUE_RA, Q_RESUME, Q_RESUME_SVC) = range(30)
+N_Q = Q_RESUME_SVC + 1
 # int state
 (S_HN, S_SEQ, S_QH, S_QN, S_FREE, S_BUSY, S_SERVING, S_HIT, S_ARR, S_EVENTS, S_N0, S_N1, S_N2, S_N3, S_EPISODES,
  S_GAVE_UP, S_WAITS_STARTED, S_WAITS_POS, S_LOGINS, S_OUTAGE, S_RJH, S_RJN, S_REDISPATCH, S_RAMP, S_NPART,
@@ -266,9 +291,11 @@ HP_TIME, HP_SEQ, HP_CODE, HP_GEN = range(4)
  CL_LEARNED) = range(12)
 PL_CLIENT, PL_GEN, PL_SENT, PL_DEADLINE, PL_START, PL_FREE, PL_QUEUE, PL_STATE, PL_HANG, PL_REJECTS = range(10)
 LM_PRM, LM_STATE, LM_INITIAL, LM_HELD = range(4)
+PR_LPRM, PR_LROW, PR_CPRM, PR_CROW, PR_TOK = range(5)
 # PL_HANG bits: a partition may hang the request (decided at service start); an injected fault
-# (fault_when = "after-service": served, then answered with an error)
-HANG_PARTITION, HANG_FAULT = 1, 2
+# (fault_when = "after-service": served, then answered with an error); a session resumption
+# (docs/model.md section 3.4: not an error, its service time may differ)
+HANG_PARTITION, HANG_FAULT, HANG_RESUME = 1, 2, 4
 (REC_LV, REC_LB, REC_LS, REC_WS, REC_CT, REC_CB, REC_CS, REC_SCB, REC_SCT, REC_SCS, REC_LOGINS) = range(11)
 (PP_SIDX, PP_SINCE, PP_HOME, PP_NEXT, PP_PREV, PP_ONPOS, PP_ONS, PP_SCID, PP_HEAD, PP_NKIDS, PP_RPOS, PP_ROOM,
  PP_APOS, PP_ACTIVE, PP_SFREE, PP_BUF) = range(16)

@@ -20,23 +20,26 @@ import math
 
 from numba import njit
 
+from sim import protections
 from sim.fast.clients import state_level, wake
 from sim.fast.heap import pop, push, top_kind
 from sim.fast.layout import (
     A_ATTEMPT, A_EPISODE, A_ERROR, A_FAIL, A_GIVE_UP, A_NONE, A_OFFLINE, A_ONLINE, A_REBOOT, A_REFUSAL, A_SUCCESS,
-    A_TIMEOUT, CONNECTING, CT_WORKERS, C_ATTEMPTS, C_ERRORS, C_REJECTED, C_SHORT, C_SUCCESSES, C_SUPPRESSED,
-    C_TIMEOUTS, C_WASTED, DONE, D_CONNECT, D_OFFLINE, D_RELAUNCH, D_SESSION, D_TIMEOUT, D_U01, D_UNIFORM,
-    GAVE_UP, GROW_HEAP, GROW_LOGINS, GROW_POOL, G_BUSY_TIME, G_REDISPATCH_AT, G_WASTED_TIME, HANG_FAULT,
-    H_DISCONNECT, H_LOGIN, H_REBOOT, INF, K_ATTEMPT, K_DONE, K_FAULT, K_REBOOT_END, K_REFUSED, K_REJECT_DONE,
-    K_RETRY, K_SESSION_END, K_TICK, K_TIMEOUT, K_WANT, K_WORKERS, LM_HELD, L_ORBIT, L_QUEUE, L_REJECTING,
-    L_SERVING, N_STREAMS, OFFLINE, ONLINE, OUT_BLACKHOLE, OUT_REFUSE, P2P_TICK, P_ADMIT, P_ADMIT_RA, P_BASE,
-    P_CAP, P_FAULT, P_GIVE_UP, P_MULT, P_QLIMIT, P_REJECT_COST, P_RETRY_AFTER, P_RL_RA, P_RTT, P_TOP, P_WIDTH,
-    Q_ABASE, Q_FAULT_FAST, Q_HONOR, Q_L_DEVICE, Q_L_DRAWS, Q_L_STOPS, Q_LIMITER, Q_MARGIN, Q_MAX_ATT, Q_NBINS,
-    Q_P2P, Q_POLICY, Q_RANDOM, Q_RL, Q_WORKERS, REFILL, R_DEAD, R_QUEUED, R_REJECT, SC_REFUSALS, SC_TIMEOUTS,
+    A_TIMEOUT, CONNECTING, CT_WORKERS, C_ATTEMPTS, C_ERRORS, C_REJECTED, C_RESUMED, C_RESUMPTIONS, C_SHORT,
+    C_SUCCESSES, C_SUPPRESSED, C_TIMEOUTS, C_WASTED, DONE, D_CONNECT, D_OFFLINE, D_RELAUNCH, D_SESSION, D_TIMEOUT,
+    D_U01, D_UNIFORM, GAVE_UP, GROW_HEAP, GROW_LOGINS, GROW_POOL, G_BUSY_TIME, G_REDISPATCH_AT, G_WASTED_TIME,
+    HANG_FAULT, HANG_PARTITION, HANG_RESUME, H_DISCONNECT, H_LOGIN, H_REBOOT, INF, K_ATTEMPT, K_DONE, K_FAULT,
+    K_REBOOT_END, K_REFUSED, K_REJECT_DONE, K_RETRY, K_SESSION_END, K_TICK, K_TIMEOUT, K_WANT, K_WORKERS, LM_HELD,
+    L_ORBIT, L_QUEUE, L_REJECTING, L_SERVING, N_STREAMS, OFFLINE, ONLINE, OUT_BLACKHOLE, OUT_REFUSE, P2P_TICK,
+    PR_CPRM, PR_CROW, PR_LPRM, PR_LROW, PR_TOK, P_ADMIT, P_ADMIT_RA, P_BASE, P_CAP, P_FAULT, P_GIVE_UP, P_MULT,
+    P_QLIMIT, P_REJECT_COST, P_RESUME_WINDOW, P_RL_RA, P_RTT, P_TOP, P_WIDTH, Q_ABASE, Q_CLIMIT, Q_CODEL,
+    Q_FAULT_FAST, Q_HONOR, Q_L_DEVICE, Q_L_DRAWS, Q_L_STOPS, Q_LIMITER, Q_MARGIN, Q_MAX_ATT, Q_NBINS, Q_P2P,
+    Q_POLICY, Q_RANDOM, Q_RESUME, Q_RL, Q_WORKERS, REFILL, R_DEAD, R_QUEUED, R_REJECT, SC_REFUSALS, SC_TIMEOUTS,
     SPARE, S_ARR, S_BUSY, S_EPISODES, S_EVENTS, S_FREE, S_GAVE_UP, S_HIT, S_HN, S_LOGINS, S_N0, S_OUTAGE, S_POS,
     S_QH, S_QN, S_RAMP, S_REDISPATCH, S_RJH, S_RJN, S_SERVING)
 from sim.fast.limiter import limiter_reset, limiter_result, limiter_retry, limiter_send
 from sim.fast.p2p import become, tick
+from sim.fast.protections import busy_retry_after
 from sim.fast.record import count, count_start, level_add, watch
 from sim.fast.server import (control, dispatch, free, home_full, partition_hang, reply_after_rtt, start,
                              take_token)
@@ -45,10 +48,11 @@ from sim.limiters import FAILED, OK, SHORT, TIMED_OUT
 
 
 @njit(cache=True)
-def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp, lm):
+def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp, lm, pr):
     """Process every event before `until`; returns DONE, or what Python must do before calling again."""
     st, gen, rebooting, orbiting, begun, first, sent, prev, natt, cra, keys, learned = cl
     rc, rg, rsent, rdl, rstart, free_slots, queue, rstate, rhang, rejects = pool
+    tok = pr[PR_TOK]
     hit_t, hit_c, hit_k, hit_d = hits
     logins = rec[10]
     width, nbins = P[P_WIDTH], Q[Q_NBINS]
@@ -68,7 +72,7 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                 return REFILL
         if S[S_REDISPATCH]:  # a dispatch that ran short of draws or heap resumes at its instant
             S[S_REDISPATCH] = 0
-            dispatch(P, Q, S, G, keys, pool, draws, PT, hp, rec, G[G_REDISPATCH_AT])
+            dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, pr, G[G_REDISPATCH_AT])
             continue
         t_heap = hp[0, 0] if S[S_HN] > 0 else INF
         t_hit = hit_t[S[S_HIT]] if S[S_HIT] < n_hits else INF
@@ -76,7 +80,7 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
         now = min(t_heap, t_hit, t_arr)
         if now >= until:
             return DONE
-        action, cid, ra, arg, timed_out = A_NONE, -1, 0.0, 0.0, False
+        action, cid, ra, arg, timed_out, resumed = A_NONE, -1, 0.0, 0.0, False, False
         if t_hit == now:  # a fraction event hits one client (docs/model.md section 3.1)
             i = S[S_HIT]
             S[S_HIT] = i + 1
@@ -88,6 +92,8 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                 rebooting[cid] = 1
                 if Q[Q_L_DEVICE]:  # the app restarts with a fresh limiter (Model.reboot)
                     limiter_reset(lm, cid)
+                if Q[Q_RESUME]:  # the device forgets its session: the next login is a full one
+                    tok[cid] = -INF
                 action, arg = A_REBOOT, hit_d[i]
             elif kind == H_DISCONNECT and cur == ONLINE:
                 wake(P, Q, S, cl, rec, cid, now)
@@ -109,7 +115,7 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
             kind, a, g = pop(hp, S)
             if kind == K_WORKERS:  # a capacity ramp's step, unless a newer capacity event replaced it
                 if g == S[S_RAMP]:
-                    control(CT_WORKERS, a, now, P, Q, S, G, cl, hp, pool, draws, PT, rec)
+                    control(CT_WORKERS, a, now, P, Q, S, G, cl, hp, pool, draws, PT, rec, pr)
             elif kind == K_TICK:  # the supernode rules' minute
                 tick(P, Q, S, G, cl, hp, pp, pool, rec, now)
                 push(hp, S, now + P2P_TICK, K_TICK, 0, 0)
@@ -125,7 +131,7 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                 if deliver and not late and P[P_RTT] > 0:
                     push(hp, S, now + P[P_RTT], K_REFUSED, cid, gen[cid])
                     deliver = False
-                dispatch(P, Q, S, G, keys, pool, draws, PT, hp, rec, now)
+                dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, pr, now)
                 if deliver and not late:
                     gen[cid] += 1
                     action = A_REFUSAL
@@ -136,6 +142,9 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                 r = a
                 cid = rc[r]
                 wasted = now >= rdl[r]
+                if Q[Q_CLIMIT]:  # the limit learns from the request's time at the tier (before it leaves)
+                    protections.limit_sample(pr[PR_LPRM], pr[PR_LROW], now - rsent[r], S[S_QN] + S[S_SERVING],
+                                             wasted)
                 G[G_BUSY_TIME] += now - rstart[r]
                 if wasted:
                     G[G_WASTED_TIME] += now - rstart[r]
@@ -144,9 +153,10 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                 S[S_BUSY] -= 1
                 level_add(rec, L_SERVING, now, -1.0, width, nbins)
                 deliver = not wasted and rg[r] == gen[cid]  # an orphan's reply reaches nobody
-                hung = rhang[r] != 0
+                hung = (rhang[r] & (HANG_PARTITION | HANG_FAULT)) != 0
+                resumed = Q[Q_RESUME] != 0 and (rhang[r] & HANG_RESUME) != 0
                 free(S, pool, r)
-                dispatch(P, Q, S, G, keys, pool, draws, PT, hp, rec, now)
+                dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, pr, now)
                 if deliver:
                     gen[cid] += 1  # its deadline no longer concerns it
                     action = A_ERROR if hung else A_SUCCESS
@@ -197,6 +207,9 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                 if natt[cid] == 0:
                     first[cid] = now
                 natt[cid] += 1
+                resume = False  # docs/model.md section 3.4: a valid token makes it a resumption
+                if Q[Q_RESUME]:
+                    resume = now - tok[cid] < P[P_RESUME_WINDOW]
                 if Q[Q_LIMITER]:  # docs/model.md section 4.7: the limiter may refuse the call locally
                     u = draw(draws, S, D_U01) if Q[Q_L_DRAWS] else 0.0
                     if limiter_send(Q, lm, cid, now, natt[cid] == 1, u) == SHORT:
@@ -205,6 +218,8 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                         action = A_FAIL
                         continue
                 count(rec, C_ATTEMPTS, now, width, nbins)
+                if resume:
+                    count(rec, C_RESUMPTIONS, now, width, nbins)
                 sent[cid] = now
                 timeout = draw(draws, S, D_TIMEOUT)
                 # the checks in the contract's order (LoginServer.submit); -1: no refusal
@@ -225,18 +240,22 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                     if hang < 0:  # fail fast after isolate_at
                         ra = 0.0
                     elif Q[Q_P2P] and home_full(P, Q, S):  # p2p: no supernode can home it
-                        ra, costly = P[P_RETRY_AFTER], True
+                        ra, costly = busy_retry_after(P, Q, S), True
                     else:
                         if P[P_FAULT] > 0.0 and draw(draws, S, D_U01) < P[P_FAULT]:  # fails whatever the load
                             if Q[Q_FAULT_FAST]:  # an error at once, no worker: one round trip later
                                 action = reply_after_rtt(P, S, hp, now, timeout, cid, gen[cid], K_FAULT, A_ERROR)
                                 continue
                             hang |= HANG_FAULT  # served, then answered with an error
-                        if not (S[S_BUSY] < Q[Q_WORKERS] and S[S_RJN] == 0) and S[S_QN] >= P[P_QLIMIT]:
-                            ra, costly = P[P_RETRY_AFTER], True
+                        if Q[Q_CLIMIT] and not protections.admits(pr[PR_LROW], S[S_QN] + S[S_SERVING]):
+                            ra, costly = busy_retry_after(P, Q, S), True  # beyond the concurrency limit
+                        elif not (S[S_BUSY] < Q[Q_WORKERS] and S[S_RJN] == 0) and S[S_QN] >= P[P_QLIMIT]:
+                            ra, costly = busy_retry_after(P, Q, S), True
                 if ra < 0 or (costly and P[P_REJECT_COST] > 0):  # the request stays at the server
                     S[S_FREE] -= 1
                     r = free_slots[S[S_FREE]]
+                    if resume:
+                        hang |= HANG_RESUME
                     rc[r], rg[r], rsent[r], rdl[r], rhang[r] = cid, gen[cid], now, now + timeout, hang
                     if ra >= 0:  # refused with work: the reply waits for a worker
                         count(rec, C_REJECTED, now, width, nbins)
@@ -245,8 +264,10 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                         rstate[r] = R_REJECT
                         rejects[(S[S_RJH] + S[S_RJN]) % rejects.shape[0]] = r
                         S[S_RJN] += 1
-                        dispatch(P, Q, S, G, keys, pool, draws, PT, hp, rec, now)
+                        dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, pr, now)
                     elif S[S_BUSY] < Q[Q_WORKERS] and S[S_RJN] == 0:
+                        if Q[Q_CODEL]:  # no wait: it starts the interval's minimum at 0 (never shed)
+                            protections.codel_shed(pr[PR_CPRM], pr[PR_CROW], now, 0.0)
                         start(P, Q, S, G, keys, pool, draws, PT, hp, rec, r, now)
                     else:  # the ring is as long as the pool: it never overflows
                         rstate[r] = R_QUEUED
@@ -308,6 +329,10 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                 logins[S[S_LOGINS]] = now - begun[cid]
                 S[S_LOGINS] += 1
                 count(rec, C_SUCCESSES, now, width, nbins)
+                if Q[Q_RESUME]:  # a fresh token (a resumption's own request says it was one)
+                    if resumed:
+                        count(rec, C_RESUMED, now, width, nbins)
+                    tok[cid] = now
                 action = A_ONLINE
             elif action == A_ONLINE:
                 become(P, Q, S, G, cl, hp, pp, rec, cid, ONLINE, now)

@@ -1,25 +1,29 @@
 """The login server, compiled: `sim.server.LoginServer` over the request pool (`sim.fast.layout`).
 
 A request is a pool slot (client, its generation, send time, deadline, service start, state,
-hang and fault bits); the queue and the reject work waiting for a worker are rings of slots. A
-service's or a refusal's end is a heap entry by slot; a slot whose client moved on is freed there.
+hang, fault and resumption bits); the queue and the reject work waiting for a worker are rings of
+slots. A service's or a refusal's end is a heap entry by slot; a slot whose client moved on is
+freed there. CoDel (`[server.codel]`) acts in `dispatch`, on the rows of `pr` (`sim.fast.protections`).
 """
 
 from __future__ import annotations
 
 from numba import njit
 
+from sim import protections
 from sim.fast.heap import push
 from sim.fast.layout import (
     A_NONE, A_TIMEOUT, K_TIMEOUT, P_RTT,
-    C_REJECTED, C_WASTED, CL_CRA, CL_GEN, CL_KEYS, CT_LOSE, CT_WORKERS, D_SERVICE, D_U01, G_BUSY_TIME,
-    G_REDISPATCH_AT, G_TOKENS, G_TOKENS_AT, G_WAITS_SUM, G_WASTED_TIME, HANG_FAULT, HANG_PARTITION, K_DONE,
-    K_REFUSED, K_REJECT_DONE, L_QUEUE, L_REJECTING, L_SERVING, L_WORKERS, ONLINE, P_KNEE, P_PER_REQ, P_PER_WORKER,
-    P_REJECT_COST, P_RL_BURST, P_RL_RATE, P_STEADY0, P_STEADY1, P_WIDTH, PL_CLIENT, PL_DEADLINE, PL_FREE, PL_GEN,
-    PL_HANG, PL_QUEUE, PL_REJECTS, PL_SENT, PL_START, PL_STATE, PT_FAILURE, PT_FRACTION, PT_HANG, PT_ISOLATE_AT,
-    PT_OFFSET, Q_CANCEL, Q_CHILDREN, Q_DEDICATED, Q_DROP, Q_EXTRA, Q_LIFO, Q_NBINS, Q_OVERLOAD, Q_WORKERS, R_DEAD,
-    R_FREE, R_SERVING, S_BUSY, S_FREE, S_HN, S_N0, S_NPART, S_NSN, S_POS, S_QH, S_QN, S_REDISPATCH, S_RJH, S_RJN,
-    S_SERVING, S_WAITS_POS, S_WAITS_STARTED, SC_REFUSALS)
+    C_REJECTED, C_WASTED, CL_CRA, CL_GEN, CL_KEYS, CT_LOSE, CT_WORKERS, D_RESUME, D_SERVICE, D_U01, G_BUSY_TIME,
+    G_REDISPATCH_AT, G_TOKENS, G_TOKENS_AT, G_WAITS_SUM, G_WASTED_TIME, HANG_FAULT, HANG_PARTITION, HANG_RESUME,
+    K_DONE, K_REFUSED, K_REJECT_DONE, L_QUEUE, L_REJECTING, L_SERVING, L_WORKERS, ONLINE, P_KNEE, P_PER_REQ,
+    P_PER_WORKER, P_REJECT_COST, P_RL_BURST, P_RL_RATE, P_STEADY0, P_STEADY1, P_WIDTH, PL_CLIENT, PL_DEADLINE,
+    PL_FREE, PL_GEN, PL_HANG, PL_QUEUE, PL_REJECTS, PL_SENT, PL_START, PL_STATE, PR_CPRM, PR_CROW, PT_FAILURE,
+    PT_FRACTION, PT_HANG, PT_ISOLATE_AT, PT_OFFSET, Q_ALIFO, Q_CANCEL, Q_CHILDREN, Q_CODEL, Q_DEDICATED, Q_DROP,
+    Q_EXTRA, Q_LIFO, Q_NBINS, Q_OVERLOAD, Q_RESUME_SVC, Q_WORKERS, R_DEAD, R_FREE, R_SERVING, S_BUSY, S_FREE, S_HN,
+    S_N0, S_NPART, S_NSN, S_POS, S_QH, S_QN, S_REDISPATCH, S_RJH, S_RJN, S_SERVING, S_WAITS_POS, S_WAITS_STARTED,
+    SC_REFUSALS)
+from sim.fast.protections import busy_retry_after
 from sim.fast.record import count, count_start, level_add
 from sim.fast.streams import draw
 
@@ -84,7 +88,8 @@ def home_full(P, Q, S):
 def start(P, Q, S, G, keys, pool, draws, PT, hp, rec, r, now):
     """A request takes a worker: a partition hang (decided now), else the service draw times the
     overload factor; cut at the deadline with cancel_on_timeout; its end goes on the heap. An
-    injected fault's bit (HANG_FAULT) stays: K_DONE answers it with an error."""
+    injected fault's bit (HANG_FAULT) stays: K_DONE answers it with an error. A resumption
+    (HANG_RESUME, which stays too) draws from `[server.resume]` when it is set (Q_RESUME_SVC)."""
     rc, rsent, rdl, rhang = pool[PL_CLIENT], pool[PL_SENT], pool[PL_DEADLINE], pool[PL_HANG]
     S[S_BUSY] += 1
     S[S_SERVING] += 1
@@ -101,8 +106,11 @@ def start(P, Q, S, G, keys, pool, draws, PT, hp, rec, r, now):
     if i >= 0 and draw(draws, S, D_U01) < PT[i, PT_FAILURE]:
         work = PT[i, PT_HANG]
     else:
-        rhang[r] &= HANG_FAULT
-        work = draw(draws, S, D_SERVICE)
+        rhang[r] &= HANG_FAULT | HANG_RESUME
+        if Q[Q_RESUME_SVC] and rhang[r] & HANG_RESUME:
+            work = draw(draws, S, D_RESUME)
+        else:
+            work = draw(draws, S, D_SERVICE)
         if Q[Q_OVERLOAD]:
             work *= 1.0 + P[P_PER_REQ] * max(0.0, S[S_QN] + S[S_SERVING] - P[P_KNEE])
     if Q[Q_CANCEL] and now + work > rdl[r]:
@@ -115,14 +123,17 @@ def low(S, hp, draws):
     """Too few draws or heap slots left to start another request in this event."""
     block = draws.shape[1]
     return (S[S_POS + D_SERVICE] + 4 > block or S[S_POS + D_U01] + 4 > block
-            or S[S_HN] + 8 > hp.shape[0])
+            or S[S_POS + D_RESUME] + 4 > block or S[S_HN] + 8 > hp.shape[0])
 
 
 @njit(cache=True)
-def dispatch(P, Q, S, G, keys, pool, draws, PT, hp, rec, now):
-    """Free workers take reject work first, then queued requests by the discipline; expired ones
-    are dropped at the head. Short of draws or heap, it stops and the loop resumes it at once."""
-    rdl, queue, rejects = pool[PL_DEADLINE], pool[PL_QUEUE], pool[PL_REJECTS]
+def dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, pr, now):
+    """Free workers take reject work first, then queued requests by the discipline (with CoDel's
+    adaptive LIFO: newest first while it is overloaded); expired ones are dropped at the head,
+    and CoDel sheds those that waited too long (`shed`). Short of draws or heap, it stops and
+    the loop resumes it at once."""
+    keys = cl[CL_KEYS]
+    rsent, rdl, queue, rejects = pool[PL_SENT], pool[PL_DEADLINE], pool[PL_QUEUE], pool[PL_REJECTS]
     cap = queue.shape[0]
     while S[S_BUSY] < Q[Q_WORKERS] and (S[S_RJN] > 0 or S[S_QN] > 0):
         if low(S, hp, draws):
@@ -137,7 +148,7 @@ def dispatch(P, Q, S, G, keys, pool, draws, PT, hp, rec, now):
             level_add(rec, L_REJECTING, now, 1.0, P[P_WIDTH], Q[Q_NBINS])
             push(hp, S, now + P[P_REJECT_COST], K_REJECT_DONE, r, 0)
             continue
-        if Q[Q_LIFO]:
+        if Q[Q_LIFO] or (Q[Q_ALIFO] and protections.serve_newest(pr[PR_CROW])):
             r = queue[(S[S_QH] + S[S_QN] - 1) % cap]
         else:
             r = queue[S[S_QH]]
@@ -147,7 +158,27 @@ def dispatch(P, Q, S, G, keys, pool, draws, PT, hp, rec, now):
         if Q[Q_DROP] and now >= rdl[r]:
             free(S, pool, r)
             continue
+        if Q[Q_CODEL] and protections.codel_shed(pr[PR_CPRM], pr[PR_CROW], now, now - rsent[r]):
+            shed(P, Q, S, cl, hp, pool, rec, r, now)
+            continue
         start(P, Q, S, G, keys, pool, draws, PT, hp, rec, r, now)
+
+
+@njit(cache=True)
+def shed(P, Q, S, cl, hp, pool, rec, r, now):
+    """CoDel sheds queued request `r` (`LoginServer.dispatch`): rejected now (its refusal counted
+    at its send time), a 503 without a worker that reaches the client one round trip later
+    unless its deadline comes first (`LoginServer._send_refusal`; the client's K_TIMEOUT then
+    answers). With no round trip it is pushed for now: dispatch cannot take the client's steps."""
+    gen, cra = cl[CL_GEN], cl[CL_CRA]
+    width, nbins = P[P_WIDTH], Q[Q_NBINS]
+    count(rec, C_REJECTED, now, width, nbins)
+    count_start(rec, SC_REFUSALS, pool[PL_SENT][r], width, nbins)
+    cid = pool[PL_CLIENT][r]
+    if pool[PL_GEN][r] == gen[cid] and now + P[P_RTT] < pool[PL_DEADLINE][r]:
+        cra[cid] = busy_retry_after(P, Q, S)
+        push(hp, S, now + P[P_RTT], K_REFUSED, cid, gen[cid])
+    free(S, pool, r)
 
 
 @njit(cache=True, inline="always")
@@ -210,7 +241,7 @@ def lose(P, Q, S, G, cl, hp, pool, rec, answer, now):
 
 
 @njit(cache=True)
-def control(code, x, now, P, Q, S, G, cl, hp, pool, draws, PT, rec):
+def control(code, x, now, P, Q, S, G, cl, hp, pool, draws, PT, rec, pr):
     """A server action between two stretches: set the workers, lose everything, or dispatch."""
     if code == CT_WORKERS:
         x = max(0, x) + Q[Q_EXTRA]  # the dedicated workers; supernode slots stay
@@ -221,7 +252,7 @@ def control(code, x, now, P, Q, S, G, cl, hp, pool, draws, PT, rec):
         lose(P, Q, S, G, cl, hp, pool, rec, x, now)
         return
     if S[S_REDISPATCH] == 0:
-        dispatch(P, Q, S, G, cl[CL_KEYS], pool, draws, PT, hp, rec, now)
+        dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, pr, now)
 
 
 @njit(cache=True)

@@ -34,7 +34,8 @@ __all__ = ["run_figure", "compare_figure", "gallery_figure", "heatmap_figure", "
 COLORS = {"online": "#2a9d8f", "connecting": "#e9c46a", "gave_up": "#e76f51", "offline": "#8d99ae",
           "attempts": "#264653", "capacity": "#d62828", "successes": "#2a9d8f", "wasted": "#e76f51",
           "queue": "#6a4c93", "busy": "#f4a261", "workers": "#d62828", "supernodes": "#457b9d",
-          "suppressed": "#9b5de5", "short_circuited": "#f15bb5"}
+          "suppressed": "#9b5de5", "short_circuited": "#f15bb5",
+          "resumptions": "#00a6a6"}
 SPANS = {"outage": "#d62828", "partition": "#f4a261", "surge": "#6a4c93", "failover": "#d62828"}
 GREY = "#555555"  # the events without a band colour: reboots, logins, admits, capacity changes
 #: dots per inch of every PNG, written or embedded: readable on a laptop screen
@@ -99,6 +100,8 @@ def event_marks(s: Scenario) -> list[EventMark]:
         elif e.kind == "p2p-rules":
             marks.append(EventMark(e.at, e.at, e.kind,
                                    "p2p: " + ", ".join(f"{k}={v:g}" for k, v in e.changes().items())))
+        elif e.kind == "token-purge":
+            marks.append(EventMark(e.at, e.at, e.kind, f"token purge {e.fraction:.0%}", e.fraction))
         else:
             marks.append(EventMark(e.at, e.at, e.kind, f"failover x{e.factor:g}"))
     return marks

@@ -51,6 +51,11 @@ def run_figure(ts: dict[str, np.ndarray], s: Scenario, title: str | None = None)
                 rate = ts[name] / width
                 ax.step(x, rate, where="post", color=COLORS[name], ls="-.", label=label, gid=name)
                 shown.append(rate)
+    if s.client.resume_window > 0 and "resumptions" in ts:  # docs/model.md section 3.4: the cheap class
+        rate = ts["resumptions"] / width
+        ax.step(x, rate, where="post", color=COLORS["resumptions"], ls="--",
+                label="of which resumptions/s (a valid token: cheaper)", gid="resumptions")
+        shown.append(rate)
     log_scale_if_wide(ax, *shown)
     ax.set_ylabel("per second")
     ax.set_title("Offered load against capacity", loc="left", fontsize=10)
