@@ -15,6 +15,12 @@ call the limiter refused locally (nothing was sent; `seconds` 0, `status` 0; it 
 `max_attempts` and the policy's delay follows, in `wait_s`), and `suppressed`, a retry the
 limiter denied after a failed attempt (the episode ends there; `attempt` is the number the retry
 would have had). They are the simulator's `short_circuited` and `suppressed` counters.
+
+The `resume` column is 1 for an attempt sent as a session resumption (docs/model.md section
+3.4: `client.resume_window` > 0 and the device held a refresh token younger than it, so the flow
+sent the refresh-token grant), else 0; a resumption row with outcome `ok` resumed a session.
+They are the simulator's `resumptions` and `resumed` counters. (Logs written before the column
+existed read as full logins.)
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ __all__ = ["AttemptLog", "StateLog", "COLUMNS", "SHORT_CIRCUITED", "SUPPRESSED",
            "MISCONFIGURED_STATUS", "FIRST_ATTEMPTS", "misconfiguration"]
 
 COLUMNS = ("device", "episode", "attempt", "start_s", "seconds", "outcome", "status", "retry_after_s",
-           "wait_s", "message")
+           "wait_s", "message", "resume")
 STATE_COLUMNS = ("t_s", "device", "from", "to")
 #: the `outcome` of an attempt-log row that is not a request: the limiter's (as sim.record.COUNTS names them)
 SHORT_CIRCUITED, SUPPRESSED = "short_circuited", "suppressed"
@@ -124,12 +130,12 @@ class AttemptLog(_CsvLog):
     columns = COLUMNS
 
     def write(self, device: int, episode: int, attempt: int, start: float, seconds: float,
-              outcome: Outcome, wait: float | None) -> None:
+              outcome: Outcome, wait: float | None, resume: bool = False) -> None:
         if self._writer is None:
             return
         self._writer.writerow((device, episode, attempt, f"{start:.6f}", f"{seconds:.6f}", outcome.kind,
                                outcome.status, "" if outcome.retry_after is None else f"{outcome.retry_after:g}",
-                               "" if wait is None else f"{wait:.6f}", outcome.message))
+                               "" if wait is None else f"{wait:.6f}", outcome.message, int(resume)))
 
 
 class StateLog(_CsvLog):

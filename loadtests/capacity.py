@@ -25,7 +25,8 @@ from pydantic import BaseModel, ValidationError
 
 from sim.describe import dist_text
 from sim.overrides import split_outside_brackets, toml_value
-from sim.scenario import P2P, Overload, RateLimit, Scenario, Server
+from sim.protections import LIMIT_KEYS
+from sim.scenario import P2P, CoDel, ConcurrencyLimit, Overload, RateLimit, Resume, Scenario, Server, table_of
 from sim.suggest import did_you_mean
 from sim.units import format_duration
 
@@ -33,15 +34,24 @@ __all__ = ["TABLES", "SERVER_KEYS", "Capacity", "parse_capacity", "read_capacity
            "validated_capacity", "merge", "twin_server", "value_text", "server_table"]
 
 #: the [server] tables whose keys `--capacity` addresses dotted (rate_limit.rate=20)
-TABLES: dict[str, type[BaseModel]] = {"rate_limit": RateLimit, "overload": Overload, "p2p": P2P}
+TABLES: dict[str, type[BaseModel]] = {"rate_limit": RateLimit, "overload": Overload, "p2p": P2P,
+                                     "concurrency": ConcurrencyLimit, "codel": CoDel, "resume": Resume}
 #: every key `--capacity` and a calibration file may set: the `[server]` keys, nested ones dotted
 SERVER_KEYS = tuple(Server.model_fields) + tuple(f"{t}.{k}" for t, m in TABLES.items() for k in m.model_fields)
 #: placeholders for the required keys not given, so that only the given ones are judged
 _PLACEHOLDERS = {"": {"workers": 1, "service_time": 1.0}, "rate_limit": {"rate": 1.0},
                  "overload": {"knee": 0.0, "per_request": 0.0},
-                 "p2p": {"supernode_ratio": 1.0, "children": 1, "slots": 0}}
+                 "p2p": {"supernode_ratio": 1.0, "children": 1, "slots": 0},
+                 "concurrency": {"kind": "aimd"}, "codel": {}, "resume": {"service_time": 1.0}}
 #: keys `--scale` multiplies when the twin takes them from the scenario (`sim.config.scale_scenario`)
-_SCALED = ("workers", "queue_limit", "rate_limit.rate", "rate_limit.burst", "overload.knee", "overload.per_request")
+_SCALED = ("workers", "queue_limit", "rate_limit.rate", "rate_limit.burst", "overload.knee", "overload.per_request",
+           "concurrency.initial", "concurrency.min", "concurrency.max", "concurrency.queue_size")
+#: the tables `merge` validates whole (min <= initial <= max, target < interval)
+_CHECKED = ("concurrency", "codel", "resume")
+#: keys shown as durations, and as distributions
+_DURATIONS = ("retry_after", "retry_after_max", "reject_cost", "rate_limit.retry_after", "concurrency.timeout",
+              "codel.target", "codel.interval")
+_DISTRIBUTIONS = ("service_time", "resume.service_time")
 
 
 @dataclass(frozen=True)
@@ -204,8 +214,11 @@ def merge(base: Server, overrides: dict[str, Any]) -> Server:
     for key, value in _nest(overrides).items():
         if key in TABLES and isinstance(value, dict):
             current = getattr(base, key)
-            if current is None:
+            if current is None or (key == "concurrency" and value.get("kind", current.kind) != current.kind):
                 update[key] = getattr(_validate({**_PLACEHOLDERS[""], key: value}, "--capacity"), key)
+            elif key in _CHECKED:   # the protections' keys depend on each other: the whole table is checked
+                update[key] = getattr(_validate({**_PLACEHOLDERS[""], key: {**table_of(current), **value}},
+                                                "--capacity"), key)
             else:
                 update[key] = current.model_copy(update=value)
         else:
@@ -243,7 +256,9 @@ def _keys(server: Server) -> list[str]:
     out = []
     for key in Server.model_fields:
         value = getattr(server, key)
-        if key in TABLES and value is not None and key != "p2p":
+        if key == "concurrency" and value is not None:     # its kind's keys only
+            out += [f"{key}.{sub}" for sub in ("kind", *LIMIT_KEYS[value.kind])]
+        elif key in TABLES and value is not None and key != "p2p":
             out += [f"{key}.{sub}" for sub in TABLES[key].model_fields]
         else:
             out.append(key)
@@ -255,9 +270,9 @@ def value_text(server: Server, key: str) -> str:
     value = _get(server, key)
     if value is None:
         return "none"
-    if key in ("service_time",):
+    if key in _DISTRIBUTIONS:
         return dist_text(value)
-    if key in ("retry_after", "reject_cost", "rate_limit.retry_after"):
+    if key in _DURATIONS:
         return format_duration(value)
     if isinstance(value, bool) or isinstance(value, str):
         return str(value).lower()

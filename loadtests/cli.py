@@ -127,7 +127,11 @@ def lab(
 
     The lab serves the scenario's \[server] table only: workers, service_time,
     queue_limit, discipline, retry_after, rate_limit, cancel_on_timeout,
-    fault_rate and fault_when (500 at once, or after the service).
+    fault_rate and fault_when (500 at once, or after the service), the
+    adaptive protections \[server.concurrency], \[server.codel] and
+    retry_after_from, and \[server.resume]: a refresh-token grant on
+    /oauth/token is a resumption, its token valid for client.resume_window.
+    POST /admin/purge (loopback only) revokes refresh tokens.
     Not modelled: reject_cost, overload, drop_expired, \[server.p2p], events.
     """
     _require("lab", "starlette", "uvicorn")
@@ -158,8 +162,9 @@ def lab(
         raise fail(f"loginstorm lab: --credentials {exc}") from None
     except OSError as exc:  # writing the credentials file
         raise fail(f"loginstorm lab: --write-credentials {exc.filename}: {exc.strerror}") from None
+    window = s.client.resume_window          # a refresh token lives as long as the client keeps it
     options = LabOptions(host=host, port=port, mode=mode, hash_iterations=hash_iterations, seed=s.seed,
-                         access_log=access_log)
+                         access_log=access_log, refresh_ttl=window if window > 0 else LabOptions.refresh_ttl)
     try:
         run_lab(s.server, accounts, options, announce=lambda line: print(line, flush=True),
                 note=lambda line: say(err, line))
@@ -222,6 +227,8 @@ def loadtest(**values: Any) -> None:
                  + (f"  limiter ({m['limiter']}): {plural(m['short_circuited'], 'call')} short-circuited (not "
                     f"sent), {plural(m['suppressed'], 'retry').replace('retrys', 'retries')} suppressed (each ended "
                     "its episode); neither is an attempt\n" if m.get("limiter") else "")
+                 + (f"  resumptions {m['resumptions']:,} (refresh-token grants), {m['resumed']:,} of them resumed "
+                    "a session\n" if m.get("resumptions") else "")
                  + recovery_line(rec, lambda seconds: f"{seconds:.1f} s"))
         say(out, f"wrote {', '.join(str(p) for p in result.files)}")
     if result.device_errors:

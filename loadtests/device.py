@@ -22,6 +22,28 @@ retry a quota, throttle or budget may deny it (`on_retry`): the episode ends as 
 `LOGIN login suppressed` failure. Neither is a `login attempt`. A per-device limiter is the
 device's own row, fresh when the device starts and when it reboots (the app restarts); a shared
 one is its group's row in `Storm.limiter_states`, shared by the devices of this process only.
+
+Session resumption (docs/model.md section 3.4), with `client.resume_window` > 0 and a flow that
+has a refresh mechanism (`oauth2-password`: see loadtests/flows.py; on every other flow each
+login is a full one): the device keeps the refresh token of its last successful login, issued
+at that attempt's start (the server issued it later, so the device never holds a token the
+server has already let expire). An attempt while the token is younger than the window is a
+resumption, as `sim.des.Model.episode` decides it per attempt: the flow sends the refresh-token
+grant, the attempt log's `resume` column says 1, and a success resumed the session (the answer's
+new refresh token replaces the old). A refused or timed-out resumption keeps the token for the
+retry; one the server answers 400 or 401 (it no longer honours the token: revoked, expired on
+its clock, unknown after a restart) drops it, so the retry is a full login. A reboot forgets the
+token, and so does a `token-purge` event for the devices the plan picked (a PURGE action, at its
+time, whatever the device is doing).
+
+The simulated clients online at the start hold a token issued at t = 0. A device online at the
+start has none, so it fetches one: a warm-up login (the flow's full login, once, not retried),
+at a time drawn uniformly over the first half of the time before the scenario's first event
+(at once without events), paced by --max-rps. Its token counts as issued at t = 0. A warm-up is
+no attempt of the storm: Locust reports it as `LOGIN login warm-up`, the attempt log has no row
+for it, and one that fails leaves the device without a token (its next login is a full one).
+The warm-up loads the server before the storm: give the first event time for it (about the
+devices online at the start x a full login's mean service time / workers).
 """
 
 from __future__ import annotations
@@ -38,18 +60,22 @@ from locust.contrib.fasthttp import FastHttpSession
 
 from loadtests.attemptlog import SHORT_CIRCUITED, SUPPRESSED
 from loadtests.flows import ERROR, TIMEOUT, Outcome, Reply, Step
-from loadtests.plan import DROP, LOGIN, REBOOT
+from loadtests.plan import DROP, LOGIN, PURGE, REBOOT
 from sim.limiters import FAILED, OK, SHORT, TIMED_OUT, on_result, on_retry, on_send
 from sim.policies import with_retry_after
 
 __all__ = ["DeviceUser", "LoginFailure", "DeviceError", "OFFLINE", "CONNECTING", "ONLINE", "GAVE_UP",
-           "SHORT_NAME", "SUPPRESSED_NAME"]
+           "SHORT_NAME", "SUPPRESSED_NAME", "WARM_UP_NAME"]
 
 log = logging.getLogger("loginstorm")
 OFFLINE, CONNECTING, ONLINE, GAVE_UP = "offline", "connecting", "online", "gave_up"
 ATTEMPT, EPISODE, HEARTBEAT = "login attempt", "login episode", "heartbeat"
 #: the limiter's Locust entries (request type LOGIN): calls refused locally, retries denied
 SHORT_NAME, SUPPRESSED_NAME = "login short-circuited", "login suppressed"
+#: the Locust entry of the login that fetches a refresh token for a device online at the start
+WARM_UP_NAME = "login warm-up"
+#: a resumption answered with one of these: the server no longer honours the token (RFC 6749 5.2)
+TOKEN_REJECTED = frozenset({400, 401})
 #: the HTTP client's own timeouts stay out of the way: the device's timer decides
 TRANSPORT_TIMEOUT_S = 24 * 3600.0
 #: an exception's message is cut to this length (one line on the terminal)
@@ -92,6 +118,10 @@ class DeviceUser(User):
         self.warm = False        # the connection has carried an answer (and may since have gone stale)
         self.limiter = self.storm.limiter
         self.limiter_state = None     # a per-device limiter's row (a shared one lives in the storm)
+        self.refresh: str | None = None     # the refresh token of the last login (resume_window > 0)
+        self.refresh_at = -math.inf         # when it was issued (time.time())
+        self.resumes = False                # resume_window > 0 and the flow can send a refresh grant
+        self.warm_up_at: float | None = None   # story time of the warm-up login, if it is still to come
 
     # -- Locust entry points ------------------------------------------------------------------
 
@@ -122,7 +152,10 @@ class DeviceUser(User):
         self.policy = storm.policy
         self.client = storm.scenario.client
         self._fresh_limiter()
+        self.resumes = self.client.resume_window > 0 and getattr(self.flow, "refreshes", False)
         start = self.context.rows.start
+        if self.resumes and self.row < plan.population and plan.online_at_start[self.row]:
+            self.warm_up_at = self._warm_up_time()
         if self.row < plan.population:
             self._begin(self._online_loop if plan.online_at_start[self.row] else self._offline_loop)
         else:
@@ -138,6 +171,8 @@ class DeviceUser(User):
             self._begin(self._episode_loop)
         elif kind == LOGIN and self.state in (OFFLINE, None) and not self.rebooting:
             self._begin(self._episode_loop)
+        elif kind == PURGE:
+            self.refresh = None                      # revoked: the next login is a full one
 
     def _begin(self, activity) -> None:
         """Abandon what the device was doing (an attempt in flight is cut off) and start `activity`."""
@@ -163,6 +198,7 @@ class DeviceUser(User):
     def _reboot(self, downtime: float):
         self._set_state(OFFLINE)
         self.rebooting, self.logged_in = True, False
+        self.refresh, self.warm_up_at = None, None   # the app forgets its session
         self._reset_session()
         self._fresh_limiter()                # the app restarts: a per-device limiter starts afresh
         gevent.sleep(downtime)
@@ -177,6 +213,11 @@ class DeviceUser(User):
         """Hold the session (heartbeats if configured) until it ends or the server forgets it."""
         self._set_state(ONLINE)
         end = time.time() + float(self.storm.scenario.population.session.sample(self.rng)) / self.storm.plan.speed
+        if self.warm_up_at is not None:
+            when, self.warm_up_at = self.context.rows.start + self.warm_up_at, None
+            if when < end:
+                gevent.sleep(max(0.0, when - time.time()))
+                self._warm_up()
         beat = self.storm.target.heartbeat
         while beat is not None and self.logged_in and time.time() + beat.every < end:
             gevent.sleep(beat.every)
@@ -217,17 +258,23 @@ class DeviceUser(User):
         while True:
             self.context.pace()               # --max-rps: the load test's own safety valve
             attempts += 1
+            resume = self._holds_token()        # decided per attempt, as sim.des does
             if lim is not None and self._short_circuits(attempts == 1):
                 outcome, start, elapsed = self._short_circuited()
+                resume = False                  # not sent: no resumption either
             else:
-                outcome, start, elapsed = self._attempt()
+                outcome, start, elapsed = self._attempt(resume)
                 if lim is not None:
                     result = OK if outcome.ok else TIMED_OUT if outcome.kind == TIMEOUT else FAILED
                     on_result(lim.code, lim.prm, self._limiter_row(), self.context.story_time(), result, held)
             wait, suppressed = None, False
             if outcome.ok:
                 self.token, self.logged_in = outcome.token, True
-            elif self.policy.allows_retry(attempts):
+                if self.resumes:
+                    self.refresh, self.refresh_at = outcome.refresh, start
+            elif resume and outcome.status in TOKEN_REJECTED:
+                self.refresh = None             # the server no longer honours it: the retry is a full login
+            if not outcome.ok and self.policy.allows_retry(attempts):
                 if lim is not None and lim.stops_retries:
                     cost = on_retry(lim.code, lim.prm, self._limiter_row(), self.context.story_time(),
                                     outcome.kind == TIMEOUT)
@@ -241,7 +288,7 @@ class DeviceUser(User):
             if outcome.kind == SHORT_CIRCUITED:
                 self.context.log_not_sent(self.row, self.episodes, attempts, start, outcome, wait)
             else:
-                self.context.log_attempt(self.row, self.episodes, attempts, start, elapsed, outcome, wait)
+                self.context.log_attempt(self.row, self.episodes, attempts, start, elapsed, outcome, wait, resume)
             if suppressed:
                 self._suppressed(attempts + 1)
             if outcome.ok:
@@ -251,6 +298,27 @@ class DeviceUser(User):
                 self._report(EPISODE, time.time() - first, 0, LoginFailure("gave up"), first)
                 return False
             gevent.sleep(wait)
+
+    # -- session resumption (docs/model.md section 3.4) ---------------------------------------------
+
+    def _holds_token(self) -> bool:
+        """The next attempt is a resumption: a refresh token younger than client.resume_window."""
+        return self.refresh is not None and time.time() - self.refresh_at < self.client.resume_window
+
+    def _warm_up_time(self) -> float:
+        """When a device online at the start fetches its token (story seconds): uniform over the
+        first half of the time before the first event, drawn from a stream of its own."""
+        storm = self.storm
+        first = min((e.at for e in storm.scenario.events), default=0.0) / storm.plan.speed
+        return float(np.random.default_rng([storm.scenario.seed, 2, self.row]).uniform(0.0, first / 2))
+
+    def _warm_up(self) -> None:
+        """The login that gives a device online at the start the token the model says it holds."""
+        self.context.pace()
+        outcome, _, _ = self._attempt(name=WARM_UP_NAME)
+        if outcome.ok:
+            self.token, self.logged_in = outcome.token, True
+            self.refresh, self.refresh_at = outcome.refresh, self.context.rows.start   # issued at t = 0
 
     # -- the client's limiter (sim.limiters) --------------------------------------------------------
 
@@ -283,10 +351,11 @@ class DeviceUser(User):
         self.context.log_not_sent(self.row, self.episodes, attempt, start, Outcome(SUPPRESSED, message), None)
         self._report(SUPPRESSED_NAME, 0.0, 0, LoginFailure(message), start)
 
-    def _attempt(self) -> tuple[Outcome, float, float]:
-        """One login attempt through the flow's steps, cut off at the client timeout."""
+    def _attempt(self, resume: bool = False, name: str = ATTEMPT) -> tuple[Outcome, float, float]:
+        """One login attempt through the flow's steps (`resume`: the refresh grant), cut off at
+        the client timeout; reported to Locust as `name`."""
         timeout = float(self.client.timeout.sample(self.rng))
-        steps = self.flow()
+        steps = self.flow(refresh=self.refresh) if resume else self.flow()
         start, t0, length = time.time(), time.perf_counter(), 0
         timer = gevent.Timeout(None if math.isinf(timeout) else timeout)
         self.in_attempt = True
@@ -312,7 +381,7 @@ class DeviceUser(User):
         elapsed = time.perf_counter() - t0
         if outcome.kind in (TIMEOUT, ERROR) and outcome.status == 0:
             self._hang_up()                  # as a real client does: the server can see it
-        self._report(ATTEMPT, elapsed, length, None if outcome.ok else LoginFailure(outcome.message), start)
+        self._report(name, elapsed, length, None if outcome.ok else LoginFailure(outcome.message), start)
         return outcome, start, elapsed
 
     def _send(self, step: Step, timer: gevent.Timeout) -> Reply | None:
@@ -393,6 +462,9 @@ class DeviceUser(User):
         """Record an exception raised inside this device as Locust records a task's (its `user_error`
         event), under a message with this device's secrets masked."""
         message = " ".join(f"{type(exc).__name__}: {exc}".split())       # one line
+        for token in (self.token, self.refresh):                          # the session's tokens too
+            if token:
+                message = message.replace(token, "***")
         error = DeviceError(self.storm.masked(message, self.row)[:MESSAGE_CHARS])
         log.error("device %s stopped by %s\n%s", self.row, error, "".join(traceback.format_tb(exc.__traceback__)))
         self.environment.events.user_error.fire(user_instance=self, exception=error, tb=exc.__traceback__)

@@ -12,6 +12,16 @@ enforces the client timeout around the whole attempt, so a flow never sees a tim
 Failure messages are fixed strings ("HTTP 401", "no access_token in the body"): Locust groups
 errors by message, and no message can carry a secret or a token.
 
+Session resumption (docs/model.md section 3.4, `client.resume_window`): a flow with
+`flow.refreshes` True (only `oauth2-password`) takes the refresh token a device holds,
+`flow(refresh=token)`, and sends the OAuth 2.0 refresh-token grant (RFC 6749 section 6:
+`grant_type=refresh_token&refresh_token=...`, with the same client authentication as its
+password grant) to the same `target.path` instead of the password; its `Outcome.refresh` is
+the `refresh_token` the answer carried (a full login's or a resumption's: servers rotate
+them). The other flows have no refresh mechanism: `oauth2-client-credentials` gets no refresh
+token (RFC 6749 section 4.4.3), and the form, JSON and Basic logins send the password every time,
+so on them every login is a full one (`flow.refreshes` False; a refresh argument is ignored).
+
 Redirects are not followed: an answer is judged by its own status. A login that answers with a
 redirect (Django's LoginView: 302 to the next page; many form logins do the same) is a success
 when `[target].success.status` lists that status (`success = { status = [302] }`); otherwise it
@@ -70,13 +80,15 @@ class Outcome:
     status: int = 0
     retry_after: float | None = None
     token: str | None = field(default=None, repr=False)   # bearer token for the heartbeat
+    refresh: str | None = field(default=None, repr=False)  # the answer's refresh_token (RFC 6749 section 6)
 
     @property
     def ok(self) -> bool:
         return self.kind == OK
 
 
-Flow = Callable[[], Generator[Step, Reply, Outcome]]
+#: `flow()` a full login; `flow(refresh=token)` a resumption where `flow.refreshes` is True
+Flow = Callable[..., Generator[Step, Reply, Outcome]]
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -113,8 +125,9 @@ def judge(reply: Reply, status: tuple[int, ...] | list[int], json_field: str | N
     if reply.status not in status:
         kind = REJECTED if reply.status in REJECT_STATUS else (ERROR if reply.status >= 500 else FAILED)
         return Outcome(kind, _unexpected(reply.status), reply.status, retry_after)
+    access, refresh = _tokens(reply.text)
     if json_field is None:     # no field required; an `access_token` that came anyway is the heartbeat's
-        return Outcome(OK, "", reply.status, retry_after, _bearer(reply.text))
+        return Outcome(OK, "", reply.status, retry_after, access, refresh)
     try:
         body = json.loads(reply.text)
     except ValueError:
@@ -122,8 +135,7 @@ def judge(reply: Reply, status: tuple[int, ...] | list[int], json_field: str | N
     value = body.get(json_field) if isinstance(body, dict) else None
     if not value:
         return Outcome(FAILED, f"no {json_field} in the body", reply.status)
-    token = body.get("access_token") if json_field != "access_token" else value
-    return Outcome(OK, "", reply.status, retry_after, str(token) if token else None)
+    return Outcome(OK, "", reply.status, retry_after, access, refresh)
 
 
 def _unexpected(status: int) -> str:
@@ -137,16 +149,22 @@ def _unexpected(status: int) -> str:
     return f"HTTP {status}"
 
 
-def _bearer(text: str) -> str | None:
-    """The `access_token` of a JSON object body, if there is one."""
+def _tokens(text: str) -> tuple[str | None, str | None]:
+    """The `access_token` and `refresh_token` of a JSON object body, each if there is one.
+
+        >>> _tokens('{"access_token": "a", "refresh_token": "r"}'), _tokens("<html>")
+        (('a', 'r'), (None, None))
+    """
     if not text.lstrip().startswith("{"):
-        return None
+        return None, None
     try:
         body = json.loads(text)
     except ValueError:
-        return None
-    token = body.get("access_token") if isinstance(body, dict) else None
-    return str(token) if token else None
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    access, refresh = body.get("access_token"), body.get("refresh_token")
+    return (str(access) if access else None), (refresh if isinstance(refresh, str) and refresh else None)
 
 
 def _basic(user: str, password: str) -> str:
@@ -169,10 +187,16 @@ def _oauth2(target, account: Account | None, client: tuple[str, Secret] | None, 
         else:
             fields.update(client_id=client_id, client_secret=secret.reveal())
     step = Step("POST", target.path, headers, urlencode(fields))
+    auth = {k: v for k, v in fields.items() if k in ("client_id", "client_secret")}
 
-    def flow():
-        reply = yield step
+    def flow(refresh: str | None = None):
+        if refresh is not None and grant == "password":
+            reply = yield Step("POST", target.path, headers,
+                               urlencode({"grant_type": "refresh_token", "refresh_token": refresh, **auth}))
+        else:
+            reply = yield step
         return judge(reply, target.success.status, target.success.json_field)
+    flow.refreshes = grant == "password"
     return flow
 
 
@@ -196,7 +220,7 @@ def find_input(html: str, name: str) -> str | None:
 def _form(target, account: Account) -> Flow:
     names = target.fields
 
-    def flow():
+    def flow(refresh: str | None = None):
         page = yield Step("GET", target.path, {"Accept": "text/html"})
         if page.status != 200:
             return judge(page, (200,), None)
@@ -208,6 +232,7 @@ def _form(target, account: Account) -> Flow:
             fields[names.csrf] = token
         reply = yield Step("POST", target.path, _FORM, urlencode(fields))
         return judge(reply, target.success.status, target.success.json_field)
+    flow.refreshes = False
     return flow
 
 
@@ -215,18 +240,20 @@ def _json(target, account: Account) -> Flow:
     body = json.dumps({target.fields.username: account.username, target.fields.password: account.password.reveal()})
     step = Step("POST", target.path, {"Content-Type": "application/json", "Accept": "application/json"}, body)
 
-    def flow():
+    def flow(refresh: str | None = None):
         reply = yield step
         return judge(reply, target.success.status, target.success.json_field)
+    flow.refreshes = False
     return flow
 
 
 def _basic_flow(target, account: Account) -> Flow:
     step = Step("GET", target.path, {"Authorization": _basic(account.username, account.password.reveal())})
 
-    def flow():
+    def flow(refresh: str | None = None):
         reply = yield step
         return judge(reply, target.success.status, target.success.json_field)
+    flow.refreshes = False
     return flow
 
 

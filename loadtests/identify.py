@@ -42,7 +42,7 @@ BEYOND = 1.3                  # a probe at this multiple of the fitted capacity 
 GROWTH = 3.0                  # latency "grew": late accepted attempts took this multiple of the unloaded time
 OVERLOAD = 1.3                # the service time at saturation exceeds the fit's by this factor: overload
 SERVER_KEYS = ("workers", "service_time", "queue_limit", "retry_after", "discipline", "drop_expired",
-               "cancel_on_timeout", "reject_cost", "fault_rate", "fault_when")
+               "cancel_on_timeout", "reject_cost", "fault_rate", "fault_when", "retry_after_from", "retry_after_max")
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,8 @@ def identify(fit: Calibration, probes: list[ProbeResult], burst: BurstResult | N
                                                            "capacity: one above it would be hidden"))
     _overload(fit, server, prov, warnings)
     _faults(steps, server, prov)
-    warnings.append("cancel_on_timeout, discipline and drop_expired are invisible to a client: assumed")
+    warnings.append("cancel_on_timeout, discipline and drop_expired are invisible to a client: assumed; adaptive "
+                    "protections (a concurrency limit, CoDel, a Retry-After from the queue) are not probed")
     statuses = sorted({s for p in usable for s in p.refused} | set(burst.statuses if burst else {}))
     cpu = max([s.client_cpu_share for s in steps] + [p.client_cpu_share for p in probes], default=0.0)
     return Identification(server, prov, behaviour, statuses, round(cpu, 3), warnings)
@@ -287,6 +288,15 @@ def _assumed_keys(server: dict, prov: dict, behaviour: str) -> None:
                                            "finishes the requests its clients abandoned")
     prov["reject_cost"] = Provenance("assumed", "low", "the worker time of a refusal is not visible"
                                      + ("" if behaviour == "queues" else " (the refusals' answer time is in the JSON)"))
+    # docs/model.md section 3.3: a Retry-After that follows the queue, an adaptive limit or CoDel are not
+    # probed (they would need a storm, not steps); the twin models none of them
+    server.update(retry_after_from="fixed", retry_after_max="32s")
+    prov["retry_after_from"] = Provenance("assumed", "low", "whether the Retry-After follows the queue is not "
+                                          "probed: the value seen is taken as fixed")
+    prov["retry_after_max"] = Provenance("assumed", "low", "used only with retry_after_from = \"queue\"")
+    for table, what in (("concurrency", "an adaptive concurrency limit"), ("codel", "CoDel queue timeouts"),
+                        ("resume", "a cheaper session resumption")):
+        prov[table] = Provenance("assumed", "low", f"none: {what} is not probed")
 
 
 def _faults(steps: list, server: dict, prov: dict) -> None:

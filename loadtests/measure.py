@@ -30,6 +30,15 @@ never sent) and a `suppressed` row (a retry denied, the episode ended) fill the 
     ...                                         (1, 2, 2, 15.5, 0.0, "suppressed")], states)
     >>> run.summary["attempts"], run.summary["short_circuited"], run.summary["suppressed"]
     (2, 1, 1)
+
+An attempt row may carry a seventh item, True when it was sent as a session resumption (the
+attempt log's `resume` column): it counts in `resumptions` at its start, and if it succeeded in
+`resumed` at its end, as the simulator counts them (docs/model.md section 3.4):
+
+    >>> run = measured_run(s, 20.0, [(1, 1, 1, 11.0, 0.5, "rejected", True), (1, 1, 2, 12.0, 0.5, "ok", True)],
+    ...                    states)
+    >>> run.summary["resumptions"], run.summary["resumed"], run.summary["logins"]
+    (2, 1, 1)
 """
 
 from __future__ import annotations
@@ -54,11 +63,13 @@ __all__ = ["MeasuredRun", "measured_run", "read_logs", "CLIENT_FIELDS"]
 CLIENT_FIELDS = ("scenario", "engine", "seed", "scale", "clients", "duration_s", "episodes", "logins", "gave_up",
                  "attempts", "amplification", "timeouts", "rejected", "errors", "peak_offered_rps",
                  "login_time_s", "recovery_s", "lowest_online_share", "lowest_online_at_s",
-                 "successes", "in_flight", "touched", "peak_in_flight", "suppressed", "short_circuited")
+                 "successes", "in_flight", "touched", "peak_in_flight", "suppressed", "short_circuited",
+                 "resumptions", "resumed")
 #: the attempt outcomes in the simulator's counters (a wrong password or a bad body is an error)
 _COUNTER = {OK: "successes", REJECTED: "rejected", TIMEOUT: "timeouts", ERROR: "errors", FAILED: "errors"}
 
-Attempt = tuple[int, int, int, float, float, str]      # device, episode, attempt, start_s, seconds, outcome
+#: device, episode, attempt, start_s, seconds, outcome[, resume (a session resumption; False if absent)]
+Attempt = tuple[int, int, int, float, float, str] | tuple[int, int, int, float, float, str, bool]
 StateChange = tuple[float, int, str, str]               # t_s, device, from ("" for a newcomer), to
 
 
@@ -76,15 +87,16 @@ def measured_run(s: Scenario, end: float, attempts: Iterable[Attempt], states: I
         if t <= end:
             events.append((max(0.0, t), 0, ("state", device, old, new)))
     in_flight = 0
-    for device, _episode, _attempt, start, seconds, outcome in attempts:
+    for device, _episode, _attempt, start, seconds, outcome, *rest in attempts:
         if outcome in NOT_SENT:         # the limiter's: no request, counted apart from the attempts
             if start <= end:
                 events.append((max(0.0, start), 1, ("limiter", outcome)))
             continue
+        resume = bool(rest and rest[0])
         if start <= end:
-            events.append((max(0.0, start), 1, ("start", outcome)))
+            events.append((max(0.0, start), 1, ("start", outcome, resume)))
             if start + seconds <= end:
-                events.append((max(0.0, start + seconds), 2, ("end", device, outcome)))
+                events.append((max(0.0, start + seconds), 2, ("end", device, outcome, resume)))
             else:
                 in_flight += 1          # answered after the end: in flight when the run ended
     events.sort(key=lambda e: (e[0], e[1]))
@@ -115,14 +127,18 @@ def measured_run(s: Scenario, end: float, attempts: Iterable[Attempt], states: I
             flying += 1
             peak = max(peak, flying)
             r.counts["attempts"].add(t)
+            if what[2]:
+                r.counts["resumptions"].add(t)
             if what[1] == REJECTED:
                 r.steady_refusals.add(t)
             elif what[1] == TIMEOUT:
                 r.steady_timeouts.add(t)
         else:
-            _, device, outcome = what
+            _, device, outcome, resume = what
             flying -= 1
             r.counts[_COUNTER[outcome]].add(t)
+            if outcome == OK and resume:
+                r.counts["resumed"].add(t)
             if outcome == OK and device in connecting_since:
                 r.tallies.login(t - connecting_since.pop(device))
     for level in r.levels.values():
@@ -140,7 +156,8 @@ def read_logs(attempt_log: Path, state_log: Path) -> tuple[list[Attempt], list[S
     attempts: list[Attempt] = []
     for path in worker_files(attempt_log):
         attempts += _rows(path, lambda r: (int(r["device"]), int(r["episode"]), int(r["attempt"]),
-                                           float(r["start_s"]), float(r["seconds"]), str(r["outcome"])))
+                                           float(r["start_s"]), float(r["seconds"]), str(r["outcome"]),
+                                           r.get("resume") == "1"))
     states: list[StateChange] = []
     for path in worker_files(state_log):
         states += _rows(path, lambda r: (float(r["t_s"]), int(r["device"]), str(r["from"]), str(r["to"])))

@@ -16,6 +16,12 @@ What a load generator can replay is the clients' side of docs/model.md section 3
 test (`capacity`, `admit`, `partition`, an outage's refusals, the failover's refusals until a
 client learns the standby, `p2p-rules`) and is listed in `Plan.server_side`.
 
+A `token-purge` event is played on the clients' side too: the devices it picks (`fraction` of
+every device that exists by then, newcomers included, as the simulator picks clients) get a
+PURGE action at its `at` and drop their refresh token, so that their next login is a full one
+(docs/model.md section 3.4). The server under test is not told: to revoke the tokens on the lab
+itself, `POST /admin/purge` (loadtests/lab/app.py).
+
 Whom a later event picks depends on how the storm went. The plan decides it on the *planned*
 state: a device is ONLINE unless the plan has it offline (rebooting, or offline with no login
 planned), as if every login succeeded at once. For the first event of a scenario (the usual
@@ -29,14 +35,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sim.scenario import Disconnect, Failover, Login, Outage, Reboot, Scenario, Surge
+from sim.scenario import Disconnect, Failover, Login, Outage, Reboot, Scenario, Surge, TokenPurge
 from sim.waves import next_arrival, pick, rate_schedule, wave_times
 
-__all__ = ["Plan", "build_plan", "LOGIN", "REBOOT", "DROP"]
+__all__ = ["Plan", "build_plan", "LOGIN", "REBOOT", "DROP", "PURGE"]
 
-#: action kinds: start an episode now (if OFFLINE) / reboot (arg = downtime) / lose the session (if ONLINE)
-LOGIN, REBOOT, DROP = "login", "reboot", "drop"
-_KINDS = (LOGIN, REBOOT, DROP)
+#: action kinds: start an episode now (if OFFLINE) / reboot (arg = downtime) / lose the session (if ONLINE) /
+#: drop the refresh token (whatever the state: the next login is a full one)
+LOGIN, REBOOT, DROP, PURGE = "login", "reboot", "drop", "purge"
+_KINDS = (LOGIN, REBOOT, DROP, PURGE)
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,7 @@ class Plan:
         """Every planned episode start (login, end of a reboot's downtime, dropped session), sorted:
         what the first attempts follow, before `connect_delay`."""
         starts = np.where(self._kinds == _KINDS.index(REBOOT), self._times + self._args, self._times)
-        return np.sort(starts)
+        return np.sort(starts[self._kinds != _KINDS.index(PURGE)])
 
 
 class _Builder:
@@ -129,6 +136,9 @@ def build_plan(scenario: Scenario, speed: float = 1.0) -> Plan:
                 back_at[ids] = hit
             else:
                 build.add(ids, hit, DROP)
+        elif isinstance(event, TokenPurge):   # every device there by then, as sim.des picks clients
+            ids = pick(rng, np.arange(n + int(np.sum(arrival_times < event.at))), event.fraction)
+            build.add(ids, np.full(len(ids), event.at), PURGE)
         elif isinstance(event, Failover) or (isinstance(event, Outage) and event.drop_sessions):
             ids = np.flatnonzero(online)
             build.add(ids, np.full(len(ids), event.at), DROP)

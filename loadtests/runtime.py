@@ -115,10 +115,11 @@ class StormContext:
         return list(self.first)
 
     def log_attempt(self, device: int, episode: int, attempt: int, start: float, seconds: float,
-                    outcome: Outcome, wait: float | None) -> None:
+                    outcome: Outcome, wait: float | None, resume: bool = False) -> None:
+        """A request's row; `resume`: it was sent as a session resumption (a refresh-token grant)."""
         if len(self.first) < FIRST_ATTEMPTS:
             self.first.append(outcome.status)
-        self.log.write(device, episode, attempt, start - (self.rows.start or 0.0), seconds, outcome, wait)
+        self.log.write(device, episode, attempt, start - (self.rows.start or 0.0), seconds, outcome, wait, resume)
 
     def log_not_sent(self, device: int, episode: int, attempt: int, start: float, outcome: Outcome,
                      wait: float | None) -> None:

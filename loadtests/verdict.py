@@ -130,7 +130,8 @@ def divergence(measured_ts: dict[str, np.ndarray], simulated: list[dict[str, np.
     measures = [share, recovery, *split, *rel]
     ok = all(m["ok"] for m in measures)
     totals = {k: _pair(float(np.nansum(measured_ts[k])), float(np.mean([np.sum(ts[k]) for ts in simulated])))
-              for k in ("attempts", "successes", "rejected", "timeouts", "errors", "short_circuited", "suppressed")
+              for k in ("attempts", "successes", "rejected", "timeouts", "errors", "short_circuited", "suppressed",
+                        "resumptions", "resumed")
               if k in measured_ts}
     return {
         "bin_s": width, "bins_compared": n, "from_s": float(measured_ts["t"][first]), "start_s": start_s,

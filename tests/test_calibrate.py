@@ -248,7 +248,8 @@ def test_the_calibration_file_loads_into_the_simulators_server_and_names_every_k
         server = Server.model_validate(data["server"])
         keys = {k for k, v in data["server"].items() if not isinstance(v, dict)}
         keys |= {f"{k}.{n}" for k, v in data["server"].items() if isinstance(v, dict) for n in v}
-        absent = {table for table in ("rate_limit", "overload") if table not in data["server"]}
+        absent = {table for table in ("rate_limit", "overload", "concurrency", "codel", "resume")
+                  if table not in data["server"]}
         assert keys | absent == set(data["provenance"])      # a table not found is marked measured or assumed too
         assert all(data["provenance"][table]["source"] in ("measured", "assumed") for table in absent)
         assert all(p["source"] in ("measured", "assumed") and p["confidence"] in ("high", "medium", "low")

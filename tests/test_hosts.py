@@ -197,8 +197,8 @@ from loadtests.runtime import StormShape  # noqa: F401
 
 
 class Device(DeviceUser):
-    def _attempt(self):
-        super()._attempt()
+    def _attempt(self, *args, **kwargs):
+        super()._attempt(*args, **kwargs)
         password = self.storm.accounts.for_device(self.row).password.reveal()
         raise RuntimeError(f"broken on purpose after a real attempt, password {password}")
 """

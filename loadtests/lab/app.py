@@ -1,16 +1,32 @@
 """The lab's HTTP face: five ways to log in, a heartbeat, health and metrics (Starlette).
 
 Login endpoints (each request passes the admission model, docs/model.md section 3):
-- `POST /oauth/token` — OAuth 2.0 (RFC 6749): `client_credentials` and `password` grants; client
-  authentication by HTTP Basic (id and secret form-urlencoded first, section 2.3.1) or by
-  `client_id`/`client_secret` in the body; errors as in section 5.2.
+- `POST /oauth/token` — OAuth 2.0 (RFC 6749): `client_credentials`, `password` and `refresh_token`
+  grants; client authentication by HTTP Basic (id and secret form-urlencoded first, section
+  2.3.1) or by `client_id`/`client_secret` in the body; errors as in section 5.2.
 - `POST /login` — HTML form with a double-submit CSRF token (`GET /login` gives the form and
   the `lab_csrf` cookie; it is cheap, not a login); success sets the `lab_session` cookie.
 - `POST /api/login` — JSON `{"username": ..., "password": ...}`.
 - `GET /basic` — HTTP Basic (RFC 7617).
 
+Session resumption (docs/model.md section 3.4) is the OAuth 2.0 refresh-token grant (RFC 6749
+section 6): every successful `password` grant answers with a `refresh_token` beside the access
+token, valid for the refresh lifetime (`loginstorm lab` takes the scenario's
+`client.resume_window`, else an hour). `grant_type=refresh_token&refresh_token=...` (with the
+same client authentication the token was issued to, if any) is a resumption: the admission
+model serves it as one (`[server.resume].service_time` in sleep mode; no password hash in cpu
+mode) and, if the token is known, unexpired when the request arrived and bound to this client,
+answers new tokens. Refresh tokens rotate: a used one is revoked, the answer carries the next
+one. An unknown, used, expired, revoked or foreign token gets 400 `invalid_grant` (after its
+service, like a wrong password). The `client_credentials` grant issues no refresh token (RFC 6749
+section 4.4.3), and the form, JSON and Basic logins have no refresh mechanism: on those every
+login is a full one.
+
 Cheap endpoints: `GET /me` (bearer token or session cookie: the heartbeat), `GET /healthz`,
 `GET /metrics` (Prometheus text), `GET /metrics.json` and `GET /server.json` (the served `[server]` table).
+`POST /admin/purge` (optional form field `fraction`, default 1) revokes that share of the live
+refresh tokens, picked at random (seeded): the scenario's `token-purge` event played by the
+server. It answers only a client on a loopback address (403 otherwise) and is no login.
 
 A request that is malformed, carries no credentials or fails the CSRF check is answered before
 admission (it costs no worker, like a real server's input validation). An injected fault
@@ -25,10 +41,15 @@ import base64
 import binascii
 import hmac
 import html
+import ipaddress
 import json
+import math
+import random
 import secrets
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qs, unquote_plus
 
 from starlette.applications import Starlette
@@ -45,7 +66,7 @@ __all__ = ["LabApp", "TokenStore", "build_app", "REALM"]
 REALM = "loginstorm-lab"
 TOKEN_TTL = 3600                      # seconds: `expires_in` of every token and session
 CSRF_COOKIE, SESSION_COOKIE = "lab_csrf", "lab_session"
-GRANTS = ("client_credentials", "password")
+GRANTS = ("client_credentials", "password", "refresh_token")
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}   # RFC 6749 5.1
 BASIC_CHALLENGE = {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'}
 CLIENT_DISCONNECTED = 499             # never reaches anyone: the client is gone (nginx's code)
@@ -53,44 +74,77 @@ MAX_BODY = 64 * 1024
 
 
 class TokenStore:
-    """Random tokens (bearer tokens, session ids) -> who they belong to, forgotten after `ttl`.
+    """Random tokens (bearer tokens, session ids, refresh tokens) -> what they stand for, forgotten after `ttl`.
 
         >>> store = TokenStore()
         >>> store.lookup(store.issue("alice"))
         'alice'
+        >>> token = store.issue(("alice", None))
+        >>> store.redeem(token, lambda held: held[1] is None), store.redeem(token, lambda held: True)
+        (('alice', None), None)
+
+    Safe to use from the event loop and the check pool at once (one lock).
     """
 
     def __init__(self, ttl: float = TOKEN_TTL, limit: int = 1_000_000, clock: Callable[[], float] = time.monotonic):
         self.ttl, self.limit, self.clock = ttl, limit, clock
-        self._items: dict[str, tuple[str, float]] = {}   # insertion order = expiry order
+        self._items: dict[str, tuple[Any, float]] = {}   # insertion order = expiry order
+        self._lock = threading.Lock()
 
-    def issue(self, subject: str) -> str:
-        now = self.clock()
-        for _ in range(2):  # forget the oldest while stale or over the limit: amortised O(1)
-            oldest = next(iter(self._items), None)
-            if oldest is None or (self._items[oldest][1] > now and len(self._items) < self.limit):
-                break
-            del self._items[oldest]
+    def issue(self, subject: Any) -> str:
         token = secrets.token_urlsafe(24)
-        self._items[token] = (subject, now + self.ttl)
+        with self._lock:
+            now = self.clock()
+            for _ in range(2):  # forget the oldest while stale or over the limit: amortised O(1)
+                oldest = next(iter(self._items), None)
+                if oldest is None or (self._items[oldest][1] > now and len(self._items) < self.limit):
+                    break
+                del self._items[oldest]
+            self._items[token] = (subject, now + self.ttl)
         return token
 
-    def lookup(self, token: str | None) -> str | None:
+    def lookup(self, token: str | None, at: float | None = None) -> Any:
+        """What the token stands for, if it is known and unexpired at `at` (default: now)."""
         item = self._items.get(token) if token else None
-        return item[0] if item is not None and item[1] > self.clock() else None
+        return item[0] if item is not None and item[1] > (self.clock() if at is None else at) else None
+
+    def redeem(self, token: str | None, accept: Callable[[Any], bool], at: float | None = None) -> Any:
+        """A one-time use: what the token stands for, revoking it, if it is valid at `at` and
+        `accept(what)`; else None (and the token stays as it was)."""
+        with self._lock:
+            held = self.lookup(token, at)
+            if held is None or not accept(held):
+                return None
+            del self._items[token]
+            return held
+
+    def purge(self, fraction: float, rng: random.Random) -> int:
+        """Revoke round(fraction x live tokens) of the live ones, picked by `rng`; how many."""
+        with self._lock:
+            now = self.clock()
+            live = [token for token, (_, expiry) in self._items.items() if expiry > now]
+            chosen = rng.sample(live, int(round(fraction * len(live))))
+            for token in chosen:
+                del self._items[token]
+            return len(chosen)
 
 
 class LabApp:
     """The handlers, over one admission model, the user store and the issued tokens."""
 
     def __init__(self, admission: Admission, users: UserStore, clients: UserStore | None = None,
-                 config: dict | None = None):
+                 config: dict | None = None, refresh_ttl: float = TOKEN_TTL, seed: int = 0):
         """`clients`: the confidential client from LOGINSTORM_CLIENT_ID/SECRET, if both were set;
-        `config`: what GET /server.json publishes (the mode and the served `[server]` table)."""
+        `config`: what GET /server.json publishes (the mode and the served `[server]` table);
+        `refresh_ttl`: how long a refresh token stays valid (seconds); `seed`: the purge's picks."""
         self.admission, self.users, self.clients = admission, users, clients
         self.config = config or {}
         self.metrics = admission.metrics
         self.tokens, self.sessions = TokenStore(), TokenStore()
+        # refresh token -> (subject, the client id it was issued to or None)
+        self.refresh = TokenStore(ttl=refresh_ttl if math.isfinite(refresh_ttl) else 10 * 365 * 86400.0)
+        self.refresh_ttl = refresh_ttl
+        self.purge_rng = random.Random(seed)
 
     def verify_client(self, client_id: str, secret: str) -> bool:
         """The configured client, else any user as its own client (each device its own OAuth client)."""
@@ -103,13 +157,20 @@ class LabApp:
         self.metrics.invalid += 1
         return response
 
-    def token_body(self, subject: str) -> dict[str, object]:
-        return {"access_token": self.tokens.issue(subject), "token_type": "Bearer", "expires_in": TOKEN_TTL}
+    def token_body(self, subject: str, refresh: bool = False, client_id: str | None = None) -> dict[str, object]:
+        """An access token response; with `refresh`, also a refresh token bound to `client_id`
+        (None: a public client)."""
+        body: dict[str, object] = {"access_token": self.tokens.issue(subject), "token_type": "Bearer",
+                                   "expires_in": TOKEN_TTL}
+        if refresh:
+            body["refresh_token"] = self.refresh.issue((subject, client_id))
+        return body
 
     # --- POST /oauth/token ----------------------------------------------------------------
 
     async def oauth_token(self, request: Request) -> Response:
         self.metrics.requests["/oauth/token"] += 1
+        arrived = self.refresh.clock()       # a refresh token must be valid when the request arrives
         body = await _body(request)
         if body is None:
             return Response(status_code=CLIENT_DISCONNECTED)
@@ -127,21 +188,29 @@ class LabApp:
         username, password = form.get("username"), form.get("password")
         if grant == "password" and (not username or password is None):
             return self.invalid(_oauth_error(400, "invalid_request"))
+        refresh_token = form.get("refresh_token")
+        if grant == "refresh_token" and not refresh_token:
+            return self.invalid(_oauth_error(400, "invalid_request"))
+        client_id = client[0] if client is not None else None
 
         def check() -> Verdict:
             if client is not None and not self.verify_client(*client):
                 return Verdict(False, error="invalid_client")
             if grant == "client_credentials":
                 return Verdict(True, client[0])
+            if grant == "refresh_token":   # no password hash: the token is looked up (and rotated)
+                held = self.refresh.redeem(refresh_token, lambda held: held[1] == client_id, at=arrived)
+                return Verdict(True, held[0]) if held is not None else Verdict(False, error="invalid_grant")
             if self.users.verify(username, password):
                 return Verdict(True, username)
             return Verdict(False, error="invalid_grant")
 
-        verdict = await self.admission.handle(check, request.receive)
+        verdict = await self.admission.handle(check, request.receive, resume=grant == "refresh_token")
         if not isinstance(verdict, Verdict):
             return _unserved(verdict)
         if verdict.ok:
-            return JSONResponse(self.token_body(verdict.subject), headers=NO_STORE)
+            refresh = grant != "client_credentials"    # RFC 6749 4.4.3: no refresh token for that grant
+            return JSONResponse(self.token_body(verdict.subject, refresh, client_id), headers=NO_STORE)
         return _oauth_error(401 if verdict.error == "invalid_client" else 400, verdict.error)
 
     # --- GET and POST /login --------------------------------------------------------------
@@ -226,6 +295,23 @@ class LabApp:
     async def healthz(self, request: Request) -> Response:
         return PlainTextResponse("ok")
 
+    async def admin_purge(self, request: Request) -> Response:
+        """POST /admin/purge: revoke a share (`fraction`, default 1) of the live refresh tokens."""
+        if not _loopback(request.client.host if request.client is not None else ""):
+            return JSONResponse({"error": "forbidden"}, status_code=403)
+        body = await _body(request)
+        form = _form(body) if body is not None else None
+        try:
+            fraction = float(form.get("fraction", "1")) if form is not None else math.nan
+        except ValueError:
+            fraction = math.nan
+        if not 0.0 <= fraction <= 1.0:
+            return JSONResponse({"error": "invalid_request", "error_description": "fraction: a number from 0 to 1"},
+                                status_code=400)
+        revoked = self.refresh.purge(fraction, self.purge_rng)
+        self.metrics.purged += revoked
+        return JSONResponse({"revoked": revoked, "fraction": fraction})
+
     async def metrics_text(self, request: Request) -> Response:
         return PlainTextResponse(prometheus_text(self.admission.snapshot()),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -251,6 +337,7 @@ def build_app(lab: LabApp) -> Starlette:
         Route("/metrics", lab.metrics_text, methods=["GET"]),
         Route("/metrics.json", lab.metrics_json, methods=["GET"]),
         Route("/server.json", lab.server_json, methods=["GET"]),
+        Route("/admin/purge", lab.admin_purge, methods=["POST"]),
     ], max_body_size=MAX_BODY)
 
 
@@ -262,6 +349,13 @@ async def _body(request: Request) -> bytes | None:
         return await request.body()
     except ClientDisconnect:
         return None
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _form(body: bytes) -> dict[str, str] | None:

@@ -1,6 +1,10 @@
 """Start the lab: bind the socket, hash the users, announce the address, serve with uvicorn.
 
     run_lab(scenario.server, users, LabOptions(port=0), announce=print, note=print_to_stderr)
+
+`LabOptions.refresh_ttl` is how long a refresh token stays valid: `loginstorm lab` gives the
+scenario's `client.resume_window` (else an hour), so that the lab honours a device's token
+exactly as long as the simulated client holds it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 import uvicorn
 
 from loadtests.lab.admission import Admission
-from loadtests.lab.app import LabApp, build_app
+from loadtests.lab.app import TOKEN_TTL, LabApp, build_app
 from loadtests.lab.metrics import LabMetrics
 from loadtests.lab.users import UserStore
 from sim.scenario import Server, table_of
@@ -44,6 +48,7 @@ class LabOptions:
     hash_iterations: int = 100_000     # cpu mode: the PBKDF2 work of one login
     seed: int = 0
     access_log: bool = False
+    refresh_ttl: float = TOKEN_TTL     # seconds a refresh token stays valid (client.resume_window)
 
     @property
     def iterations(self) -> int:
@@ -95,13 +100,19 @@ def run_lab(server: Server, users: list[tuple[str, str]], options: LabOptions,
             note(f"warning: {options.host} is not a loopback address: the lab is reachable from the network")
         if ignored(server):
             note(f"note: the lab serves the [server] table only; ignored: {', '.join(ignored(server))}")
+        if options.mode == "cpu" and server.resume is not None:
+            note("note: in cpu mode a resumption (refresh-token grant) hashes no password; [server.resume]."
+                 "service_time applies in sleep mode only")
         if options.mode == "cpu" and len(users) * options.iterations > 20_000_000:
             note(f"hashing {len(users)} passwords at {options.iterations} PBKDF2 iterations ...")
         app = _build(server, users, options, environ)
         announce(f"loginstorm lab listening on http://{_url_host(options.host)}:{bound[1]} "
                  f"(workers={server.workers}, queue_limit={_count(server.queue_limit)}, "
                  f"discipline={server.discipline}, mode={options.mode}"
-                 + (f", fault_rate={server.fault_rate:g} {server.fault_when}" if server.fault_rate > 0 else "") + ")")
+                 + (f", fault_rate={server.fault_rate:g} {server.fault_when}" if server.fault_rate > 0 else "")
+                 + (f", concurrency={server.concurrency.kind}" if server.concurrency is not None else "")
+                 + (", codel" if server.codel is not None else "")
+                 + (", retry_after_from=queue" if server.retry_after_from == "queue" else "") + ")")
         config = uvicorn.Config(app, log_level="info" if options.access_log else "warning",
                                 access_log=options.access_log, lifespan="off", server_header=False,
                                 timeout_graceful_shutdown=2)
@@ -117,17 +128,22 @@ def _build(server: Server, users: list[tuple[str, str]], options: LabOptions, en
     store = UserStore.from_pairs(users, options.iterations)
     client_id, secret = (environ.get(name) for name in CLIENT_ENV)
     clients = UserStore.from_pairs([(client_id, secret)], options.iterations) if client_id and secret else None
+    resume = None
     if options.mode == "cpu":  # the hash is the service: one thread per worker
         pool, draw = ThreadPoolExecutor(server.workers, "lab-worker"), None
     else:
         pool = ThreadPoolExecutor(os.cpu_count() or 1, "lab-check")
         draw = DrawStream(server.service_time, np.random.default_rng(options.seed)).next
+        if server.resume is not None:  # the resumptions' own stream, as the faults have theirs
+            resume = DrawStream(server.resume.service_time, np.random.default_rng([options.seed, 2])).next
     # the faults' own stream: the service times stay those of the same seed without faults
     faults = np.random.default_rng([options.seed, 1]).random if server.fault_rate > 0 else None
-    admission = Admission(server, LabMetrics(), draw, pool, fault_draw=faults)
+    admission = Admission(server, LabMetrics(), draw, pool, fault_draw=faults, resume_draw=resume)
     config = {"mode": options.mode, "hash_iterations": options.hash_iterations if options.mode == "cpu" else None,
+              "refresh_ttl": options.refresh_ttl if math.isfinite(options.refresh_ttl) else "inf",
               "server": table_of(server)}
-    return build_app(LabApp(admission, store, clients, config))
+    return build_app(LabApp(admission, store, clients, config, refresh_ttl=options.refresh_ttl,
+                            seed=options.seed))
 
 
 def _url_host(host: str) -> str:
