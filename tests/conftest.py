@@ -16,12 +16,13 @@ FIRST = (
     "test_calibrate.py", "test_fast_p2p.py",
     "test_chain_real.py", "test_story_skype.py",
     "test_locust_devices.py", "test_theory.py",
-    "test_calibrate_real.py", "test_story_microsoft.py",
+    "test_calibrate_real.py", "test_lab_protections.py", "test_story_microsoft.py",
     "test_misconfigured.py", "test_sweep.py",
     "test_loadtest_limiters.py", "test_story_failover.py",
-    "test_lab.py", "test_cli_hardening.py",
+    "test_lab.py", "test_story_protections.py", "test_cli_hardening.py",
     "test_hosts.py", "test_fuzz.py",
     "test_real_servers.py", "test_fast_limiters.py",
+    "test_protections.py", "test_fast_protections.py",
 )
 
 
