@@ -14,12 +14,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Three workers on two cores, one test file each at a time (module fixtures stay whole): the load
-# tests mostly wait on real servers in real time, so a third worker computes meanwhile (measured in
-# a fresh clone: pytest 10 min 18 s with two workers, 7 min 46 s with three, all tests passing).
+# Two workers, one test file each at a time (module fixtures stay whole): the load tests mostly
+# wait on real servers, the simulation tests compute, so together they fill the two cores.
 test: $(STAMP) lint servers
 	$(PY) -c "from sim import fast; fast.warm_up()"   # compile the fast engine once, not in each worker
-	$(PY) -m pytest -n 3 --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -37,7 +36,7 @@ servers:
 
 test-quick: $(STAMP)
 	$(PY) -c "from sim import fast; fast.warm_up()"
-	$(PY) -m pytest -n 3 --dist loadfile --no-loadscope-reorder -m "not slow" -q
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not slow" -q
 
 # The flagship in about half a minute: Skype's 2007 Patch Tuesday storm at 1/500 scale (14,000
 # clients, reference engine: nothing to compile), then the day-2 fix compared as if in place from

@@ -1,12 +1,11 @@
-"""The order test files are handed to make test's three pytest-xdist workers (`--dist loadfile`).
+"""The order test files are handed to make test's two pytest-xdist workers (`--dist loadfile`).
 
 With `--no-loadscope-reorder` (the Makefile passes it; by default xdist reorders the files by
 their number of tests and ignores this order) xdist gives each idle worker the next file in
-collection order, so a long file collected last keeps one worker busy while the others wait.
+collection order, so a long file collected last keeps one worker busy while the other waits.
 The longest files go first (measured with `--durations=0`), a load-test file (which waits on
-real servers) alternating with a simulation file (which computes), so that the workers rarely
-all wait or all compute; three workers on two cores let one compute while a load test waits.
-The order of the tests inside a file does not change.
+real servers) alternating with a simulation file (which computes), so that the two workers
+rarely both wait or both compute. The order of the tests inside a file does not change.
 """
 
 from __future__ import annotations
