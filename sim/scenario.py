@@ -16,13 +16,15 @@ import math
 import re
 from typing import Annotated, Any, Literal, Union
 
+import numpy as np
+
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 
 from sim.distributions import Constant, Distribution, parse_distribution
 from sim.limiters import Limiter
 from sim.policies import POLICIES, Policy, make_policy
 from sim.presets import PRESETS
-from sim.protections import LIMIT_DEFAULTS, LIMIT_KEYS
+from sim.protections import LIMIT_DEFAULTS, LIMIT_KEYS, codel_params, codel_row, limit_params, limit_row
 from sim.suggest import did_you_mean
 from sim.units import parse_duration
 
@@ -310,6 +312,11 @@ class ConcurrencyLimit(_Table):
         """The kind's keys and values (for `sim.protections.limit_params`)."""
         return {name: getattr(self, name) for name in LIMIT_KEYS[self.kind]}
 
+    def state(self) -> tuple[np.ndarray, np.ndarray]:
+        """(prm, a fresh row) for `sim.protections`' limit kernels: what both engines and the lab start from."""
+        keys = self.keys()
+        return limit_params(self.kind, **keys), limit_row(self.kind, **keys)
+
 
 class CoDel(_Table):
     """`[server.codel]`: controlled-delay queue timeouts and adaptive LIFO (docs/model.md section 3.3).
@@ -328,6 +335,10 @@ class CoDel(_Table):
         if self.interval <= self.target:  # folly's Codel::setOptions refuses it too
             raise ValueError(f"interval: must be longer than target ({self.target:g} s), got {self.interval:g} s")
         return self
+
+    def state(self) -> tuple[np.ndarray, np.ndarray]:
+        """(prm, a fresh row) for `sim.protections.codel_shed`: what both engines and the lab start from."""
+        return codel_params(self.target, self.interval), codel_row()
 
 
 class Resume(_Table):

@@ -15,8 +15,7 @@ import numpy as np
 import simpy
 
 from sim.bucket import TokenBucket
-from sim.protections import (admits, codel_params, codel_row, codel_shed, limit_params, limit_row, limit_sample,
-                             queue_retry_after, serve_newest)
+from sim.protections import admits, codel_shed, limit_sample, queue_retry_after, serve_newest
 from sim.record import Counter, Level, StartCounter, Tallies
 from sim.scenario import Scenario
 from sim.streams import DrawStream
@@ -91,11 +90,8 @@ class LoginServer:
         # docs/model.md section 3.3: adaptive protections (sim.protections holds their kernels)
         self.queue_ra = srv.retry_after_from == "queue"
         self.ra_top = srv.retry_after_max
-        lim = srv.concurrency
-        self.limit_prm = limit_params(lim.kind, **lim.keys()) if lim is not None else None
-        self.limit = limit_row(lim.kind, **lim.keys()) if lim is not None else None
-        self.codel_prm = codel_params(srv.codel.target, srv.codel.interval) if srv.codel is not None else None
-        self.codel = codel_row() if srv.codel is not None else None
+        self.limit_prm, self.limit = srv.concurrency.state() if srv.concurrency is not None else (None, None)
+        self.codel_prm, self.codel = srv.codel.state() if srv.codel is not None else (None, None)
         self.adaptive_lifo = srv.codel is not None and srv.codel.adaptive_lifo
         self.resume_service = DrawStream(srv.resume.service_time, rng) if srv.resume is not None else None
 
@@ -209,9 +205,7 @@ class LoginServer:
             if self.drop_expired and env.now >= req.deadline:
                 continue  # discarded at the head without using a worker
             if self.codel is not None and codel_shed(self.codel_prm, self.codel, env.now, env.now - req.sent):
-                self.counts["rejected"].add(env.now)  # CoDel sheds it: a 503 without using a worker
-                self.steady_refusals.add(req.sent)
-                self._send_refusal(req, self._busy())
+                self._send_refusal(req, self._refuse(req, self._busy()))  # CoDel sheds it: a 503, no worker
                 continue
             self._start(req)
 

@@ -57,8 +57,7 @@ from typing import Any, NamedTuple
 
 from loadtests.lab.metrics import LabMetrics
 from sim.bucket import TokenBucket
-from sim.protections import (admits, codel_params, codel_row, codel_shed, limit_params, limit_row, limit_sample,
-                             queue_retry_after, serve_newest)
+from sim.protections import admits, codel_shed, limit_sample, queue_retry_after, serve_newest
 from sim.scenario import Server
 
 __all__ = ["Admission", "Refusal", "Verdict", "CANCELLED", "FAULT", "retry_after_header"]
@@ -135,11 +134,8 @@ class Admission:
         self.queue_ra = server.retry_after_from == "queue"
         self.ra_top = server.retry_after_max
         self.mean_service = server.service_time.mean
-        lim = server.concurrency
-        self.limit_prm = limit_params(lim.kind, **lim.keys()) if lim is not None else None
-        self.limit = limit_row(lim.kind, **lim.keys()) if lim is not None else None
-        self.codel_prm = codel_params(server.codel.target, server.codel.interval) if server.codel else None
-        self.codel = codel_row() if server.codel is not None else None
+        self.limit_prm, self.limit = server.concurrency.state() if server.concurrency is not None else (None, None)
+        self.codel_prm, self.codel = server.codel.state() if server.codel is not None else (None, None)
         self.adaptive_lifo = server.codel is not None and server.codel.adaptive_lifo
         # waiters: (turn, arrival time); a turn resolves to None (a worker) or a Refusal (CoDel shed
         # it); may hold waiters that left (done)

@@ -30,7 +30,6 @@ from sim.fast.p2p import seed, start_p2p
 from sim.fast.server import control
 from sim.fast.streams import POLICY_CODES
 from sim.metrics import summarize, timeseries
-from sim.protections import codel_params, codel_row, limit_params, limit_row
 from sim.record import COUNTS, LEVELS, RunRecords
 from sim.results import Progress, RunResult, UnsupportedScenario
 from sim.scenario import Scenario
@@ -255,10 +254,8 @@ class Engine(EventActions):
         3.3, 3.4), as `LoginServer` and `Model` set them up; size-1 dummies for what is off."""
         c, srv, Q = s.client, s.server, self.Q
         lim, codel = srv.concurrency, srv.codel
-        lprm = limit_params(lim.kind, **lim.keys()) if lim is not None else np.zeros(1)
-        lrow = limit_row(lim.kind, **lim.keys()) if lim is not None else np.zeros(1)
-        cprm = codel_params(codel.target, codel.interval) if codel is not None else np.zeros(1)
-        crow = codel_row() if codel is not None else np.zeros(1)
+        lprm, lrow = lim.state() if lim is not None else (np.zeros(1), np.zeros(1))
+        cprm, crow = codel.state() if codel is not None else (np.zeros(1), np.zeros(1))
         if c.resume_window > 0:  # the clients online at t = 0 logged in at 0; the others hold no token
             tok = np.full(m, -INF)
             tok[:online] = 0.0
