@@ -59,16 +59,22 @@ def measure(engine, scale: float, rounds: int,
             for name, t in times.items()}
 
 
-def main() -> int:
-    scale = float(sys.argv[1]) if len(sys.argv) > 1 else 40.0
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+def report(variants: dict[str, list[str]], what: str, argv: list[str]) -> int:
+    """`measure` on fast at the scale in argv (default 40) and on des at 1/40 of it, printed as a table."""
+    scale = float(argv[1]) if len(argv) > 1 else 40.0
+    rounds = int(argv[2]) if len(argv) > 2 else 5
+    width = max(len(what), *map(len, variants))
     fast.warm_up()
     for label, engine, at in (("fast", fast, scale), ("des", des, scale / 40)):
         print(f"{label} engine, quickstart x {at:g}, 20 min, {rounds} rounds (medians)")
-        print(f"  {'limiter':20} {'wall clock':>10} {'events':>12} {'time per event vs none':>24}")
-        for name, (seconds, ratio, n) in measure(engine, at, rounds).items():
-            print(f"  {name:20} {seconds:9.2f}s {n:12,} {ratio:23.2f}x")
+        print(f"  {what:{width}} {'wall clock':>10} {'events':>12} {'time per event vs none':>24}")
+        for name, (seconds, ratio, n) in measure(engine, at, rounds, variants).items():
+            print(f"  {name:{width}} {seconds:9.2f}s {n:12,} {ratio:23.2f}x")
     return 0
+
+
+def main() -> int:
+    return report(VARIANTS, "limiter", sys.argv)
 
 
 if __name__ == "__main__":

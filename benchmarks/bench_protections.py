@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_protections.py           # quickstart x 40 (200,000 clients), 5 rounds
     .venv/bin/python benchmarks/bench_protections.py 10 3      # quickstart x 10, 3 rounds
 
-The same method as bench_limiters.py (whose `measure` it uses): quickstart cut at 20 minutes on
+The same method as bench_limiters.py (whose `measure` and `report` it uses): quickstart cut at 20 minutes on
 the fast engine, and at 1/40 of the scale on des, each variant in turn, round after round;
 medians. Three variants run the very same storm as "none", so their ratio is the protection's
 own bookkeeping: a concurrency limit too high to bind (a sample at every service end), CoDel with
@@ -21,9 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_limiters import measure  # noqa: E402
-
-from sim import des, fast  # noqa: E402
+from bench_limiters import report  # noqa: E402
 
 VARIANTS = {
     "none": [],
@@ -39,15 +37,7 @@ VARIANTS = {
 
 
 def main() -> int:
-    scale = float(sys.argv[1]) if len(sys.argv) > 1 else 40.0
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
-    fast.warm_up()
-    for label, engine, at in (("fast", fast, scale), ("des", des, scale / 40)):
-        print(f"{label} engine, quickstart x {at:g}, 20 min, {rounds} rounds (medians)")
-        print(f"  {'protection':24} {'wall clock':>10} {'events':>12} {'time per event vs none':>24}")
-        for name, (seconds, ratio, n) in measure(engine, at, rounds, VARIANTS).items():
-            print(f"  {name:24} {seconds:9.2f}s {n:12,} {ratio:23.2f}x")
-    return 0
+    return report(VARIANTS, "protection", sys.argv)
 
 
 if __name__ == "__main__":

@@ -98,11 +98,12 @@ def in_parallel(jobs, starts: list[float] | None = None) -> list:
     return results
 
 
-def wait_for(lab, predicate, limit: float = 5.0) -> dict:
-    """Poll /metrics until `predicate(metrics)` holds; returns the metrics (the test asserts)."""
+def wait_for(lab, predicate, limit: float = 5.0, read=None) -> dict:
+    """Poll /metrics (or `read`, e.g. `lab.metrics_json`) until `predicate(metrics)` holds; returns the
+    metrics (the test asserts)."""
     deadline = time.monotonic() + limit
     while True:
-        metrics = lab.metrics()
+        metrics = (read or lab.metrics)()
         if predicate(metrics) or time.monotonic() > deadline:
             return metrics
         time.sleep(0.05)

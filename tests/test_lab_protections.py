@@ -28,7 +28,7 @@ import pytest
 from lab_process import ROOT, running_lab
 from loadtests.plan import DROP, PURGE, REBOOT, build_plan
 from sim.config import parse_scenario
-from test_lab import call, in_parallel
+from test_lab import args, call, in_parallel, sets, wait_for
 from test_locust_devices import attempts, stats, write
 
 M = "loginstorm_lab_"
@@ -37,17 +37,8 @@ WRONG = {"Authorization": "Basic " + base64.b64encode(b"user00001:wrong").decode
 
 
 def lab_args(**server) -> list[str]:
-    return [w for key, value in server.items() for w in ("--set", f"server.{key}={value}")]
-
-
-def wait_until(lab, predicate, limit: float = 5.0) -> dict:
-    """Poll /metrics.json until `predicate` holds (or `limit` s pass); returns the last snapshot."""
-    deadline = time.monotonic() + limit
-    while True:
-        m = lab.metrics_json()
-        if predicate(m) or time.monotonic() > deadline:
-            return m
-        time.sleep(0.02)
+    """`--set server.key=value` options for `loginstorm lab`."""
+    return args(sets(**server))
 
 
 # -- (a) the concurrency limit: early 503s, and the limit moving by the AIMD rule --------------------
@@ -221,7 +212,8 @@ def test_retry_after_from_the_queue_is_its_drain_time(queue_limit, top):
                 for _ in range(workers + queue_limit)]
         for t in fill:
             t.start()
-        m = wait_until(lab, lambda m: m["busy_workers"] == workers and m["queue_depth"] == queue_limit)
+        m = wait_for(lab, lambda m: m["busy_workers"] == workers and m["queue_depth"] == queue_limit,
+                     read=lab.metrics_json)
         assert (m["busy_workers"], m["queue_depth"]) == (workers, queue_limit)
         probes = [call(lab, "GET", "/basic", headers=WRONG) for _ in range(3)]
         m = lab.metrics_json()
