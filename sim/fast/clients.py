@@ -9,7 +9,8 @@ from __future__ import annotations
 from numba import njit
 
 from sim.fast.layout import (CL_GEN, CL_ORBITING, CONNECTING, GAVE_UP, L_ORBIT, OFFLINE, ONLINE, P_WIDTH,
-                             Q_NBINS, S_N0)
+                             PF_RECORDS, Q_NBINS, S_N0)
+from sim.fast.profile import enter, leave
 from sim.fast.record import level_add, watch
 
 
@@ -36,7 +37,9 @@ def set_state(P, Q, S, G, st, rec, cid, new, t):
     width, nbins = P[P_WIDTH], Q[Q_NBINS]
     level_add(rec, state_level(old), t, -1.0, width, nbins)
     level_add(rec, state_level(new), t, 1.0, width, nbins)
+    mark = enter(S)
     watch(P, G, t, S[S_N0 + ONLINE], S[S_N0 + CONNECTING], S[S_N0 + GAVE_UP])
+    leave(S, PF_RECORDS, mark)
 
 
 @njit(cache=True, inline="always")

@@ -409,7 +409,7 @@ class Engine(EventActions):
                  self.rhang, self.rejects),
                 self.draws, self.PT,
                 (self.LV, self.LB, self.LS, self.WS, self.CT, self.CB, self.CS, self.SCB, self.SCT,
-                 self.SCS, self.logins))
+                 self.SCS, self.logins, self.S))
 
     def advance(self, until: float) -> None:
         """Run the loop to just before `until`, in slices of 1/200 of the run when reporting."""

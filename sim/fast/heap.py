@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from numba import njit
 
-from sim.fast.layout import HP_CODE, HP_GEN, HP_SEQ, HP_TIME, S_HN, S_SEQ
+from sim.fast.layout import HP_CODE, HP_GEN, HP_SEQ, HP_TIME, PF_POP, PF_PUSH, S_HN, S_PF_HEAP, S_SEQ
+from sim.fast.profile import PROFILE, enter, leave
 
 
 @njit(cache=True, inline="always")
 def push(hp, S, t, kind, a, g):
     """Add an entry acting at `t` after every entry already there for `t`."""
+    mark = enter(S)
     i = S[S_HN]
     seq = float(S[S_SEQ])
     S[S_HN] = i + 1
@@ -26,6 +28,7 @@ def push(hp, S, t, kind, a, g):
         hp[i, 0], hp[i, 1], hp[i, 2], hp[i, 3] = hp[p, 0], hp[p, 1], hp[p, 2], hp[p, 3]
         i = p
     hp[i, HP_TIME], hp[i, HP_SEQ], hp[i, HP_CODE], hp[i, HP_GEN] = t, seq, float(a * 16 + kind), float(g)
+    leave(S, PF_PUSH, mark)
 
 
 @njit(cache=True, inline="always")
@@ -37,6 +40,9 @@ def top_kind(hp):
 @njit(cache=True, inline="always")
 def pop(hp, S):
     """Removes the earliest entry; returns its (kind, a, g)."""
+    mark = enter(S)
+    if PROFILE:
+        S[S_PF_HEAP] += S[S_HN]
     code, g = int(hp[0, HP_CODE]), int(hp[0, HP_GEN])
     n = S[S_HN] - 1
     S[S_HN] = n
@@ -57,6 +63,7 @@ def pop(hp, S):
         i = best
     if n > 0:
         hp[i, 0], hp[i, 1], hp[i, 2], hp[i, 3] = t, seq, lc, lg
+    leave(S, PF_POP, mark)
     return code & 15, code >> 4, g
 
 

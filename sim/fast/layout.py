@@ -126,6 +126,10 @@ Int state `S` (int64; counts, ring heads, list lengths):
     S_NONS               ONLINE ordinary clients (used length of `ons`)
     S_SFREE              free supernode slots (the top of the `sfree` stack)
     S_POS + k            read position in draw stream k (D_TIMEOUT .. D_RESUME)
+    S_PF_DONE            profile: cycles attributed to a part so far
+    S_PF + part          profile: a part's own cycles (PF_CHECKS .. PF_RECORDS)
+    S_PFN + part         profile: how many times the part ran
+    S_PF_HEAP            profile: heap entries, summed over the pops
     ===================  ==========================================================
 
 Float state `G` (float64):
@@ -186,7 +190,8 @@ Tuples of arrays the kernels take, by index:
                 REC_WS (the windows' starts: steady, tail), REC_CT (counter totals),
                 REC_CB (counter bins), REC_CS (counter window snapshots; -1: not taken),
                 REC_SCB, REC_SCT, REC_SCS (start counters SC_*: bins, totals, steady
-                sum), REC_LOGINS (login times)
+                sum), REC_LOGINS (login times), REC_S (the int state `S`: the profile's
+                counters, `sim.fast.profile`)
     pp          supernodes (docs/model.md section 3.2), per client: PP_SIDX (its supernode slot or -1),
                 PP_SINCE (online since), PP_HOME (home slot or -1), PP_NEXT, PP_PREV (its
                 home's child list, doubly linked), PP_ONPOS (place in PP_ONS or -1),
@@ -278,7 +283,16 @@ N_Q = Q_RESUME_SVC + 1
 (S_HN, S_SEQ, S_QH, S_QN, S_FREE, S_BUSY, S_SERVING, S_HIT, S_ARR, S_EVENTS, S_N0, S_N1, S_N2, S_N3, S_EPISODES,
  S_GAVE_UP, S_WAITS_STARTED, S_WAITS_POS, S_LOGINS, S_OUTAGE, S_RJH, S_RJN, S_REDISPATCH, S_RAMP, S_NPART,
  S_NSN, S_NROOM, S_NONS, S_SFREE, S_POS) = range(30)
-N_S = S_POS + N_STREAMS
+# the profile's parts (`sim.fast.profile`, with LOGINSTORM_FAST_PROFILE=1): the loop's checks before
+# an event, heap pops and pushes, an event's own work (choosing its source, a hit, a service's
+# end), stale heap entries skipped, a client's steps, the server, the supernodes, the records
+(PF_CHECKS, PF_POP, PF_PUSH, PF_EVENT, PF_STALE, PF_STEPS, PF_SERVER, PF_P2P, PF_RECORDS) = range(9)
+N_PF = PF_RECORDS + 1
+S_PF_DONE = S_POS + N_STREAMS  # cycles attributed to a part so far
+S_PF = S_PF_DONE + 1           # S_PF + part: a part's own cycles
+S_PFN = S_PF + N_PF            # S_PFN + part: how many times it ran
+S_PF_HEAP = S_PFN + N_PF       # the heap's size summed over the pops
+N_S = S_PF_HEAP + 1
 # float state
 (G_BUSY_TIME, G_WASTED_TIME, G_WAITS_SUM, G_TOKENS, G_TOKENS_AT, G_SHARE, G_SINCE, G_TAIL_MAX, G_LOWEST,
  G_LOWEST_AT, G_BELOW0, G_BELOW1, G_EVER0, G_EVER1, G_LAST_UP0, G_LAST_UP1, G_REDISPATCH_AT) = range(17)
@@ -296,7 +310,7 @@ PR_LPRM, PR_LROW, PR_CPRM, PR_CROW, PR_TOK = range(5)
 # (fault_when = "after-service": served, then answered with an error); a session resumption
 # (docs/model.md section 3.4: not an error, its service time may differ)
 HANG_PARTITION, HANG_FAULT, HANG_RESUME = 1, 2, 4
-(REC_LV, REC_LB, REC_LS, REC_WS, REC_CT, REC_CB, REC_CS, REC_SCB, REC_SCT, REC_SCS, REC_LOGINS) = range(11)
+(REC_LV, REC_LB, REC_LS, REC_WS, REC_CT, REC_CB, REC_CS, REC_SCB, REC_SCT, REC_SCS, REC_LOGINS, REC_S) = range(12)
 (PP_SIDX, PP_SINCE, PP_HOME, PP_NEXT, PP_PREV, PP_ONPOS, PP_ONS, PP_SCID, PP_HEAD, PP_NKIDS, PP_RPOS, PP_ROOM,
  PP_APOS, PP_ACTIVE, PP_SFREE, PP_BUF) = range(16)
 HT_TIME, HT_CLIENT, HT_KIND, HT_DOWNTIME = range(4)

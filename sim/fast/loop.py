@@ -31,14 +31,15 @@ from sim.fast.layout import (
     HANG_FAULT, HANG_PARTITION, HANG_RESUME, H_DISCONNECT, H_LOGIN, H_REBOOT, INF, K_ATTEMPT, K_DONE, K_FAULT,
     K_REBOOT_END, K_REFUSED, K_REJECT_DONE, K_RETRY, K_SESSION_END, K_TICK, K_TIMEOUT, K_WANT, K_WORKERS, LM_HELD,
     L_ORBIT, L_QUEUE, L_REJECTING, L_SERVING, N_STREAMS, OFFLINE, ONLINE, OUT_BLACKHOLE, OUT_REFUSE, P2P_TICK,
-    PR_CPRM, PR_CROW, PR_LPRM, PR_LROW, PR_TOK, P_ADMIT, P_ADMIT_RA, P_BASE, P_CAP, P_FAULT, P_GIVE_UP, P_MULT,
-    P_QLIMIT, P_REJECT_COST, P_RESUME_WINDOW, P_RL_RA, P_RTT, P_TOP, P_WIDTH, Q_ABASE, Q_CLIMIT, Q_CODEL,
-    Q_FAULT_FAST, Q_HONOR, Q_L_DEVICE, Q_L_DRAWS, Q_L_STOPS, Q_LIMITER, Q_MARGIN, Q_MAX_ATT, Q_NBINS, Q_P2P,
-    Q_POLICY, Q_RANDOM, Q_RESUME, Q_RL, Q_WORKERS, REFILL, R_DEAD, R_QUEUED, R_REJECT, SC_REFUSALS, SC_TIMEOUTS,
-    SPARE, S_ARR, S_BUSY, S_EPISODES, S_EVENTS, S_FREE, S_GAVE_UP, S_HIT, S_HN, S_LOGINS, S_N0, S_OUTAGE, S_POS,
-    S_QH, S_QN, S_RAMP, S_REDISPATCH, S_RJH, S_RJN, S_SERVING)
+    PF_CHECKS, PF_EVENT, PF_STALE, PF_STEPS, PR_CPRM, PR_CROW, PR_LPRM, PR_LROW, PR_TOK, P_ADMIT, P_ADMIT_RA,
+    P_BASE, P_CAP, P_FAULT, P_GIVE_UP, P_MULT, P_QLIMIT, P_REJECT_COST, P_RESUME_WINDOW, P_RL_RA, P_RTT, P_TOP,
+    P_WIDTH, Q_ABASE, Q_CLIMIT, Q_CODEL, Q_FAULT_FAST, Q_HONOR, Q_LIMITER, Q_L_DEVICE, Q_L_DRAWS, Q_L_STOPS,
+    Q_MARGIN, Q_MAX_ATT, Q_NBINS, Q_P2P, Q_POLICY, Q_RANDOM, Q_RESUME, Q_RL, Q_WORKERS, REC_LOGINS, REFILL, R_DEAD,
+    R_QUEUED, R_REJECT, SC_REFUSALS, SC_TIMEOUTS, SPARE, S_ARR, S_BUSY, S_EPISODES, S_EVENTS, S_FREE, S_GAVE_UP,
+    S_HIT, S_HN, S_LOGINS, S_N0, S_OUTAGE, S_POS, S_QH, S_QN, S_RAMP, S_REDISPATCH, S_RJH, S_RJN, S_SERVING)
 from sim.fast.limiter import limiter_reset, limiter_result, limiter_retry, limiter_send
 from sim.fast.p2p import become, tick
+from sim.fast.profile import enter, leave
 from sim.fast.protections import busy_retry_after
 from sim.fast.record import count, count_start, level_add, watch
 from sim.fast.server import (control, dispatch, free, home_full, partition_hang, reply_after_rtt, start,
@@ -54,11 +55,12 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
     rc, rg, rsent, rdl, rstart, free_slots, queue, rstate, rhang, rejects = pool
     tok = pr[PR_TOK]
     hit_t, hit_c, hit_k, hit_d = hits
-    logins = rec[10]
+    logins = rec[REC_LOGINS]
     width, nbins = P[P_WIDTH], Q[Q_NBINS]
     n_hits, n_arr = hit_t.shape[0], arrivals.shape[0]
     block = draws.shape[1]
     while True:
+        mark = enter(S)
         if S[S_HN] + Q[Q_MARGIN] > hp.shape[0]:  # the margin: a supernode's orphans
             return GROW_HEAP
         if S[S_HN] > 0 and top_kind(hp) == K_TICK and S[S_HN] + S[S_N0 + ONLINE] + 16 > hp.shape[0]:
@@ -70,9 +72,12 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
         for k in range(N_STREAMS):
             if S[S_POS + k] + SPARE > block:
                 return REFILL
+        leave(S, PF_CHECKS, mark)
+        mark = enter(S)
         if S[S_REDISPATCH]:  # a dispatch that ran short of draws or heap resumes at its instant
             S[S_REDISPATCH] = 0
             dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, pr, G[G_REDISPATCH_AT])
+            leave(S, PF_EVENT, mark)
             continue
         t_heap = hp[0, 0] if S[S_HN] > 0 else INF
         t_hit = hit_t[S[S_HIT]] if S[S_HIT] < n_hits else INF
@@ -163,6 +168,7 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
             else:
                 cid = a
                 if g != gen[cid]:
+                    leave(S, PF_STALE, mark)
                     continue  # stale: the client was interrupted or already answered
                 if kind == K_SESSION_END:
                     action = A_OFFLINE
@@ -188,6 +194,8 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                     action = A_REFUSAL
                     ra = cra[cid]
         S[S_EVENTS] += 1
+        leave(S, PF_EVENT, mark)
+        mark = enter(S)
         while action != A_NONE:  # the client's next steps at this instant (sim.des Model.life)
             if action == A_EPISODE:
                 become(P, Q, S, G, cl, hp, pp, rec, cid, CONNECTING, now)
@@ -360,3 +368,4 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                 if wait < INF:
                     push(hp, S, now + wait, K_WANT, cid, gen[cid])
                 action = A_NONE
+        leave(S, PF_STEPS, mark)

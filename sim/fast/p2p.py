@@ -18,11 +18,12 @@ from numba import njit
 from sim.fast.clients import set_state, wake
 from sim.fast.heap import push
 from sim.fast.layout import (
-    CL_GEN, CL_STATE, CONNECTING, G_REDISPATCH_AT, INF, K_WANT, L_SUPERNODES, L_WORKERS, ONLINE, P_PROMO_DELAY,
-    P_PROMO_RATE, P_RATIO, P_SHUTDOWN_AT, P_SHUTDOWN_RATE, P_WIDTH, PP_ACTIVE, PP_APOS, PP_BUF, PP_HEAD, PP_HOME,
-    PP_NEXT, PP_NKIDS, PP_ONPOS, PP_ONS, PP_PREV, PP_ROOM, PP_RPOS, PP_SCID, PP_SFREE, PP_SIDX, PP_SINCE, Q_CHILDREN,
-    Q_DEDICATED, Q_EXTRA, Q_NBINS, Q_P2P, Q_SLOTS, Q_WORKERS, REC_LV, S_N0, S_NONS, S_NROOM, S_NSN, S_REDISPATCH,
-    S_SFREE)
+    CL_GEN, CL_STATE, CONNECTING, G_REDISPATCH_AT, INF, K_WANT, L_SUPERNODES, L_WORKERS, ONLINE, PF_P2P, PP_ACTIVE,
+    PP_APOS, PP_BUF, PP_HEAD, PP_HOME, PP_NEXT, PP_NKIDS, PP_ONPOS, PP_ONS, PP_PREV, PP_ROOM, PP_RPOS, PP_SCID,
+    PP_SFREE, PP_SIDX, PP_SINCE, P_PROMO_DELAY, P_PROMO_RATE, P_RATIO, P_SHUTDOWN_AT, P_SHUTDOWN_RATE, P_WIDTH,
+    Q_CHILDREN, Q_DEDICATED, Q_EXTRA, Q_NBINS, Q_P2P, Q_SLOTS, Q_WORKERS, REC_LV, S_N0, S_NONS, S_NROOM, S_NSN,
+    S_REDISPATCH, S_SFREE)
+from sim.fast.profile import enter, leave
 from sim.fast.record import level_add
 from sim.fast.server import waiting
 
@@ -168,6 +169,7 @@ def supernodes_changed(P, Q, S, G, rec, now):
 def tick(P, Q, S, G, cl, hp, pp, pool, rec, now):
     """The minute's rules (`Model.p2p_ticks`): promote towards the wanted count, then shut down
     under overload."""
+    mark = enter(S)
     wanted = P[P_RATIO] * S[S_N0 + ONLINE]
     have = S[S_NSN]
     if have < wanted:
@@ -181,6 +183,7 @@ def tick(P, Q, S, G, cl, hp, pp, pool, rec, now):
             k = min(stochastic_round(P[P_SHUTDOWN_RATE] * have), have)
             if k > 0:
                 shut_down(P, Q, S, G, cl, hp, pp, rec, k, now)
+    leave(S, PF_P2P, mark)
 
 
 @njit(cache=True)
@@ -249,6 +252,7 @@ def become(P, Q, S, G, cl, hp, pp, rec, cid, new, now):
     set_state(P, Q, S, G, st, rec, cid, new, now)
     if not Q[Q_P2P]:
         return
+    mark = enter(S)
     if new == ONLINE:
         pp[PP_SINCE][cid] = now
         list_add(pp[PP_ONS], pp[PP_ONPOS], S, S_NONS, cid)
@@ -260,3 +264,4 @@ def become(P, Q, S, G, cl, hp, pp, rec, cid, new, now):
         else:
             list_remove(pp[PP_ONS], pp[PP_ONPOS], S, S_NONS, cid)
             unhome(Q, S, pp, cid)
+    leave(S, PF_P2P, mark)

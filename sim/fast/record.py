@@ -11,13 +11,21 @@ import math
 from numba import njit
 
 from sim.fast.layout import (G_BELOW0, G_EVER0, G_LAST_UP0, G_LOWEST, G_LOWEST_AT, G_SHARE, G_SINCE, G_TAIL_MAX,
-                             P_TAIL0, P_THR0, P_W_START, REC_CB, REC_CS, REC_CT, REC_LB, REC_LS, REC_LV, REC_SCB,
-                             REC_SCS, REC_SCT, REC_WS)
+                             P_TAIL0, P_THR0, P_W_START, PF_RECORDS, REC_CB, REC_CS, REC_CT, REC_LB, REC_LS, REC_LV,
+                             REC_S, REC_SCB, REC_SCS, REC_SCT, REC_WS)
+from sim.fast.profile import enter, leave
 
 
 @njit(cache=True, inline="always")
 def level_add(rec, k, t, delta, width, nbins):
     """`sim.record.Level.add` over arrays: integrate the old value into bins and windows."""
+    mark = enter(rec[REC_S])
+    _level_add(rec, k, t, delta, width, nbins)
+    leave(rec[REC_S], PF_RECORDS, mark)
+
+
+@njit(cache=True, inline="always")
+def _level_add(rec, k, t, delta, width, nbins):
     LV, LB, LS, WS = rec[REC_LV], rec[REC_LB], rec[REC_LS], rec[REC_WS]
     t0 = LV[k, 1]
     v = LV[k, 0]
@@ -45,6 +53,13 @@ def level_add(rec, k, t, delta, width, nbins):
 @njit(cache=True, inline="always")
 def count(rec, k, t, width, nbins):
     """`sim.record.Counter.add(t)`: an event at a window's start is in it."""
+    mark = enter(rec[REC_S])
+    _count(rec, k, t, width, nbins)
+    leave(rec[REC_S], PF_RECORDS, mark)
+
+
+@njit(cache=True, inline="always")
+def _count(rec, k, t, width, nbins):
     WS, CT, CB, CS = rec[REC_WS], rec[REC_CT], rec[REC_CB], rec[REC_CS]
     for w in range(WS.shape[0]):
         if CS[k, w] < 0 and WS[w] <= t:
@@ -57,6 +72,13 @@ def count(rec, k, t, width, nbins):
 @njit(cache=True, inline="always")
 def count_start(rec, k, t, width, nbins):
     """`sim.record.StartCounter.add(t)` with the steady window only."""
+    mark = enter(rec[REC_S])
+    _count_start(rec, k, t, width, nbins)
+    leave(rec[REC_S], PF_RECORDS, mark)
+
+
+@njit(cache=True, inline="always")
+def _count_start(rec, k, t, width, nbins):
     WS, SCB, SCT, SCS = rec[REC_WS], rec[REC_SCB], rec[REC_SCT], rec[REC_SCS]
     SCT[k] += 1
     i = int(t / width)

@@ -13,16 +13,16 @@ from numba import njit
 from sim import protections
 from sim.fast.heap import push
 from sim.fast.layout import (
-    A_NONE, A_TIMEOUT, K_TIMEOUT, P_RTT,
-    C_REJECTED, C_WASTED, CL_CRA, CL_GEN, CL_KEYS, CT_LOSE, CT_WORKERS, D_RESUME, D_SERVICE, D_U01, G_BUSY_TIME,
-    G_REDISPATCH_AT, G_TOKENS, G_TOKENS_AT, G_WAITS_SUM, G_WASTED_TIME, HANG_FAULT, HANG_PARTITION, HANG_RESUME,
-    K_DONE, K_REFUSED, K_REJECT_DONE, L_QUEUE, L_REJECTING, L_SERVING, L_WORKERS, ONLINE, P_KNEE, P_PER_REQ,
-    P_PER_WORKER, P_REJECT_COST, P_RL_BURST, P_RL_RATE, P_STEADY0, P_STEADY1, P_WIDTH, PL_CLIENT, PL_DEADLINE,
-    PL_FREE, PL_GEN, PL_HANG, PL_QUEUE, PL_REJECTS, PL_SENT, PL_START, PL_STATE, PR_CPRM, PR_CROW, PT_FAILURE,
-    PT_FRACTION, PT_HANG, PT_ISOLATE_AT, PT_OFFSET, Q_ALIFO, Q_CANCEL, Q_CHILDREN, Q_CODEL, Q_DEDICATED, Q_DROP,
-    Q_EXTRA, Q_LIFO, Q_NBINS, Q_OVERLOAD, Q_RESUME_SVC, Q_WORKERS, R_DEAD, R_FREE, R_SERVING, S_BUSY, S_FREE, S_HN,
-    S_N0, S_NPART, S_NSN, S_POS, S_QH, S_QN, S_REDISPATCH, S_RJH, S_RJN, S_SERVING, S_WAITS_POS, S_WAITS_STARTED,
-    SC_REFUSALS)
+    A_NONE, A_TIMEOUT, CL_CRA, CL_GEN, CL_KEYS, CT_LOSE, CT_WORKERS, C_REJECTED, C_WASTED, D_RESUME, D_SERVICE,
+    D_U01, G_BUSY_TIME, G_REDISPATCH_AT, G_TOKENS, G_TOKENS_AT, G_WAITS_SUM, G_WASTED_TIME, HANG_FAULT,
+    HANG_PARTITION, HANG_RESUME, K_DONE, K_REFUSED, K_REJECT_DONE, K_TIMEOUT, L_QUEUE, L_REJECTING, L_SERVING,
+    L_WORKERS, ONLINE, PF_SERVER, PL_CLIENT, PL_DEADLINE, PL_FREE, PL_GEN, PL_HANG, PL_QUEUE, PL_REJECTS, PL_SENT,
+    PL_START, PL_STATE, PR_CPRM, PR_CROW, PT_FAILURE, PT_FRACTION, PT_HANG, PT_ISOLATE_AT, PT_OFFSET, P_KNEE,
+    P_PER_REQ, P_PER_WORKER, P_REJECT_COST, P_RL_BURST, P_RL_RATE, P_RTT, P_STEADY0, P_STEADY1, P_WIDTH, Q_ALIFO,
+    Q_CANCEL, Q_CHILDREN, Q_CODEL, Q_DEDICATED, Q_DROP, Q_EXTRA, Q_LIFO, Q_NBINS, Q_OVERLOAD, Q_RESUME_SVC,
+    Q_WORKERS, R_DEAD, R_FREE, R_SERVING, SC_REFUSALS, S_BUSY, S_FREE, S_HN, S_N0, S_NPART, S_NSN, S_POS, S_QH,
+    S_QN, S_REDISPATCH, S_RJH, S_RJN, S_SERVING, S_WAITS_POS, S_WAITS_STARTED)
+from sim.fast.profile import enter, leave
 from sim.fast.protections import busy_retry_after
 from sim.fast.record import count, count_start, level_add
 from sim.fast.streams import draw
@@ -90,6 +90,7 @@ def start(P, Q, S, G, keys, pool, draws, PT, hp, rec, r, now):
     overload factor; cut at the deadline with cancel_on_timeout; its end goes on the heap. An
     injected fault's bit (HANG_FAULT) stays: K_DONE answers it with an error. A resumption
     (HANG_RESUME, which stays too) draws from `[server.resume]` when it is set (Q_RESUME_SVC)."""
+    mark = enter(S)
     rc, rsent, rdl, rhang = pool[PL_CLIENT], pool[PL_SENT], pool[PL_DEADLINE], pool[PL_HANG]
     S[S_BUSY] += 1
     S[S_SERVING] += 1
@@ -116,6 +117,7 @@ def start(P, Q, S, G, keys, pool, draws, PT, hp, rec, r, now):
     if Q[Q_CANCEL] and now + work > rdl[r]:
         work = max(0.0, rdl[r] - now)
     push(hp, S, now + work, K_DONE, r, 0)
+    leave(S, PF_SERVER, mark)
 
 
 @njit(cache=True)
@@ -132,6 +134,7 @@ def dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, pr, now):
     adaptive LIFO: newest first while it is overloaded); expired ones are dropped at the head,
     and CoDel sheds those that waited too long (`shed`). Short of draws or heap, it stops and
     the loop resumes it at once."""
+    mark = enter(S)
     keys = cl[CL_KEYS]
     rsent, rdl, queue, rejects = pool[PL_SENT], pool[PL_DEADLINE], pool[PL_QUEUE], pool[PL_REJECTS]
     cap = queue.shape[0]
@@ -139,6 +142,7 @@ def dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, pr, now):
         if low(S, hp, draws):
             S[S_REDISPATCH] = 1
             G[G_REDISPATCH_AT] = now
+            leave(S, PF_SERVER, mark)
             return
         if S[S_RJN] > 0:
             r = rejects[S[S_RJH]]
@@ -162,6 +166,7 @@ def dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, pr, now):
             shed(P, Q, S, cl, hp, pool, rec, r, now)
             continue
         start(P, Q, S, G, keys, pool, draws, PT, hp, rec, r, now)
+    leave(S, PF_SERVER, mark)
 
 
 @njit(cache=True)
