@@ -39,7 +39,8 @@ __all__ = ["Part", "Source", "Estimate", "ResourceError", "estimate", "check", "
 # tracemalloc's peak over one run of a 5-minute storm, at two population sizes; the constant is
 # the slope (bytes per extra client), so the interpreter's own memory drops out. Scripts:
 #   fast, 200 k vs 400 k clients, all rebooting at 10 s for 60 s, queue_limit 10:      236 B/client
-#     (idle, no events: 156; churning sessions: 309; + [server.p2p]: +34 idle and storm)
+#     (idle, no events: 156; churning sessions: 309; + [server.p2p]: +34 idle and storm, + 4 for the
+#     promotions' scratch array, as long as the clients since the fast engine's profile)
 #   des, 20 k vs 40 k: idle clients cost their three arrays (state, key, rebooting): ~10 B/client;
 #     a client with a live SimPy process (a timer or an attempt, its generator, its slot): 1,885 B
 #     (churning sessions, every client with a process: 1,367); [server.p2p] homes: +195 B/client
@@ -50,7 +51,7 @@ __all__ = ["Part", "Source", "Estimate", "ResourceError", "estimate", "check", "
 #     fast 673 B/bin (~37 B a value: arrays, then lists), des 353 B/bin (~20 B a value, Python lists)
 #   the interpreter with numpy, SimPy (des) or the loaded numba loop (fast): RSS 50 MB and 175 MB
 BYTES = {
-    "fast": {"client": 240.0, "p2p": 35.0, "request": 131.0, "bin": 673.0, "base": 180e6},
+    "fast": {"client": 240.0, "p2p": 39.0, "request": 131.0, "bin": 673.0, "base": 180e6},
     "des": {"client": 10.0, "active": 1_900.0, "p2p": 195.0, "request": 248.0, "bin": 353.0, "base": 50e6},
 }
 #: the time series a finished run keeps (`RunResult.timeseries`: 15 columns of float64 per bin)

@@ -6,15 +6,15 @@ The steps of a client's life (episode, attempt, retry timer, ...) are in the loo
 
 from __future__ import annotations
 
-from numba import njit
 
+from sim.fast.jit import kernel
 from sim.fast.layout import (CL_GEN, CL_ORBITING, CONNECTING, GAVE_UP, L_ORBIT, OFFLINE, ONLINE, P_WIDTH,
                              PF_RECORDS, Q_NBINS, S_N0)
 from sim.fast.profile import enter, leave
 from sim.fast.record import level_add, watch
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def state_level(state):
     """The level (row of `sim.record.LEVELS`) that counts the clients in `state`."""
     # LEVELS = online, connecting, offline, gave_up, ...; states are offline, connecting, online, gave_up
@@ -25,7 +25,7 @@ def state_level(state):
     return state  # connecting 1, gave_up 3
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def set_state(P, Q, S, G, st, rec, cid, new, t):
     """The state counts, their levels and the share watch (with supernodes: `p2p.become`)."""
     old = st[cid]
@@ -42,7 +42,7 @@ def set_state(P, Q, S, G, st, rec, cid, new, t):
     leave(S, PF_RECORDS, mark)
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def wake(P, Q, S, cl, rec, cid, now):
     """An event interrupts the client: whatever it waited for no longer concerns it."""
     gen, orbiting = cl[CL_GEN], cl[CL_ORBITING]

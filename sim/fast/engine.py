@@ -285,7 +285,7 @@ class Engine(EventActions):
         self.pp = (np.full(m, -1, i4), since, np.full(m, -1, i4), np.full(m, -1, i4), np.full(m, -1, i4), onpos, ons,
                    np.full(slots, -1, i4), np.full(slots, -1, i4), np.zeros(slots, i4), np.full(slots, -1, i4),
                    np.zeros(slots, i4), np.full(slots, -1, i4), np.zeros(slots, i4),
-                   np.arange(slots - 1, -1, -1, dtype=i4), np.zeros(slots, i4))
+                   np.arange(slots - 1, -1, -1, dtype=i4), np.zeros(max(slots, m), i4))
         S = self.S
         S[S_NONS], S[S_SFREE] = len(online), slots
         self.set_rules(cfg)

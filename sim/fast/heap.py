@@ -7,13 +7,13 @@ step down touches two cache lines, not five arrays. It plays the part of SimPy's
 
 from __future__ import annotations
 
-from numba import njit
 
+from sim.fast.jit import kernel
 from sim.fast.layout import HP_CODE, HP_GEN, HP_SEQ, HP_TIME, PF_POP, PF_PUSH, S_HN, S_PF_HEAP, S_SEQ
 from sim.fast.profile import PROFILE, enter, leave
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def push(hp, S, t, kind, a, g):
     """Add an entry acting at `t` after every entry already there for `t`."""
     mark = enter(S)
@@ -31,13 +31,13 @@ def push(hp, S, t, kind, a, g):
     leave(S, PF_PUSH, mark)
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def top_kind(hp):
     """The kind of the earliest entry (the heap is not empty)."""
     return int(hp[0, HP_CODE]) & 15
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def pop(hp, S):
     """Removes the earliest entry; returns its (kind, a, g)."""
     mark = enter(S)
@@ -67,7 +67,7 @@ def pop(hp, S):
     return code & 15, code >> 4, g
 
 
-@njit(cache=True)
+@kernel
 def push_many(hp, S, times, kind, values, g):
     """One entry per time, in order (a capacity ramp's steps)."""
     for i in range(times.shape[0]):

@@ -199,7 +199,8 @@ Tuples of arrays the kernels take, by index:
                 per supernode slot: PP_SCID (its client), PP_HEAD (first child),
                 PP_NKIDS (children), PP_RPOS (place in PP_ROOM or -1), PP_ROOM (slots with
                 room), PP_APOS (place in PP_ACTIVE), PP_ACTIVE (slots in use), PP_SFREE
-                (stack of free slots), PP_BUF (scratch)
+                (stack of free slots), PP_BUF (scratch: a shutdown's supernodes,
+                the ripe clients of a promotion; as long as the clients)
     hits        the sorted stream of fraction-event hits: HT_TIME, HT_CLIENT, HT_KIND
                 (H_*), HT_DOWNTIME (a reboot's)
     lm          the client limiter (docs/model.md section 4.7, `sim.limiters`): LM_PRM (its

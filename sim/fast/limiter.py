@@ -8,29 +8,29 @@ or its group's: `sim.limiters.group_of`) as `sim.des.Model._limiter_row` does.
 
 from __future__ import annotations
 
-from numba import njit
 from numba.extending import register_jitable
 
 from sim import limiters
+from sim.fast.jit import kernel
 from sim.fast.layout import LM_HELD, LM_INITIAL, LM_PRM, LM_STATE, Q_L_DEVICE, Q_L_GROUPS, Q_LIMITER
 
 for _kernel in limiters.KERNELS:  # helpers first: each compiles against those before it
     register_jitable(_kernel)
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def limiter_row(Q, lm, cid):
     """The state row client `cid` uses (a view into LM_STATE)."""
     return lm[LM_STATE][limiters.group_of(cid, Q[Q_L_GROUPS], Q[Q_L_DEVICE] != 0)]
 
 
-@njit(cache=True)
+@kernel
 def limiter_send(Q, lm, cid, now, first, u):
     """`on_send` before an attempt: SEND, or SHORT (refused locally, not sent)."""
     return limiters.on_send(Q[Q_LIMITER], lm[LM_PRM], limiter_row(Q, lm, cid), now, first, u)
 
 
-@njit(cache=True)
+@kernel
 def limiter_retry(Q, lm, cid, now, timed_out):
     """`on_retry` after a failure: the quota cost taken (kept in LM_HELD), or DENIED (< 0)."""
     cost = limiters.on_retry(Q[Q_LIMITER], lm[LM_PRM], limiter_row(Q, lm, cid), now, timed_out)
@@ -39,13 +39,13 @@ def limiter_retry(Q, lm, cid, now, timed_out):
     return cost
 
 
-@njit(cache=True)
+@kernel
 def limiter_result(Q, lm, cid, now, outcome):
     """`on_result` when a sent call's answer (or its timeout) reaches the client."""
     limiters.on_result(Q[Q_LIMITER], lm[LM_PRM], limiter_row(Q, lm, cid), now, outcome, lm[LM_HELD][cid])
 
 
-@njit(cache=True)
+@kernel
 def limiter_reset(lm, cid):
     """A rebooted device's app starts with a fresh limiter (per-device scope only)."""
     row, initial = lm[LM_STATE][cid], lm[LM_INITIAL]

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import math
 
-from numba import njit
 
 from sim import protections
 from sim.fast.clients import state_level, wake
 from sim.fast.heap import pop, push, top_kind
+from sim.fast.jit import kernel
 from sim.fast.layout import (
     A_ATTEMPT, A_EPISODE, A_ERROR, A_FAIL, A_GIVE_UP, A_NONE, A_OFFLINE, A_ONLINE, A_REBOOT, A_REFUSAL, A_SUCCESS,
     A_TIMEOUT, CONNECTING, CT_WORKERS, C_ATTEMPTS, C_ERRORS, C_REJECTED, C_RESUMED, C_RESUMPTIONS, C_SHORT,
@@ -48,7 +48,7 @@ from sim.fast.streams import draw, policy_delay
 from sim.limiters import FAILED, OK, SHORT, TIMED_OUT
 
 
-@njit(cache=True)
+@kernel
 def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp, lm, pr):
     """Process every event before `until`; returns DONE, or what Python must do before calling again."""
     st, gen, rebooting, orbiting, begun, first, sent, prev, natt, cra, keys, learned = cl

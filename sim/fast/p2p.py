@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
 from sim.fast.clients import set_state, wake
 from sim.fast.heap import push
+from sim.fast.jit import kernel
 from sim.fast.layout import (
     CL_GEN, CL_STATE, CONNECTING, G_REDISPATCH_AT, INF, K_WANT, L_SUPERNODES, L_WORKERS, ONLINE, PF_P2P, PP_ACTIVE,
     PP_APOS, PP_BUF, PP_HEAD, PP_HOME, PP_NEXT, PP_NKIDS, PP_ONPOS, PP_ONS, PP_PREV, PP_ROOM, PP_RPOS, PP_SCID,
@@ -28,26 +28,26 @@ from sim.fast.record import level_add
 from sim.fast.server import waiting
 
 
-@njit(cache=True)
+@kernel
 def seed(value):
     """Seed numba's generator, which the supernode picks draw from."""
     np.random.seed(value)
 
 
-@njit(cache=True)
+@kernel
 def pick(n):
     """A uniform index in [0, n)."""
     return min(n - 1, int(np.random.random() * n))
 
 
-@njit(cache=True)
+@kernel
 def stochastic_round(x):
     """`sim.p2p.stochastic_round`: floor(x) plus one with probability frac(x)."""
     whole = math.floor(x)
     return int(whole) + (1 if np.random.random() < x - whole else 0)
 
 
-@njit(cache=True)
+@kernel
 def list_add(items, pos, S, count, x):
     """Append `x` to a list with positions (its length is S[count])."""
     pos[x] = S[count]
@@ -55,7 +55,7 @@ def list_add(items, pos, S, count, x):
     S[count] += 1
 
 
-@njit(cache=True)
+@kernel
 def list_remove(items, pos, S, count, x):
     """Swap-remove `x` from a list with positions (a no-op when it is not in it)."""
     i = pos[x]
@@ -68,7 +68,7 @@ def list_remove(items, pos, S, count, x):
     S[count] -= 1
 
 
-@njit(cache=True)
+@kernel
 def home(Q, S, pp, cid, slot):
     """`cid` becomes a child of supernode `slot` (first in its list); a full one leaves `room`."""
     homes, nxt, prv, head, nkids = pp[PP_HOME], pp[PP_NEXT], pp[PP_PREV], pp[PP_HEAD], pp[PP_NKIDS]
@@ -84,7 +84,7 @@ def home(Q, S, pp, cid, slot):
         list_remove(pp[PP_ROOM], pp[PP_RPOS], S, S_NROOM, slot)
 
 
-@njit(cache=True)
+@kernel
 def unhome(Q, S, pp, cid):
     """`cid` leaves its home (offline or promoted); a no-op when it has none."""
     homes, nxt, prv, head, nkids, rpos = pp[PP_HOME], pp[PP_NEXT], pp[PP_PREV], pp[PP_HEAD], pp[PP_NKIDS], pp[PP_RPOS]
@@ -103,14 +103,14 @@ def unhome(Q, S, pp, cid):
         list_add(pp[PP_ROOM], rpos, S, S_NROOM, slot)
 
 
-@njit(cache=True)
+@kernel
 def place(Q, S, pp, cid):
     """Home `cid` on a supernode chosen uniformly among those with room (none: it stays unhomed)."""
     if S[S_NROOM] > 0:
         home(Q, S, pp, cid, pp[PP_ROOM][pick(S[S_NROOM])])
 
 
-@njit(cache=True)
+@kernel
 def promote(Q, S, pp, cid):
     """An ONLINE ordinary client becomes a supernode with no children, leaving its own home."""
     sidx, scid, head, nkids = pp[PP_SIDX], pp[PP_SCID], pp[PP_HEAD], pp[PP_NKIDS]
@@ -123,7 +123,7 @@ def promote(Q, S, pp, cid):
     list_add(pp[PP_ROOM], pp[PP_RPOS], S, S_NROOM, slot)
 
 
-@njit(cache=True)
+@kernel
 def demote(P, Q, S, G, cl, hp, pp, rec, cid, now):
     """`cid` stops being a supernode: its children lose their sessions and start episodes now."""
     st, gen = cl[CL_STATE], cl[CL_GEN]
@@ -149,7 +149,7 @@ def demote(P, Q, S, G, cl, hp, pp, rec, cid, now):
     S[S_SFREE] += 1
 
 
-@njit(cache=True)
+@kernel
 def supernodes_changed(P, Q, S, G, rec, now):
     """Supernode slots are workers (`LoginServer.set_extra`); more of them dispatch at once."""
     width, nbins = P[P_WIDTH], Q[Q_NBINS]
@@ -165,7 +165,7 @@ def supernodes_changed(P, Q, S, G, rec, now):
     Q[Q_EXTRA], Q[Q_WORKERS] = extra, workers
 
 
-@njit(cache=True)
+@kernel
 def tick(P, Q, S, G, cl, hp, pp, pool, rec, now):
     """The minute's rules (`Model.p2p_ticks`): promote towards the wanted count, then shut down
     under overload."""
@@ -186,7 +186,7 @@ def tick(P, Q, S, G, cl, hp, pp, pool, rec, now):
     leave(S, PF_P2P, mark)
 
 
-@njit(cache=True)
+@kernel
 def promote_ripe(P, Q, S, pp, k, now):
     """Promote k clients uniformly among the ripe ONLINE ordinary ones, without replacement:
     draws from all of them kept when ripe, then (if that is slow) an exact pick in a full scan."""
@@ -200,7 +200,7 @@ def promote_ripe(P, Q, S, pp, k, now):
             promote(Q, S, pp, c)
             k -= 1
     if k > 0 and S[S_NONS] > 0:
-        ripe_ids = np.empty(S[S_NONS], dtype=np.int32)
+        ripe_ids = pp[PP_BUF]  # scratch as long as the clients (sim.fast.jit: kernels allocate nothing)
         n = 0
         for j in range(S[S_NONS]):
             if since[ons[j]] <= ripe:
@@ -212,7 +212,7 @@ def promote_ripe(P, Q, S, pp, k, now):
             promote(Q, S, pp, ripe_ids[i])
 
 
-@njit(cache=True)
+@kernel
 def shut_down(P, Q, S, G, cl, hp, pp, rec, k, now):
     """k supernodes, uniformly chosen, shut down: their children reconnect, they stay online as
     ordinary clients whose promotion clock restarts."""
@@ -232,7 +232,7 @@ def shut_down(P, Q, S, G, cl, hp, pp, rec, k, now):
         place(Q, S, pp, buf[i])
 
 
-@njit(cache=True)
+@kernel
 def start_p2p(Q, S, pp, chosen, others):
     """t = 0 (`Model._start_p2p`): the chosen supernodes, then every other online client homed in
     the given order."""
@@ -242,7 +242,7 @@ def start_p2p(Q, S, pp, chosen, others):
         place(Q, S, pp, others[i])
 
 
-@njit(cache=True)
+@kernel
 def become(P, Q, S, G, cl, hp, pp, rec, cid, new, now):
     """`Model.set_state`: the state levels, and with p2p a login's home or a leaving client's."""
     st = cl[CL_STATE]

@@ -15,10 +15,11 @@ from __future__ import annotations
 import os
 
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from sim.fast.jit import kernel
 from sim.fast.layout import N_PF, S_PF, S_PF_DONE, S_PFN
 
 PROFILE = os.environ.get("LOGINSTORM_FAST_PROFILE", "") == "1"
@@ -37,13 +38,13 @@ def _cycles(typingctx):
     return types.int64(), codegen
 
 
-@njit(cache=True)
+@kernel
 def cycles():
     """The cycle counter, for Python (the time around a call of the loop)."""
     return _cycles()
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def enter(S):
     """A part begins: (cycles now, cycles attributed so far); (0, 0) unless profiling."""
     if PROFILE:
@@ -51,7 +52,7 @@ def enter(S):
     return 0, 0
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def leave(S, part, mark):
     """A part ends: its own cycles (minus those of the parts it called) go to `part`."""
     if PROFILE:

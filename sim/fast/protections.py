@@ -9,17 +9,17 @@ does when the scenario sets `[server.concurrency]`, `[server.codel]` or retry_af
 
 from __future__ import annotations
 
-from numba import njit
 from numba.extending import register_jitable
 
 from sim import protections
+from sim.fast.jit import kernel
 from sim.fast.layout import P_MEAN_SERVICE, P_RA_MAX, P_RETRY_AFTER, Q_QUEUE_RA, Q_WORKERS, S_QN
 
 for _kernel in protections.KERNELS:  # the same functions the reference engine calls
     register_jitable(_kernel)
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def busy_retry_after(P, Q, S):
     """`LoginServer._busy`: the Retry-After of a busy tier's 503 (queue full, concurrency limit,
     CoDel, no home): P_RETRY_AFTER, or computed from the queue now with Q_QUEUE_RA."""

@@ -8,10 +8,10 @@ freed there. CoDel (`[server.codel]`) acts in `dispatch`, on the rows of `pr` (`
 
 from __future__ import annotations
 
-from numba import njit
 
 from sim import protections
 from sim.fast.heap import push
+from sim.fast.jit import kernel
 from sim.fast.layout import (
     A_NONE, A_TIMEOUT, CL_CRA, CL_GEN, CL_KEYS, CT_LOSE, CT_WORKERS, C_REJECTED, C_WASTED, D_RESUME, D_SERVICE,
     D_U01, G_BUSY_TIME, G_REDISPATCH_AT, G_TOKENS, G_TOKENS_AT, G_WAITS_SUM, G_WASTED_TIME, HANG_FAULT,
@@ -28,7 +28,7 @@ from sim.fast.record import count, count_start, level_add
 from sim.fast.streams import draw
 
 
-@njit(cache=True)
+@kernel
 def partition_of(S, PT, key):
     """The active partition this client depends on (membership by its fixed key), or -1."""
     for i in range(S[S_NPART]):
@@ -37,7 +37,7 @@ def partition_of(S, PT, key):
     return -1
 
 
-@njit(cache=True)
+@kernel
 def partition_hang(S, PT, draws, key, now):
     """0: no hang; 1: this attempt will hang if it is served; -1: fail fast (after isolate_at)."""
     i = partition_of(S, PT, key)
@@ -48,7 +48,7 @@ def partition_hang(S, PT, draws, key, now):
     return 1
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def reply_after_rtt(P, S, hp, now, timeout, cid, g, kind, at_once):
     """An answer given at once by the server reaches the client one round trip later (a heap entry
     of `kind`), unless its deadline comes first (a timeout); with no round trip it acts now:
@@ -65,7 +65,7 @@ def reply_after_rtt(P, S, hp, now, timeout, cid, g, kind, at_once):
     return at_once
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def take_token(P, G, now):
     """`sim.bucket.TokenBucket.take`: every attempt that gets this far takes a token."""
     tokens = min(P[P_RL_BURST], G[G_TOKENS] + (now - G[G_TOKENS_AT]) * P[P_RL_RATE])
@@ -77,14 +77,14 @@ def take_token(P, G, now):
     return False
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def home_full(P, Q, S):
     """No supernode (nor the dedicated workers' share of homes) can home another client."""
     homes = S[S_NSN] * Q[Q_CHILDREN] + Q[Q_DEDICATED] * P[P_PER_WORKER]
     return S[S_N0 + ONLINE] >= homes
 
 
-@njit(cache=True)
+@kernel
 def start(P, Q, S, G, keys, pool, draws, PT, hp, rec, r, now):
     """A request takes a worker: a partition hang (decided now), else the service draw times the
     overload factor; cut at the deadline with cancel_on_timeout; its end goes on the heap. An
@@ -120,7 +120,7 @@ def start(P, Q, S, G, keys, pool, draws, PT, hp, rec, r, now):
     leave(S, PF_SERVER, mark)
 
 
-@njit(cache=True)
+@kernel
 def low(S, hp, draws):
     """Too few draws or heap slots left to start another request in this event."""
     block = draws.shape[1]
@@ -128,7 +128,7 @@ def low(S, hp, draws):
             or S[S_POS + D_RESUME] + 4 > block or S[S_HN] + 8 > hp.shape[0])
 
 
-@njit(cache=True)
+@kernel
 def dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, pr, now):
     """Free workers take reject work first, then queued requests by the discipline (with CoDel's
     adaptive LIFO: newest first while it is overloaded); expired ones are dropped at the head,
@@ -169,7 +169,7 @@ def dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, pr, now):
     leave(S, PF_SERVER, mark)
 
 
-@njit(cache=True)
+@kernel
 def shed(P, Q, S, cl, hp, pool, rec, r, now):
     """CoDel sheds queued request `r` (`LoginServer.dispatch`): rejected now (its refusal counted
     at its send time), a 503 without a worker that reaches the client one round trip later
@@ -186,7 +186,7 @@ def shed(P, Q, S, cl, hp, pool, rec, r, now):
     free(S, pool, r)
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def free(S, pool, r):
     """Request slot `r` goes back on the free stack."""
     pool[PL_STATE][r] = R_FREE
@@ -194,7 +194,7 @@ def free(S, pool, r):
     S[S_FREE] += 1
 
 
-@njit(cache=True)
+@kernel
 def answer_refused(S, cl, hp, pool, r, now):
     """An immediate connection error to the client still waiting for request `r` (ra 0)."""
     gen, cra = cl[CL_GEN], cl[CL_CRA]
@@ -204,7 +204,7 @@ def answer_refused(S, cl, hp, pool, r, now):
         push(hp, S, now, K_REFUSED, cid, gen[cid])
 
 
-@njit(cache=True)
+@kernel
 def lose(P, Q, S, G, cl, hp, pool, rec, answer, now):
     """`LoginServer.lose_everything`: queued, waiting reject work and in-service requests are lost
     (rejected; killed work is wasted); answer=1: their clients learn at once, else they time out."""
@@ -245,7 +245,7 @@ def lose(P, Q, S, G, cl, hp, pool, rec, answer, now):
     level_add(rec, L_SERVING, now, -float(killed), width, nbins)
 
 
-@njit(cache=True)
+@kernel
 def control(code, x, now, P, Q, S, G, cl, hp, pool, draws, PT, rec, pr):
     """A server action between two stretches: set the workers, lose everything, or dispatch."""
     if code == CT_WORKERS:
@@ -260,7 +260,7 @@ def control(code, x, now, P, Q, S, G, cl, hp, pool, draws, PT, rec, pr):
         dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, pr, now)
 
 
-@njit(cache=True)
+@kernel
 def waiting(S, pool, now):
     """Queued requests whose client still waits for them (`LoginServer.waiting`)."""
     rdl, queue = pool[PL_DEADLINE], pool[PL_QUEUE]

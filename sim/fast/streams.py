@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from numba import njit
 from numba.extending import register_jitable
 
 from sim import policies
+from sim.fast.jit import kernel
 from sim.fast.layout import S_POS
 
 for _kernel in policies.KERNELS:  # the formulas become callable from compiled code, unchanged for Python
@@ -15,7 +15,7 @@ for _kernel in policies.KERNELS:  # the formulas become callable from compiled c
 POLICY_CODES = {k: i for i, k in enumerate(policies.KERNELS[1:])}  # none_delay -> 0, ... grpc_delay -> 7
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def draw(draws, S, k):
     """The next sample of stream k (the loop returns REFILL before a block runs out)."""
     i = S[S_POS + k]
@@ -23,7 +23,7 @@ def draw(draws, S, k):
     return draws[k, i]
 
 
-@njit(cache=True)
+@kernel
 def policy_delay(code, n, u, previous, base, cap, multiplier, top):
     """The policy's delay before retry n: the `sim.policies` formula function for `code`."""
     if code == 0:
