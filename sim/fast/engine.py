@@ -17,15 +17,16 @@ import numpy as np
 
 from sim.fast import loop
 from sim.fast.events import EventActions
-from sim.fast.heap import push
+from sim.fast.heap import push, push_codes
 from sim.fast.layout import (
-    BLOCK, D_RESUME, D_U01, DONE, G_BELOW0, G_BUSY_TIME, G_EVER0, G_LAST_UP0, G_LOWEST, G_LOWEST_AT, G_SHARE,
-    G_SINCE, G_TAIL_MAX, G_TOKENS, G_TOKENS_AT, G_WAITS_SUM, G_WASTED_TIME, GROW_HEAP, GROW_LOGINS, GROW_POOL, INF,
-    K_SESSION_END, K_TICK, K_WANT, MAX_PARTITIONS, N_G, N_P, N_Q, N_S, N_STREAMS, NOT_YET, OFFLINE, ONLINE, P2P_TICK,
-    P_PER_WORKER, P_PROMO_DELAY, P_PROMO_RATE, P_RATIO, P_SHUTDOWN_AT, P_SHUTDOWN_RATE, Q_DEDICATED, Q_EXTRA,
-    Q_ALIFO, Q_CLIMIT, Q_CODEL, Q_L_DEVICE, Q_L_DRAWS, Q_L_GROUPS, Q_L_STOPS, Q_LIMITER, Q_QUEUE_RA, Q_RESUME,
-    Q_RESUME_SVC, Q_WORKERS, REFILL, S_EPISODES, S_EVENTS, S_FREE, S_GAVE_UP, S_HN, S_LOGINS, S_N0, S_NONS, S_NSN,
-    S_POS, S_QH, S_QN, S_RJH, S_RJN, S_SEQ, S_SFREE, S_WAITS_POS, S_WAITS_STARTED, SPARE)
+    BLOCK, DONE, D_RESUME, D_U01, FAR_BUCKETS, FAR_WIDTH, GROW_HEAP, GROW_LOGINS, GROW_POOL, G_BELOW0, G_BUSY_TIME,
+    G_EVER0, G_LAST_UP0, G_LOWEST, G_LOWEST_AT, G_SHARE, G_SINCE, G_TAIL_MAX, G_TOKENS, G_TOKENS_AT, G_WAITS_SUM,
+    G_WASTED_TIME, INF, K_SESSION_END, K_TICK, K_WANT, MAX_PARTITIONS, NEAR_MIN, NOT_YET, N_G, N_P, N_Q, N_S,
+    N_STREAMS, OFFLINE, ONLINE, P2P_TICK, P_FAR_INV, P_PER_WORKER, P_PROMO_DELAY, P_PROMO_RATE, P_RATIO,
+    P_SHUTDOWN_AT, P_SHUTDOWN_RATE, Q_ALIFO, Q_CLIMIT, Q_CODEL, Q_DEDICATED, Q_EXTRA, Q_LIMITER, Q_L_DEVICE,
+    Q_L_DRAWS, Q_L_GROUPS, Q_L_STOPS, Q_MARGIN, Q_QUEUE_RA, Q_RESUME, Q_RESUME_SVC, Q_WORKERS, REFILL, SPARE,
+    S_EPISODES, S_EVENTS, S_FFREE, S_FFREEN, S_FREE, S_GAVE_UP, S_HN, S_LOGINS, S_N0, S_NONS, S_NSN, S_ON, S_POS,
+    S_QH, S_QN, S_RJH, S_RJN, S_SFREE, S_WAITS_POS, S_WAITS_STARTED)
 from sim.fast.p2p import seed, start_p2p
 from sim.fast.server import control
 from sim.fast.streams import POLICY_CODES
@@ -180,8 +181,8 @@ class Engine(EventActions):
     # --- setup ----------------------------------------------------------------------------
 
     def _init_heap(self, pop, n: int, online: int, m: int) -> None:
-        """Sessions of the clients online at t = 0 and offline times of the others: a sorted
-        array is already a heap."""
+        """Sessions of the clients online at t = 0 and offline times of the others, in time order
+        (placed in the event queue by `_place_start` once the parameters are set)."""
         times, ids, kinds = [np.empty(0)], [np.empty(0, dtype=np.int64)], [np.empty(0, dtype=np.int64)]
         for dist, lo, hi, kind in ((pop.session, 0, online, K_SESSION_END), (pop.offline, online, n, K_WANT)):
             if hi > lo and not dist.is_infinite:
@@ -192,11 +193,17 @@ class Engine(EventActions):
                 kinds.append(np.full(int(keep.sum()), kind, dtype=np.int64))
         t, a, k = np.concatenate(times), np.concatenate(ids), np.concatenate(kinds)
         order = np.argsort(t, kind="stable")
-        size = len(t)
-        cap = size + 2 * m + 1024
-        self.H = np.zeros((cap, 4))  # a sorted array is already a heap
-        self.H[:size, 0], self.H[:size, 1], self.H[:size, 2] = t[order], np.arange(size), a[order] * 16 + k[order]
-        self.heap_size = size
+        self.start_entries = (t[order], a[order] * 16 + k[order])
+        # the event queue (`sim.fast.heap`): near heap, the ring's rows (a free list), their
+        # buckets, the overflow heap; each grows by doubling when the loop asks
+        self.H = np.zeros((4 * NEAR_MIN + 1024, 4))
+        rows = m + 1024
+        self.F = np.zeros((rows, 4))
+        self.FN = np.arange(1, rows + 1, dtype=np.int64)
+        self.FN[-1] = -1
+        self.FH = np.full(FAR_BUCKETS, -1, dtype=np.int64)
+        self.FC = np.zeros(FAR_BUCKETS, dtype=np.int64)
+        self.O = np.zeros((len(t) + 1024, 4))
 
     def _init_pool(self, cap: int) -> None:
         cap = int(cap)
@@ -217,7 +224,7 @@ class Engine(EventActions):
             srv.queue_limit, base, cap, mult, top, ov.knee if ov else 0.0, ov.per_request if ov else 0.0,
             rl.rate if rl else 0.0, rl.bucket if rl else 0.0, rl.retry_after if rl else 0.0,
             rec.watch.start, thresholds[0], thresholds[1], srv.reject_cost, INF, 0.0, 0.0, 0.0, 0.0, INF, 0.0, 0.0,
-            srv.fault_rate, c.resume_window, srv.retry_after_max, srv.service_time.mean], dtype=float)
+            srv.fault_rate, c.resume_window, srv.retry_after_max, srv.service_time.mean, 0.0], dtype=float)
         p2p = srv.p2p
         self.Q = np.array([srv.workers, POLICY_CODES[type(pol).kernel], int(pol.random), pol.max_attempts,
                            int(srv.discipline == "lifo"), int(srv.drop_expired or srv.cancel_on_timeout),
@@ -227,7 +234,10 @@ class Engine(EventActions):
                            0, 0, 0, 0, 1, int(srv.fault_when == "fast"), 0, 0, 0, 0, 0, 0], dtype=np.int64)
         assert len(self.P) == N_P and len(self.Q) == N_Q, "sim.fast.layout's P_ or Q_ fields changed"
         self.S = np.zeros(N_S, dtype=np.int64)
-        self.S[S_HN], self.S[S_SEQ] = self.heap_size, self.heap_size
+        self.S[S_FFREE], self.S[S_FFREEN] = 0, len(self.F)
+        self.P[P_FAR_INV] = 1.0 / FAR_WIDTH
+        push_codes(self.queue_arrays(), self.S, self.P, *self.start_entries)
+        del self.start_entries
         self.S[S_FREE] = len(self.free)
         online = int((self.st == ONLINE).sum())
         self.S[S_N0 + OFFLINE], self.S[S_N0 + ONLINE] = int((self.st == OFFLINE).sum()), online
@@ -302,7 +312,7 @@ class Engine(EventActions):
         self.records.levels["supernodes"].set(0.0, nsn)
         if P2P_TICK < self.end:
             self.grow_heap(int(S[S_HN]) + 64)
-            push(self.H, S, P2P_TICK, K_TICK, 0, 0)
+            push(self.queue_arrays(), S, self.P, P2P_TICK, K_TICK, 0, 0)
 
     def set_rules(self, cfg) -> None:
         self.rules = cfg
@@ -404,7 +414,7 @@ class Engine(EventActions):
         return (self.P, self.Q, self.S, self.G,
                 (self.st, self.gen, self.rebooting, self.orbiting, self.begun, self.first, self.sent,
                  self.prev, self.natt, self.cra, self.keys, self.learned),
-                self.H,
+                self.queue_arrays(),
                 (self.rc, self.rg, self.rsent, self.rdl, self.rstart, self.free, self.queue, self.rstate,
                  self.rhang, self.rejects),
                 self.draws, self.PT,
@@ -429,9 +439,13 @@ class Engine(EventActions):
                 return
             self._make_room(status)
 
+    def queue_arrays(self) -> tuple:
+        """The event queue `hp` (`sim.fast.layout`), as the kernels take it."""
+        return self.H, self.F, self.FN, self.FH, self.FC, self.O
+
     def _make_room(self, status: int) -> None:
         if status == GROW_HEAP:
-            self.grow_heap(2 * len(self.H))
+            self._grow_queue()
         elif status == REFILL:
             self._refill()
         elif status == GROW_POOL:
@@ -440,8 +454,25 @@ class Engine(EventActions):
             self.logins = _grown(self.logins, 2 * len(self.logins))
 
     def grow_heap(self, size: int) -> None:
+        """Room for `size` entries in the near heap (each push of an event may land there)."""
         if size > len(self.H):
             self.H = _grown(self.H, size)
+
+    def _grow_queue(self) -> None:
+        """The part of the event queue the loop found short: the ring's free rows, the overflow
+        heap, else the near heap (to take the next bucket, or an event's pushes)."""
+        S, margin = self.S, int(self.Q[Q_MARGIN])
+        if S[S_FFREEN] < margin:
+            old = len(self.F)
+            self.F = _grown(self.F, 2 * old)
+            links = np.arange(old + 1, 2 * old + 1, dtype=np.int64)
+            links[-1] = S[S_FFREE]  # the new rows in front of the free list
+            self.FN = np.concatenate([self.FN, links])
+            S[S_FFREE], S[S_FFREEN] = old, S[S_FFREEN] + old
+        elif S[S_ON] + margin > len(self.O):
+            self.O = _grown(self.O, 2 * len(self.O))
+        else:
+            self.grow_heap(2 * len(self.H))
 
     def control(self, code: int, x: int) -> None:
         """A server action at the current time (the `at` the loop stopped before)."""

@@ -73,8 +73,7 @@ class EventActions:
         ws = np.arange(start + step, target + step, step)
         times = e.at + e.ramp * (ws - start) / (target - start)
         self.grow_heap(int(self.S[S_HN]) + len(ws) + 64)
-        hp = self.H
-        push_many(hp, self.S, times, K_WORKERS, ws.astype(np.int64), int(self.S[S_RAMP]))
+        push_many(self.queue_arrays(), self.S, self.P, times, K_WORKERS, ws.astype(np.int64), int(self.S[S_RAMP]))
 
     def _partition(self, e) -> None:
         entry = (float(self.rng.random()), e.fraction, e.failure, e.hang,

@@ -1,74 +1,189 @@
-"""The loop's event heap: a 4-ary min-heap of packed rows (layout: `sim.fast.layout`, "heap row").
+"""The loop's event queue: a small 4-ary min-heap of the entries due soon, in front of a ring of
+time buckets for the later ones, and a heap for those beyond the ring (layout: `sim.fast.layout`,
+"heap row" and `hp`).
 
 Rows are (time, seq, a x 16 + kind, g), ordered by time then by seq (the order entries were
-pushed, as SimPy breaks ties); a row is 32 bytes and a node's 4 children are adjacent, so a
-step down touches two cache lines, not five arrays. It plays the part of SimPy's event queue.
+pushed, as SimPy breaks ties). A heap row is 32 bytes and a node's 4 children are adjacent, so a
+step down touches two cache lines. The order of the entries taken out is that of one heap
+holding them all: the first entry of the near heap is the earliest of all once `settle` has
+poured into it every bucket before it.
+
+Why the buckets: with millions of clients waiting (every one on a retry timer), one heap of
+them all costs a pop ~10 levels of cache misses (the largest part of the fast engine's profile,
+benchmarks/README.md). An entry due later than the current bucket costs instead one append to
+its bucket's list (a bucket is FAR_WIDTH seconds, the ring spans FAR_BUCKETS of them) and, when
+its bucket comes, one push into a near heap of a few entries. While the near heap holds fewer
+than NEAR_MIN entries every push goes there: a small run works as with one heap.
+
+Where an entry may be: the near heap may hold any entry (a push goes there when the ring or the
+overflow heap is full), a bucket holds only entries of its own span (bucket number
+int(t / FAR_WIDTH) at or after `S_FCUR`, within the ring), the overflow heap entries beyond the
+ring; `settle` pours bucket `S_FCUR` and moves on while the near heap's first entry is not
+before it, and moves overflow entries into the ring as it comes within reach.
 """
 
 from __future__ import annotations
 
-
 from sim.fast.jit import kernel
-from sim.fast.layout import HP_CODE, HP_GEN, HP_SEQ, HP_TIME, PF_POP, PF_PUSH, S_HN, S_PF_HEAP, S_SEQ
+from sim.fast.layout import (FAR_BUCKETS, HP_CODE, HP_GEN, HP_SEQ, HP_TIME, HQ_COUNT, HQ_HEAD, HQ_NEAR, HQ_NEXT,
+                             HQ_OVER, HQ_ROWS, NEAR_MIN, PF_POP, PF_PUSH, P_FAR_INV, S_FCUR, S_FFREE, S_FFREEN,
+                             S_FN, S_HN, S_ON, S_PF_HEAP, S_SEQ)
 from sim.fast.profile import PROFILE, enter, leave
 
 
 @kernel(inline="always")
-def push(hp, S, t, kind, a, g):
-    """Add an entry acting at `t` after every entry already there for `t`."""
-    mark = enter(S)
-    i = S[S_HN]
-    seq = float(S[S_SEQ])
-    S[S_HN] = i + 1
-    S[S_SEQ] += 1
+def sift_in(H, n, t, seq, code, g):
+    """Add row (t, seq, code, g) to heap H of n entries (the caller counts it)."""
+    i = n
     while i > 0:
         p = (i - 1) >> 2
-        if hp[p, HP_TIME] < t or (hp[p, HP_TIME] == t and hp[p, HP_SEQ] < seq):
+        if H[p, HP_TIME] < t or (H[p, HP_TIME] == t and H[p, HP_SEQ] < seq):
             break
-        hp[i, 0], hp[i, 1], hp[i, 2], hp[i, 3] = hp[p, 0], hp[p, 1], hp[p, 2], hp[p, 3]
+        H[i, 0], H[i, 1], H[i, 2], H[i, 3] = H[p, 0], H[p, 1], H[p, 2], H[p, 3]
         i = p
-    hp[i, HP_TIME], hp[i, HP_SEQ], hp[i, HP_CODE], hp[i, HP_GEN] = t, seq, float(a * 16 + kind), float(g)
-    leave(S, PF_PUSH, mark)
+    H[i, HP_TIME], H[i, HP_SEQ], H[i, HP_CODE], H[i, HP_GEN] = t, seq, code, g
 
 
 @kernel(inline="always")
-def top_kind(hp):
-    """The kind of the earliest entry (the heap is not empty)."""
-    return int(hp[0, HP_CODE]) & 15
-
-
-@kernel(inline="always")
-def pop(hp, S):
-    """Removes the earliest entry; returns its (kind, a, g)."""
-    mark = enter(S)
-    if PROFILE:
-        S[S_PF_HEAP] += S[S_HN]
-    code, g = int(hp[0, HP_CODE]), int(hp[0, HP_GEN])
-    n = S[S_HN] - 1
-    S[S_HN] = n
-    t, seq, lc, lg = hp[n, 0], hp[n, 1], hp[n, 2], hp[n, 3]
+def sift_out(H, n):
+    """Remove the first row of heap H of n entries (the caller counts it and read it first)."""
+    n -= 1
+    t, seq, lc, lg = H[n, 0], H[n, 1], H[n, 2], H[n, 3]
     i = 0
     while True:
         c = 4 * i + 1
         if c >= n:
             break
-        best, bt, bs = c, hp[c, HP_TIME], hp[c, HP_SEQ]
+        best, bt, bs = c, H[c, HP_TIME], H[c, HP_SEQ]
         for j in range(c + 1, min(c + 4, n)):
-            tj = hp[j, HP_TIME]
-            if tj < bt or (tj == bt and hp[j, HP_SEQ] < bs):
-                best, bt, bs = j, tj, hp[j, HP_SEQ]
+            tj = H[j, HP_TIME]
+            if tj < bt or (tj == bt and H[j, HP_SEQ] < bs):
+                best, bt, bs = j, tj, H[j, HP_SEQ]
         if t < bt or (t == bt and seq < bs):
             break
-        hp[i, 0], hp[i, 1], hp[i, 2], hp[i, 3] = bt, bs, hp[best, 2], hp[best, 3]
+        H[i, 0], H[i, 1], H[i, 2], H[i, 3] = bt, bs, H[best, 2], H[best, 3]
         i = best
     if n > 0:
-        hp[i, 0], hp[i, 1], hp[i, 2], hp[i, 3] = t, seq, lc, lg
+        H[i, 0], H[i, 1], H[i, 2], H[i, 3] = t, seq, lc, lg
+
+
+@kernel(inline="always")
+def to_bucket(hp, S, b, t, seq, code, g):
+    """Link a row into bucket b of the ring (a free row is there: S_FFREE >= 0)."""
+    F, nxt, head = hp[HQ_ROWS], hp[HQ_NEXT], hp[HQ_HEAD]
+    r = S[S_FFREE]
+    S[S_FFREE] = nxt[r]
+    S[S_FFREEN] -= 1
+    F[r, HP_TIME], F[r, HP_SEQ], F[r, HP_CODE], F[r, HP_GEN] = t, seq, code, g
+    nxt[r] = head[b]
+    head[b] = r
+    hp[HQ_COUNT][b] += 1
+    S[S_FN] += 1
+
+
+@kernel(inline="always")
+def place(hp, S, P, t, seq, code, g):
+    """An entry goes to the near heap, its bucket, or the overflow heap (see the module's text)."""
+    x = t * P[P_FAR_INV]
+    cur = S[S_FCUR]
+    if S[S_HN] >= NEAR_MIN and x >= cur:
+        if x < cur + FAR_BUCKETS:
+            if S[S_FFREE] >= 0:
+                to_bucket(hp, S, int(x) & (FAR_BUCKETS - 1), t, seq, code, g)
+                return
+        elif S[S_ON] < hp[HQ_OVER].shape[0]:
+            sift_in(hp[HQ_OVER], S[S_ON], t, seq, code, g)
+            S[S_ON] += 1
+            return
+    sift_in(hp[HQ_NEAR], S[S_HN], t, seq, code, g)
+    S[S_HN] += 1
+
+
+@kernel(inline="always")
+def push(hp, S, P, t, kind, a, g):
+    """Add an entry acting at `t` after every entry already there for `t`."""
+    mark = enter(S)
+    seq = float(S[S_SEQ])
+    S[S_SEQ] += 1
+    place(hp, S, P, t, seq, float(a * 16 + kind), float(g))
+    leave(S, PF_PUSH, mark)
+
+
+@kernel
+def settle(hp, S, P):
+    """Pour buckets into the near heap until its first entry is the earliest of all; False when the
+    near heap has no room for the next bucket (the loop returns GROW_HEAP)."""
+    H, F, nxt, head, cnt, over = hp[HQ_NEAR], hp[HQ_ROWS], hp[HQ_NEXT], hp[HQ_HEAD], hp[HQ_COUNT], hp[HQ_OVER]
+    inv = P[P_FAR_INV]
+    while S[S_FN] + S[S_ON] > 0:
+        cur = S[S_FCUR]
+        if S[S_HN] > 0 and H[0, HP_TIME] * inv < cur:
+            break  # no bucket left holds anything earlier
+        b = cur & (FAR_BUCKETS - 1)
+        c = cnt[b]
+        if c > 0:
+            if S[S_HN] + c + 16 > H.shape[0]:
+                return False
+            r = head[b]
+            while r >= 0:
+                sift_in(H, S[S_HN], F[r, 0], F[r, 1], F[r, 2], F[r, 3])
+                S[S_HN] += 1
+                following = nxt[r]
+                nxt[r] = S[S_FFREE]
+                S[S_FFREE] = r
+                r = following
+            head[b] = -1
+            cnt[b] = 0
+            S[S_FN] -= c
+            S[S_FFREEN] += c
+        S[S_FCUR] = cur + 1
+        while S[S_ON] > 0 and over[0, HP_TIME] * inv < cur + 1 + FAR_BUCKETS:  # within the ring's reach now
+            t, seq, code, g = over[0, 0], over[0, 1], over[0, 2], over[0, 3]
+            sift_out(over, S[S_ON])
+            S[S_ON] -= 1
+            if S[S_FFREE] >= 0:
+                to_bucket(hp, S, int(t * inv) & (FAR_BUCKETS - 1), t, seq, code, g)
+            elif S[S_HN] + 16 < H.shape[0]:
+                sift_in(H, S[S_HN], t, seq, code, g)
+                S[S_HN] += 1
+            else:  # put it back; the loop grows the arrays first
+                sift_in(over, S[S_ON], t, seq, code, g)
+                S[S_ON] += 1
+                return False
+    return True
+
+
+@kernel(inline="always")
+def top_kind(hp):
+    """The kind of the earliest entry (settled, and the near heap is not empty)."""
+    return int(hp[HQ_NEAR][0, HP_CODE]) & 15
+
+
+@kernel(inline="always")
+def pop(hp, S):
+    """Removes the earliest entry (settled); returns its (kind, a, g)."""
+    mark = enter(S)
+    if PROFILE:
+        S[S_PF_HEAP] += S[S_HN] + S[S_FN] + S[S_ON]
+    H = hp[HQ_NEAR]
+    code, g = int(H[0, HP_CODE]), int(H[0, HP_GEN])
+    sift_out(H, S[S_HN])
+    S[S_HN] -= 1
     leave(S, PF_POP, mark)
     return code & 15, code >> 4, g
 
 
 @kernel
-def push_many(hp, S, times, kind, values, g):
+def push_many(hp, S, P, times, kind, values, g):
     """One entry per time, in order (a capacity ramp's steps)."""
     for i in range(times.shape[0]):
-        push(hp, S, times[i], kind, values[i], g)
+        push(hp, S, P, times[i], kind, values[i], g)
+
+
+@kernel
+def push_codes(hp, S, P, times, codes):
+    """One entry per time with its code (a x 16 + kind) and generation 0, in order (the run's start)."""
+    for i in range(times.shape[0]):
+        seq = float(S[S_SEQ])
+        S[S_SEQ] += 1
+        place(hp, S, P, times[i], seq, float(codes[i]), 0.0)

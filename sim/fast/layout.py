@@ -52,6 +52,7 @@ Float parameters `P` (float64; set at the start, the marked ones by events):
     P_RA_MAX            retry_after_max: the top of a Retry-After computed from    s
                         the queue (Q_QUEUE_RA)
     P_MEAN_SERVICE      the mean of server.service_time (the queue's Retry-After)  s
+    P_FAR_INV           1 / FAR_WIDTH: an entry's bucket is int(time x this)        1/s
     ==================  =========================================================  ========
 
 Int parameters `Q` (int64; the marked ones change during the run):
@@ -125,6 +126,11 @@ Int state `S` (int64; counts, ring heads, list lengths):
     S_NROOM              supernodes with room (used length of `room`)
     S_NONS               ONLINE ordinary clients (used length of `ons`)
     S_SFREE              free supernode slots (the top of the `sfree` stack)
+    S_FCUR               the event queue's current bucket (`sim.fast.heap`)
+    S_FN                 entries in the ring's buckets
+    S_FFREE, S_FFREEN    the ring's free rows: the first (a list through HQ_NEXT;
+                         -1: none), how many
+    S_ON                 entries in the overflow heap
     S_POS + k            read position in draw stream k (D_TIMEOUT .. D_RESUME)
     S_PF_DONE            profile: cycles attributed to a part so far
     S_PF + part          profile: a part's own cycles (PF_CHECKS .. PF_RECORDS)
@@ -150,7 +156,12 @@ Float state `G` (float64):
     G_REDISPATCH_AT       when the pending dispatch (S_REDISPATCH) acts                s
     ====================  ===========================================================  ======
 
-A heap row (`H`, float64 x 4 = 32 bytes; a 4-ary min-heap by time, then seq):
+The event queue `hp` (`sim.fast.heap`): HQ_NEAR (the near heap: rows, a 4-ary min-heap by time,
+then seq; S_HN of them), HQ_ROWS (the ring's rows, same columns; a bucket's rows are a list),
+HQ_NEXT (int64 per row: the next row of its bucket or of the free list, -1: the end), HQ_HEAD
+(int64 per bucket, FAR_BUCKETS: its first row or -1), HQ_COUNT (int64 per bucket: its rows),
+HQ_OVER (the overflow heap: entries beyond the ring's reach; S_ON of them). A row (float64 x 4
+= 32 bytes):
 
     ====  ======  ==============================================================
     col   name    meaning
@@ -273,8 +284,8 @@ N_STREAMS, BLOCK, SPARE = 9, 1 << 15, 8
 (P_WIDTH, P_STEADY0, P_STEADY1, P_TAIL0, P_RTT, P_GIVE_UP, P_RETRY_AFTER, P_QLIMIT, P_BASE, P_CAP, P_MULT,
  P_TOP, P_KNEE, P_PER_REQ, P_RL_RATE, P_RL_BURST, P_RL_RA, P_W_START, P_THR0, P_THR1, P_REJECT_COST,
  P_ADMIT, P_ADMIT_RA, P_RATIO, P_PROMO_DELAY, P_PROMO_RATE, P_SHUTDOWN_AT, P_SHUTDOWN_RATE, P_PER_WORKER,
- P_FAULT, P_RESUME_WINDOW, P_RA_MAX, P_MEAN_SERVICE) = range(33)
-N_P = P_MEAN_SERVICE + 1
+ P_FAULT, P_RESUME_WINDOW, P_RA_MAX, P_MEAN_SERVICE, P_FAR_INV) = range(34)
+N_P = P_FAR_INV + 1
 # int parameters
 (Q_WORKERS, Q_POLICY, Q_RANDOM, Q_MAX_ATT, Q_LIFO, Q_DROP, Q_CANCEL, Q_HONOR, Q_NBINS, Q_OVERLOAD, Q_RL, Q_ABASE,
  Q_DEDICATED, Q_EXTRA, Q_P2P, Q_CHILDREN, Q_SLOTS, Q_MARGIN, Q_LIMITER, Q_L_DRAWS, Q_L_STOPS, Q_L_DEVICE,
@@ -283,7 +294,7 @@ N_Q = Q_RESUME_SVC + 1
 # int state
 (S_HN, S_SEQ, S_QH, S_QN, S_FREE, S_BUSY, S_SERVING, S_HIT, S_ARR, S_EVENTS, S_N0, S_N1, S_N2, S_N3, S_EPISODES,
  S_GAVE_UP, S_WAITS_STARTED, S_WAITS_POS, S_LOGINS, S_OUTAGE, S_RJH, S_RJN, S_REDISPATCH, S_RAMP, S_NPART,
- S_NSN, S_NROOM, S_NONS, S_SFREE, S_POS) = range(30)
+ S_NSN, S_NROOM, S_NONS, S_SFREE, S_FCUR, S_FN, S_FFREE, S_FFREEN, S_ON, S_POS) = range(35)
 # the profile's parts (`sim.fast.profile`, with LOGINSTORM_FAST_PROFILE=1): the loop's checks before
 # an event, heap pops and pushes, an event's own work (choosing its source, a hit, a service's
 # end), stale heap entries skipped, a client's steps, the server, the supernodes, the records
@@ -301,6 +312,12 @@ N_G = G_REDISPATCH_AT + 1
 
 # heap row columns
 HP_TIME, HP_SEQ, HP_CODE, HP_GEN = range(4)
+# the event queue `hp` (`sim.fast.heap`): the near heap, the ring's rows, their links, each
+# bucket's first row and count, the overflow heap
+HQ_NEAR, HQ_ROWS, HQ_NEXT, HQ_HEAD, HQ_COUNT, HQ_OVER = range(6)
+FAR_WIDTH = 1 / 64            # s: a bucket of the ring
+FAR_BUCKETS = 1 << 18         # buckets in the ring (a power of 2): 4,096 s ahead
+NEAR_MIN = 4096               # below this many entries in the near heap, every push goes there
 # the tuples of arrays
 (CL_STATE, CL_GEN, CL_REBOOTING, CL_ORBITING, CL_BEGUN, CL_FIRST, CL_SENT, CL_PREV, CL_NATT, CL_CRA, CL_KEYS,
  CL_LEARNED) = range(12)

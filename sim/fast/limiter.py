@@ -24,13 +24,13 @@ def limiter_row(Q, lm, cid):
     return lm[LM_STATE][limiters.group_of(cid, Q[Q_L_GROUPS], Q[Q_L_DEVICE] != 0)]
 
 
-@kernel
+@register_jitable  # not a kernel of its own: one compiled copy per constant argument otherwise
 def limiter_send(Q, lm, cid, now, first, u):
     """`on_send` before an attempt: SEND, or SHORT (refused locally, not sent)."""
     return limiters.on_send(Q[Q_LIMITER], lm[LM_PRM], limiter_row(Q, lm, cid), now, first, u)
 
 
-@kernel
+@register_jitable
 def limiter_retry(Q, lm, cid, now, timed_out):
     """`on_retry` after a failure: the quota cost taken (kept in LM_HELD), or DENIED (< 0)."""
     cost = limiters.on_retry(Q[Q_LIMITER], lm[LM_PRM], limiter_row(Q, lm, cid), now, timed_out)
@@ -39,7 +39,7 @@ def limiter_retry(Q, lm, cid, now, timed_out):
     return cost
 
 
-@kernel
+@register_jitable
 def limiter_result(Q, lm, cid, now, outcome):
     """`on_result` when a sent call's answer (or its timeout) reaches the client."""
     limiters.on_result(Q[Q_LIMITER], lm[LM_PRM], limiter_row(Q, lm, cid), now, outcome, lm[LM_HELD][cid])

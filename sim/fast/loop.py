@@ -21,28 +21,29 @@ import math
 
 from sim import protections
 from sim.fast.clients import state_level, wake
-from sim.fast.heap import pop, push, top_kind
+from sim.fast.heap import pop, push, settle, top_kind
 from sim.fast.jit import kernel
 from sim.fast.layout import (
     A_ATTEMPT, A_EPISODE, A_ERROR, A_FAIL, A_GIVE_UP, A_NONE, A_OFFLINE, A_ONLINE, A_REBOOT, A_REFUSAL, A_SUCCESS,
-    A_TIMEOUT, CONNECTING, CT_WORKERS, C_ATTEMPTS, C_ERRORS, C_REJECTED, C_RESUMED, C_RESUMPTIONS, C_SHORT,
-    C_SUCCESSES, C_SUPPRESSED, C_TIMEOUTS, C_WASTED, DONE, D_CONNECT, D_OFFLINE, D_RELAUNCH, D_SESSION, D_TIMEOUT,
-    D_U01, D_UNIFORM, GAVE_UP, GROW_HEAP, GROW_LOGINS, GROW_POOL, G_BUSY_TIME, G_REDISPATCH_AT, G_WASTED_TIME,
-    HANG_FAULT, HANG_PARTITION, HANG_RESUME, H_DISCONNECT, H_LOGIN, H_REBOOT, INF, K_ATTEMPT, K_DONE, K_FAULT,
+    A_TIMEOUT, CONNECTING, C_ATTEMPTS, C_ERRORS, C_REJECTED, C_RESUMED, C_RESUMPTIONS, C_SHORT, C_SUCCESSES,
+    C_SUPPRESSED, C_TIMEOUTS, C_WASTED, DONE, D_CONNECT, D_OFFLINE, D_RELAUNCH, D_SESSION, D_TIMEOUT, D_U01,
+    D_UNIFORM, GAVE_UP, GROW_HEAP, GROW_LOGINS, GROW_POOL, G_BUSY_TIME, G_REDISPATCH_AT, G_WASTED_TIME, HANG_FAULT,
+    HANG_PARTITION, HANG_RESUME, HQ_NEAR, HQ_OVER, H_DISCONNECT, H_LOGIN, H_REBOOT, INF, K_ATTEMPT, K_DONE, K_FAULT,
     K_REBOOT_END, K_REFUSED, K_REJECT_DONE, K_RETRY, K_SESSION_END, K_TICK, K_TIMEOUT, K_WANT, K_WORKERS, LM_HELD,
     L_ORBIT, L_QUEUE, L_REJECTING, L_SERVING, N_STREAMS, OFFLINE, ONLINE, OUT_BLACKHOLE, OUT_REFUSE, P2P_TICK,
-    PF_CHECKS, PF_EVENT, PF_STALE, PF_STEPS, PR_CPRM, PR_CROW, PR_LPRM, PR_LROW, PR_TOK, P_ADMIT, P_ADMIT_RA,
-    P_BASE, P_CAP, P_FAULT, P_GIVE_UP, P_MULT, P_QLIMIT, P_REJECT_COST, P_RESUME_WINDOW, P_RL_RA, P_RTT, P_TOP,
-    P_WIDTH, Q_ABASE, Q_CLIMIT, Q_CODEL, Q_FAULT_FAST, Q_HONOR, Q_LIMITER, Q_L_DEVICE, Q_L_DRAWS, Q_L_STOPS,
+    PF_CHECKS, PF_EVENT, PF_POP, PF_STALE, PF_STEPS, PR_CPRM, PR_CROW, PR_LPRM, PR_LROW, PR_TOK, P_ADMIT,
+    P_ADMIT_RA, P_BASE, P_CAP, P_FAULT, P_GIVE_UP, P_MULT, P_QLIMIT, P_REJECT_COST, P_RESUME_WINDOW, P_RL_RA, P_RTT,
+    P_TOP, P_WIDTH, Q_ABASE, Q_CLIMIT, Q_CODEL, Q_FAULT_FAST, Q_HONOR, Q_LIMITER, Q_L_DEVICE, Q_L_DRAWS, Q_L_STOPS,
     Q_MARGIN, Q_MAX_ATT, Q_NBINS, Q_P2P, Q_POLICY, Q_RANDOM, Q_RESUME, Q_RL, Q_WORKERS, REC_LOGINS, REFILL, R_DEAD,
-    R_QUEUED, R_REJECT, SC_REFUSALS, SC_TIMEOUTS, SPARE, S_ARR, S_BUSY, S_EPISODES, S_EVENTS, S_FREE, S_GAVE_UP,
-    S_HIT, S_HN, S_LOGINS, S_N0, S_OUTAGE, S_POS, S_QH, S_QN, S_RAMP, S_REDISPATCH, S_RJH, S_RJN, S_SERVING)
+    R_QUEUED, R_REJECT, SC_REFUSALS, SC_TIMEOUTS, SPARE, S_ARR, S_BUSY, S_EPISODES, S_EVENTS, S_FFREEN, S_FN,
+    S_FREE, S_GAVE_UP, S_HIT, S_HN, S_LOGINS, S_N0, S_ON, S_OUTAGE, S_POS, S_QH, S_QN, S_RAMP, S_REDISPATCH, S_RJH,
+    S_RJN, S_SERVING)
 from sim.fast.limiter import limiter_reset, limiter_result, limiter_retry, limiter_send
 from sim.fast.p2p import become, tick
 from sim.fast.profile import enter, leave
 from sim.fast.protections import busy_retry_after
 from sim.fast.record import count, count_start, level_add, watch
-from sim.fast.server import (control, dispatch, free, home_full, partition_hang, reply_after_rtt, start,
+from sim.fast.server import (dispatch, free, home_full, partition_hang, reply_after_rtt, set_workers, start,
                              take_token)
 from sim.fast.streams import draw, policy_delay
 from sim.limiters import FAILED, OK, SHORT, TIMED_OUT
@@ -59,11 +60,22 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
     width, nbins = P[P_WIDTH], Q[Q_NBINS]
     n_hits, n_arr = hit_t.shape[0], arrivals.shape[0]
     block = draws.shape[1]
+    near = hp[HQ_NEAR]
     while True:
+        if S[S_FN] + S[S_ON] > 0:  # the near heap's first entry becomes the earliest of all
+            mark = enter(S)
+            settled = settle(hp, S, P)
+            leave(S, PF_POP, mark)
+            if not settled:
+                return GROW_HEAP
         mark = enter(S)
-        if S[S_HN] + Q[Q_MARGIN] > hp.shape[0]:  # the margin: a supernode's orphans
+        # room for the pushes of one event in the near heap even if the ring and the overflow
+        # heap were full (the margin: a supernode's orphans), and rows left in those
+        if S[S_HN] + Q[Q_MARGIN] > near.shape[0]:
             return GROW_HEAP
-        if S[S_HN] > 0 and top_kind(hp) == K_TICK and S[S_HN] + S[S_N0 + ONLINE] + 16 > hp.shape[0]:
+        if S[S_HN] > 0 and top_kind(hp) == K_TICK and S[S_HN] + S[S_N0 + ONLINE] + 16 > near.shape[0]:
+            return GROW_HEAP
+        if S[S_FFREEN] < Q[Q_MARGIN] or S[S_ON] + Q[Q_MARGIN] > hp[HQ_OVER].shape[0]:
             return GROW_HEAP
         if S[S_FREE] < 4:
             return GROW_POOL
@@ -79,7 +91,7 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
             dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, pr, G[G_REDISPATCH_AT])
             leave(S, PF_EVENT, mark)
             continue
-        t_heap = hp[0, 0] if S[S_HN] > 0 else INF
+        t_heap = near[0, 0] if S[S_HN] > 0 else INF
         t_hit = hit_t[S[S_HIT]] if S[S_HIT] < n_hits else INF
         t_arr = arrivals[S[S_ARR]] if S[S_ARR] < n_arr else INF
         now = min(t_heap, t_hit, t_arr)
@@ -120,10 +132,10 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
             kind, a, g = pop(hp, S)
             if kind == K_WORKERS:  # a capacity ramp's step, unless a newer capacity event replaced it
                 if g == S[S_RAMP]:
-                    control(CT_WORKERS, a, now, P, Q, S, G, cl, hp, pool, draws, PT, rec, pr)
+                    set_workers(a, now, P, Q, S, G, cl, hp, pool, draws, PT, rec, pr)
             elif kind == K_TICK:  # the supernode rules' minute
                 tick(P, Q, S, G, cl, hp, pp, pool, rec, now)
-                push(hp, S, now + P2P_TICK, K_TICK, 0, 0)
+                push(hp, S, P, now + P2P_TICK, K_TICK, 0, 0)
             elif kind == K_REJECT_DONE:  # a refusal's work is done: it goes back to the client
                 r = a
                 cid = rc[r]
@@ -134,7 +146,7 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                 late = now + P[P_RTT] >= rdl[r]  # then the client's own deadline answers it
                 free(S, pool, r)
                 if deliver and not late and P[P_RTT] > 0:
-                    push(hp, S, now + P[P_RTT], K_REFUSED, cid, gen[cid])
+                    push(hp, S, P, now + P[P_RTT], K_REFUSED, cid, gen[cid])
                     deliver = False
                 dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, pr, now)
                 if deliver and not late:
@@ -207,7 +219,7 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                     lm[LM_HELD][cid] = 0.0
                 delay = draw(draws, S, D_CONNECT)
                 if delay > 0:
-                    push(hp, S, now + delay, K_ATTEMPT, cid, gen[cid])
+                    push(hp, S, P, now + delay, K_ATTEMPT, cid, gen[cid])
                     action = A_NONE
                 else:
                     action = A_ATTEMPT
@@ -236,7 +248,7 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                     ra = 0.0
                 elif S[S_OUTAGE] == OUT_BLACKHOLE:  # no answer: the attempt times out
                     if timeout < INF:
-                        push(hp, S, now + timeout, K_TIMEOUT, cid, gen[cid])
+                        push(hp, S, P, now + timeout, K_TIMEOUT, cid, gen[cid])
                     action = A_NONE
                     continue
                 elif P[P_ADMIT] < 1.0 and keys[cid] >= P[P_ADMIT]:
@@ -283,7 +295,7 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                         S[S_QN] += 1
                         level_add(rec, L_QUEUE, now, 1.0, width, nbins)
                     if timeout < INF:
-                        push(hp, S, now + timeout, K_TIMEOUT, cid, gen[cid])
+                        push(hp, S, P, now + timeout, K_TIMEOUT, cid, gen[cid])
                     action = A_NONE
                 else:  # refused at once: the answer comes back one round trip later
                     count(rec, C_REJECTED, now, width, nbins)
@@ -316,10 +328,10 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                 elif wait > 0:  # on a retry timer: the orbit of the retrial queue
                     orbiting[cid] = 1
                     level_add(rec, L_ORBIT, now, 1.0, width, nbins)
-                    push(hp, S, now + wait, K_RETRY, cid, gen[cid])
+                    push(hp, S, P, now + wait, K_RETRY, cid, gen[cid])
                     action = A_NONE
                 else:  # at once, as a new entry at this instant (bounds the work of one event)
-                    push(hp, S, now, K_ATTEMPT, cid, gen[cid])
+                    push(hp, S, P, now, K_ATTEMPT, cid, gen[cid])
                     action = A_NONE
             elif action == A_REFUSAL:  # a refusal reached the client (ra: its Retry-After)
                 if Q[Q_LIMITER]:
@@ -346,17 +358,17 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                 become(P, Q, S, G, cl, hp, pp, rec, cid, ONLINE, now)
                 session = draw(draws, S, D_SESSION)
                 if session < INF:
-                    push(hp, S, now + session, K_SESSION_END, cid, gen[cid])
+                    push(hp, S, P, now + session, K_SESSION_END, cid, gen[cid])
                 action = A_NONE
             elif action == A_OFFLINE:
                 become(P, Q, S, G, cl, hp, pp, rec, cid, OFFLINE, now)
                 wait = draw(draws, S, D_OFFLINE)
                 if wait < INF:
-                    push(hp, S, now + wait, K_WANT, cid, gen[cid])
+                    push(hp, S, P, now + wait, K_WANT, cid, gen[cid])
                 action = A_NONE
             elif action == A_REBOOT:
                 if arg > 0:
-                    push(hp, S, now + arg, K_REBOOT_END, cid, gen[cid])
+                    push(hp, S, P, now + arg, K_REBOOT_END, cid, gen[cid])
                     action = A_NONE
                 else:
                     rebooting[cid] = 0
@@ -366,6 +378,6 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                 become(P, Q, S, G, cl, hp, pp, rec, cid, GAVE_UP, now)
                 wait = draw(draws, S, D_RELAUNCH)
                 if wait < INF:
-                    push(hp, S, now + wait, K_WANT, cid, gen[cid])
+                    push(hp, S, P, now + wait, K_WANT, cid, gen[cid])
                 action = A_NONE
         leave(S, PF_STEPS, mark)

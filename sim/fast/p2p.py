@@ -16,6 +16,8 @@ import numpy as np
 
 from sim.fast.clients import set_state, wake
 from sim.fast.heap import push
+from numba.extending import register_jitable
+
 from sim.fast.jit import kernel
 from sim.fast.layout import (
     CL_GEN, CL_STATE, CONNECTING, G_REDISPATCH_AT, INF, K_WANT, L_SUPERNODES, L_WORKERS, ONLINE, PF_P2P, PP_ACTIVE,
@@ -47,7 +49,7 @@ def stochastic_round(x):
     return int(whole) + (1 if np.random.random() < x - whole else 0)
 
 
-@kernel
+@register_jitable
 def list_add(items, pos, S, count, x):
     """Append `x` to a list with positions (its length is S[count])."""
     pos[x] = S[count]
@@ -55,7 +57,7 @@ def list_add(items, pos, S, count, x):
     S[count] += 1
 
 
-@kernel
+@register_jitable
 def list_remove(items, pos, S, count, x):
     """Swap-remove `x` from a list with positions (a no-op when it is not in it)."""
     i = pos[x]
@@ -139,7 +141,7 @@ def demote(P, Q, S, G, cl, hp, pp, rec, cid, now):
             wake(P, Q, S, cl, rec, child, now)
             set_state(P, Q, S, G, st, rec, child, CONNECTING, now)
             list_remove(pp[PP_ONS], pp[PP_ONPOS], S, S_NONS, child)
-            push(hp, S, now, K_WANT, child, gen[child])
+            push(hp, S, P, now, K_WANT, child, gen[child])
         child = after
     pp[PP_HEAD][slot], pp[PP_NKIDS][slot] = -1, 0
     list_remove(pp[PP_ROOM], pp[PP_RPOS], S, S_NROOM, slot)
@@ -242,7 +244,7 @@ def start_p2p(Q, S, pp, chosen, others):
         place(Q, S, pp, others[i])
 
 
-@kernel
+@register_jitable  # typed with plain argument types: one copy, not one per state constant
 def become(P, Q, S, G, cl, hp, pp, rec, cid, new, now):
     """`Model.set_state`: the state levels, and with p2p a login's home or a leaving client's."""
     st = cl[CL_STATE]

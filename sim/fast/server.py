@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from sim import protections
 from sim.fast.heap import push
+from numba.extending import register_jitable
+
 from sim.fast.jit import kernel
 from sim.fast.layout import (
     A_NONE, A_TIMEOUT, CL_CRA, CL_GEN, CL_KEYS, CT_LOSE, CT_WORKERS, C_REJECTED, C_WASTED, D_RESUME, D_SERVICE,
     D_U01, G_BUSY_TIME, G_REDISPATCH_AT, G_TOKENS, G_TOKENS_AT, G_WAITS_SUM, G_WASTED_TIME, HANG_FAULT,
-    HANG_PARTITION, HANG_RESUME, K_DONE, K_REFUSED, K_REJECT_DONE, K_TIMEOUT, L_QUEUE, L_REJECTING, L_SERVING,
-    L_WORKERS, ONLINE, PF_SERVER, PL_CLIENT, PL_DEADLINE, PL_FREE, PL_GEN, PL_HANG, PL_QUEUE, PL_REJECTS, PL_SENT,
-    PL_START, PL_STATE, PR_CPRM, PR_CROW, PT_FAILURE, PT_FRACTION, PT_HANG, PT_ISOLATE_AT, PT_OFFSET, P_KNEE,
-    P_PER_REQ, P_PER_WORKER, P_REJECT_COST, P_RL_BURST, P_RL_RATE, P_RTT, P_STEADY0, P_STEADY1, P_WIDTH, Q_ALIFO,
-    Q_CANCEL, Q_CHILDREN, Q_CODEL, Q_DEDICATED, Q_DROP, Q_EXTRA, Q_LIFO, Q_NBINS, Q_OVERLOAD, Q_RESUME_SVC,
+    HANG_PARTITION, HANG_RESUME, HQ_NEAR, K_DONE, K_REFUSED, K_REJECT_DONE, K_TIMEOUT, L_QUEUE, L_REJECTING,
+    L_SERVING, L_WORKERS, ONLINE, PF_SERVER, PL_CLIENT, PL_DEADLINE, PL_FREE, PL_GEN, PL_HANG, PL_QUEUE, PL_REJECTS,
+    PL_SENT, PL_START, PL_STATE, PR_CPRM, PR_CROW, PT_FAILURE, PT_FRACTION, PT_HANG, PT_ISOLATE_AT, PT_OFFSET,
+    P_KNEE, P_PER_REQ, P_PER_WORKER, P_REJECT_COST, P_RL_BURST, P_RL_RATE, P_RTT, P_STEADY0, P_STEADY1, P_WIDTH,
+    Q_ALIFO, Q_CANCEL, Q_CHILDREN, Q_CODEL, Q_DEDICATED, Q_DROP, Q_EXTRA, Q_LIFO, Q_NBINS, Q_OVERLOAD, Q_RESUME_SVC,
     Q_WORKERS, R_DEAD, R_FREE, R_SERVING, SC_REFUSALS, S_BUSY, S_FREE, S_HN, S_N0, S_NPART, S_NSN, S_POS, S_QH,
     S_QN, S_REDISPATCH, S_RJH, S_RJN, S_SERVING, S_WAITS_POS, S_WAITS_STARTED)
 from sim.fast.profile import enter, leave
@@ -56,11 +58,11 @@ def reply_after_rtt(P, S, hp, now, timeout, cid, g, kind, at_once):
     rtt = P[P_RTT]
     if rtt >= timeout:  # the deadline comes first: a timeout
         if timeout > 0:
-            push(hp, S, now + timeout, K_TIMEOUT, cid, g)
+            push(hp, S, P, now + timeout, K_TIMEOUT, cid, g)
             return A_NONE
         return A_TIMEOUT
     if rtt > 0:
-        push(hp, S, now + rtt, kind, cid, g)
+        push(hp, S, P, now + rtt, kind, cid, g)
         return A_NONE
     return at_once
 
@@ -116,7 +118,7 @@ def start(P, Q, S, G, keys, pool, draws, PT, hp, rec, r, now):
             work *= 1.0 + P[P_PER_REQ] * max(0.0, S[S_QN] + S[S_SERVING] - P[P_KNEE])
     if Q[Q_CANCEL] and now + work > rdl[r]:
         work = max(0.0, rdl[r] - now)
-    push(hp, S, now + work, K_DONE, r, 0)
+    push(hp, S, P, now + work, K_DONE, r, 0)
     leave(S, PF_SERVER, mark)
 
 
@@ -125,7 +127,7 @@ def low(S, hp, draws):
     """Too few draws or heap slots left to start another request in this event."""
     block = draws.shape[1]
     return (S[S_POS + D_SERVICE] + 4 > block or S[S_POS + D_U01] + 4 > block
-            or S[S_POS + D_RESUME] + 4 > block or S[S_HN] + 8 > hp.shape[0])
+            or S[S_POS + D_RESUME] + 4 > block or S[S_HN] + 8 > hp[HQ_NEAR].shape[0])
 
 
 @kernel
@@ -150,7 +152,7 @@ def dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, pr, now):
             S[S_RJN] -= 1
             S[S_BUSY] += 1
             level_add(rec, L_REJECTING, now, 1.0, P[P_WIDTH], Q[Q_NBINS])
-            push(hp, S, now + P[P_REJECT_COST], K_REJECT_DONE, r, 0)
+            push(hp, S, P, now + P[P_REJECT_COST], K_REJECT_DONE, r, 0)
             continue
         if Q[Q_LIFO] or (Q[Q_ALIFO] and protections.serve_newest(pr[PR_CROW])):
             r = queue[(S[S_QH] + S[S_QN] - 1) % cap]
@@ -182,7 +184,7 @@ def shed(P, Q, S, cl, hp, pool, rec, r, now):
     cid = pool[PL_CLIENT][r]
     if pool[PL_GEN][r] == gen[cid] and now + P[P_RTT] < pool[PL_DEADLINE][r]:
         cra[cid] = busy_retry_after(P, Q, S)
-        push(hp, S, now + P[P_RTT], K_REFUSED, cid, gen[cid])
+        push(hp, S, P, now + P[P_RTT], K_REFUSED, cid, gen[cid])
     free(S, pool, r)
 
 
@@ -195,13 +197,13 @@ def free(S, pool, r):
 
 
 @kernel
-def answer_refused(S, cl, hp, pool, r, now):
+def answer_refused(P, S, cl, hp, pool, r, now):
     """An immediate connection error to the client still waiting for request `r` (ra 0)."""
     gen, cra = cl[CL_GEN], cl[CL_CRA]
     cid = pool[PL_CLIENT][r]
     if pool[PL_GEN][r] == gen[cid]:
         cra[cid] = 0.0
-        push(hp, S, now, K_REFUSED, cid, gen[cid])
+        push(hp, S, P, now, K_REFUSED, cid, gen[cid])
 
 
 @kernel
@@ -215,7 +217,7 @@ def lose(P, Q, S, G, cl, hp, pool, rec, answer, now):
     for j in range(S[S_RJN]):  # already counted as rejected when refused
         r = rejects[(S[S_RJH] + j) % cap]
         if answer:
-            answer_refused(S, cl, hp, pool, r, now)
+            answer_refused(P, S, cl, hp, pool, r, now)
         free(S, pool, r)
     S[S_RJN] = 0
     for j in range(S[S_QN]):
@@ -223,7 +225,7 @@ def lose(P, Q, S, G, cl, hp, pool, rec, answer, now):
         count(rec, C_REJECTED, now, width, nbins)
         count_start(rec, SC_REFUSALS, rsent[r], width, nbins)
         if answer:
-            answer_refused(S, cl, hp, pool, r, now)
+            answer_refused(P, S, cl, hp, pool, r, now)
         free(S, pool, r)
     level_add(rec, L_QUEUE, now, -float(S[S_QN]), width, nbins)
     S[S_QN] = 0
@@ -239,24 +241,31 @@ def lose(P, Q, S, G, cl, hp, pool, rec, answer, now):
         count(rec, C_REJECTED, now, width, nbins)
         count_start(rec, SC_REFUSALS, rsent[r], width, nbins)
         if answer:
-            answer_refused(S, cl, hp, pool, r, now)
+            answer_refused(P, S, cl, hp, pool, r, now)
     S[S_SERVING] -= killed
     S[S_BUSY] -= killed
     level_add(rec, L_SERVING, now, -float(killed), width, nbins)
+
+
+@register_jitable
+def set_workers(x, now, P, Q, S, G, cl, hp, pool, draws, PT, rec, pr):
+    """x dedicated workers (supernode slots stay), then dispatch: a capacity event or a ramp's step."""
+    x = max(0, x) + Q[Q_EXTRA]
+    level_add(rec, L_WORKERS, now, float(x - Q[Q_WORKERS]), P[P_WIDTH], Q[Q_NBINS])
+    Q[Q_DEDICATED] = x - Q[Q_EXTRA]
+    Q[Q_WORKERS] = x
+    if S[S_REDISPATCH] == 0:
+        dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, pr, now)
 
 
 @kernel
 def control(code, x, now, P, Q, S, G, cl, hp, pool, draws, PT, rec, pr):
     """A server action between two stretches: set the workers, lose everything, or dispatch."""
     if code == CT_WORKERS:
-        x = max(0, x) + Q[Q_EXTRA]  # the dedicated workers; supernode slots stay
-        level_add(rec, L_WORKERS, now, float(x - Q[Q_WORKERS]), P[P_WIDTH], Q[Q_NBINS])
-        Q[Q_DEDICATED] = x - Q[Q_EXTRA]
-        Q[Q_WORKERS] = x
+        set_workers(x, now, P, Q, S, G, cl, hp, pool, draws, PT, rec, pr)
     elif code == CT_LOSE:
         lose(P, Q, S, G, cl, hp, pool, rec, x, now)
-        return
-    if S[S_REDISPATCH] == 0:
+    elif S[S_REDISPATCH] == 0:
         dispatch(P, Q, S, G, cl, pool, draws, PT, hp, rec, pr, now)
 
 
