@@ -10,6 +10,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	@# the fast engine compiles (about a minute, once) in the background while the rest goes on;
+	@# whatever needs it first waits on its lock and loads it (sim.fast.engine.warm_up)
+	( $(PY) -c "from sim import fast; fast.warm_up()" >/dev/null 2>&1 & )
 	touch $(STAMP)
 
 install: $(STAMP)

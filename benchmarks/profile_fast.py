@@ -102,8 +102,9 @@ def child(scenario: str, scale: float) -> None:
 
 def in_child(scenario: str, scale: float, profiled: bool) -> dict:
     env = {**os.environ}
-    if profiled:
-        env.update(LOGINSTORM_FAST_PROFILE="1", NUMBA_CACHE_DIR=str(CACHE))
+    if profiled:  # a cache per version of the sources (numba checks only the file of the function it loads)
+        from sim.fast.cache import sources_digest
+        env.update(LOGINSTORM_FAST_PROFILE="1", NUMBA_CACHE_DIR=str(CACHE / sources_digest()[:16]))
     with tempfile.TemporaryFile() as out:
         p = subprocess.Popen([sys.executable, __file__, "--child", f"{scenario}:{scale}"], stdout=out, cwd=ROOT,
                              env=env)

@@ -90,7 +90,7 @@ def test_the_queue_pops_in_the_order_of_one_heap(rows, over):
 
 
 def test_a_small_queue_stays_in_the_near_heap():
-    """Below NEAR_MIN entries every push goes to the near heap: small runs work as one heap."""
+    """Below NEAR_MIN entries in all every push goes to the near heap: small runs work as one heap."""
     hp, S, P = queue(1000, 1000)
     for i in range(NEAR_MIN):
         push(hp, S, P, 10_000.0 * (i % 7), 1, i, 0)

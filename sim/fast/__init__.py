@@ -1,8 +1,9 @@
 """The population-scale engine (`fast`): docs/model.md section 3 as a compiled event loop.
 
 The same model as the reference engine (`sim.des`), executed by a different scheduler: per-client
-state lives in numpy arrays, and one numba-compiled loop pops a 4-ary heap of (time, seq, kind,
-client) entries and moves clients through the same steps as `Model.life` (episode, attempt,
+state lives in numpy arrays, and one numba-compiled loop takes (time, seq, kind, client) entries
+from an event queue in time order (a near heap in front of a ring of time buckets) and moves
+clients through the same steps as `Model.life` (episode, attempt,
 retry timer, online, offline, reboot, give-up). Agreement with `des` is statistical equality,
 not an approximation; `tests/test_fast.py` holds the two engines against each other.
 
@@ -37,7 +38,7 @@ The modules, named after the reference engine's parts (each compiled kernel name
 
     ===========  ================================================================================
     layout       the packed arrays' fields, as tables (start here)
-    heap         the 4-ary heap of packed rows (SimPy's event queue)
+    heap         the event queue (SimPy's): a near 4-ary heap, a ring of buckets, an overflow heap
     record       `sim.record` over arrays: levels, counters, the share watch
     streams      `sim.streams`: blocks of draws, the policy's delay formula
     limiter      `sim.limiters`' kernels on the client limiter's rows (`Model._limiter_row`)
@@ -49,6 +50,8 @@ The modules, named after the reference engine's parts (each compiled kernel name
     engine       the Python side: `run`, `Engine`, array growth, draw refills, warm-up
     events       the scenario's events as `Engine` acts them between stretches of the loop
     cache        keeps numba's on-disk cache consistent with the package's sources
+    jit          how every kernel is compiled (`kernel`: cached, no reference counting)
+    profile      cycle counters around the loop's parts, compiled in on request only
     ===========  ================================================================================
 
 numba caches the compiled code in `sim/fast/__pycache__`; `cache` clears it when any module of

@@ -8,14 +8,18 @@ and copies the records back into `RunRecords` at the end.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import math
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 
 from sim.fast import loop
+from sim.fast.cache import CACHE
 from sim.fast.events import EventActions
 from sim.fast.heap import push, push_codes
 from sim.fast.layout import (
@@ -89,15 +93,40 @@ _warm: list[float] = []  # seconds the first warm_up() took in this process
 
 
 def warm_up() -> float:
-    """Load the compiled loop from numba's cache, compiling it the first time (~30-60 s on 2
-    cores; cached on disk for every later process). Returns the seconds it took in this process."""
+    """Load the compiled loop from numba's cache, compiling it the first time (about a minute on
+    2 cores; cached on disk for every later process). Returns the seconds it took in this process.
+
+    Compiled once, never twice: processes starting together (a comparison's workers, the test
+    workers, `make install`'s compile in the background) take turns on a lock next to the cache,
+    so the first compiles and the others load what it wrote."""
     if not _warm:
         from sim.config import parse_scenario
         started = time.perf_counter()
-        s = parse_scenario(_WARM_UP, "sim.fast warm-up")
-        Engine(s, s.duration, np.random.default_rng(0)).run()
+        with compile_lock():
+            s = parse_scenario(_WARM_UP, "sim.fast warm-up")
+            Engine(s, s.duration, np.random.default_rng(0)).run()
         _warm.append(time.perf_counter() - started)
     return _warm[0]
+
+
+@contextlib.contextmanager
+def compile_lock():
+    """An exclusive lock on `compile.lock` in numba's cache directory, for as long as the block
+    runs; no lock where the directory cannot be written (numba then cannot cache either)."""
+    folder = Path(os.environ.get("NUMBA_CACHE_DIR") or CACHE)
+    try:
+        import fcntl
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / "compile.lock", "a")
+    except (ImportError, OSError):
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def warm_up_source() -> str:

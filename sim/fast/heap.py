@@ -12,8 +12,8 @@ Why the buckets: with millions of clients waiting (every one on a retry timer), 
 them all costs a pop ~10 levels of cache misses (the largest part of the fast engine's profile,
 benchmarks/README.md). An entry due later than the current bucket costs instead one append to
 its bucket's list (a bucket is FAR_WIDTH seconds, the ring spans FAR_BUCKETS of them) and, when
-its bucket comes, one push into a near heap of a few entries. While the near heap holds fewer
-than NEAR_MIN entries every push goes there: a small run works as with one heap.
+its bucket comes, one push into a near heap of a few entries. While the queue holds fewer than
+NEAR_MIN entries every push goes to the near heap: a small run works as with one heap.
 
 Where an entry may be: the near heap may hold any entry (a push goes there when the ring or the
 overflow heap is full), a bucket holds only entries of its own span (bucket number
@@ -86,7 +86,7 @@ def place(hp, S, P, t, seq, code, g):
     """An entry goes to the near heap, its bucket, or the overflow heap (see the module's text)."""
     x = t * P[P_FAR_INV]
     cur = S[S_FCUR]
-    if S[S_HN] >= NEAR_MIN and x >= cur:
+    if S[S_HN] + S[S_FN] + S[S_ON] >= NEAR_MIN and x >= cur:
         if x < cur + FAR_BUCKETS:
             if S[S_FFREE] >= 0:
                 to_bucket(hp, S, int(x) & (FAR_BUCKETS - 1), t, seq, code, g)

@@ -317,7 +317,7 @@ HP_TIME, HP_SEQ, HP_CODE, HP_GEN = range(4)
 HQ_NEAR, HQ_ROWS, HQ_NEXT, HQ_HEAD, HQ_COUNT, HQ_OVER = range(6)
 FAR_WIDTH = 1 / 64            # s: a bucket of the ring
 FAR_BUCKETS = 1 << 18         # buckets in the ring (a power of 2): 4,096 s ahead
-NEAR_MIN = 4096               # below this many entries in the near heap, every push goes there
+NEAR_MIN = 4096               # below this many entries in the queue, every push goes to the near heap
 # the tuples of arrays
 (CL_STATE, CL_GEN, CL_REBOOTING, CL_ORBITING, CL_BEGUN, CL_FIRST, CL_SENT, CL_PREV, CL_NATT, CL_CRA, CL_KEYS,
  CL_LEARNED) = range(12)

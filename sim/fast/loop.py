@@ -36,8 +36,8 @@ from sim.fast.layout import (
     P_TOP, P_WIDTH, Q_ABASE, Q_CLIMIT, Q_CODEL, Q_FAULT_FAST, Q_HONOR, Q_LIMITER, Q_L_DEVICE, Q_L_DRAWS, Q_L_STOPS,
     Q_MARGIN, Q_MAX_ATT, Q_NBINS, Q_P2P, Q_POLICY, Q_RANDOM, Q_RESUME, Q_RL, Q_WORKERS, REC_LOGINS, REFILL, R_DEAD,
     R_QUEUED, R_REJECT, SC_REFUSALS, SC_TIMEOUTS, SPARE, S_ARR, S_BUSY, S_EPISODES, S_EVENTS, S_FFREEN, S_FN,
-    S_FREE, S_GAVE_UP, S_HIT, S_HN, S_LOGINS, S_N0, S_ON, S_OUTAGE, S_POS, S_QH, S_QN, S_RAMP, S_REDISPATCH, S_RJH,
-    S_RJN, S_SERVING)
+    S_FREE, S_GAVE_UP, S_HIT, S_HN, S_LOGINS, S_N0, S_NPART, S_ON, S_OUTAGE, S_POS, S_QH, S_QN, S_RAMP,
+    S_REDISPATCH, S_RJH, S_RJN, S_SERVING)
 from sim.fast.limiter import limiter_reset, limiter_result, limiter_retry, limiter_send
 from sim.fast.p2p import become, tick
 from sim.fast.profile import enter, leave
@@ -256,7 +256,8 @@ def advance(until, P, Q, S, G, cl, hp, pool, draws, PT, hits, arrivals, rec, pp,
                 elif Q[Q_RL] and not take_token(P, G, now):
                     ra, costly = P[P_RL_RA], True
                 else:
-                    hang = partition_hang(S, PT, draws, keys[cid], now)
+                    # a client's key only with partitions: at millions of clients, a cache miss
+                    hang = partition_hang(S, PT, draws, keys[cid], now) if S[S_NPART] > 0 else 0
                     if hang < 0:  # fail fast after isolate_at
                         ra = 0.0
                     elif Q[Q_P2P] and home_full(P, Q, S):  # p2p: no supernode can home it
