@@ -11,28 +11,29 @@ import numpy as np
 import pytest
 
 from sim.fast.heap import pop, push, settle
-from sim.fast.layout import (FAR_BUCKETS, FAR_WIDTH, HP_SEQ, HP_TIME, N_P, N_S, NEAR_MIN, P_FAR_INV, S_FFREE,
-                             S_FFREEN, S_FN, S_HN, S_ON)
+from sim.fast.layout import (
+    FAR_BUCKETS, FAR_CHUNK, FAR_WIDTH, HP_SEQ, HP_TIME, NEAR_MIN, N_P, N_S, P_FAR_INV, S_FFREE, S_FFREEN, S_FN,
+    S_HN, S_ON)
 
 
-def queue(rows: int, over: int, near: int = 64 * NEAR_MIN):
-    """Empty queue arrays as `Engine` makes them, with `rows` ring rows and `over` overflow rows."""
-    nxt = np.arange(1, rows + 1, dtype=np.int64)
+def queue(chunks: int, over: int, near: int = 64 * NEAR_MIN):
+    """Empty queue arrays as `Engine` makes them, with `chunks` ring chunks and `over` overflow rows."""
+    nxt = np.arange(1, chunks + 1, dtype=np.int64)
     nxt[-1] = -1
-    hp = (np.zeros((near, 4)), np.zeros((rows, 4)), nxt, np.full(FAR_BUCKETS, -1, dtype=np.int64),
-          np.zeros(FAR_BUCKETS, dtype=np.int64), np.zeros((over, 4)))
+    hp = (np.zeros((near, 4)), np.zeros((chunks * FAR_CHUNK, 4)), nxt, np.full(FAR_BUCKETS, -1, dtype=np.int64),
+          np.zeros(FAR_BUCKETS, dtype=np.int64), np.zeros(FAR_BUCKETS, dtype=np.int64), np.zeros((over, 4)))
     S = np.zeros(N_S, dtype=np.int64)
-    S[S_FFREE], S[S_FFREEN] = 0, rows
+    S[S_FFREE], S[S_FFREEN] = 0, chunks
     P = np.zeros(N_P)
     P[P_FAR_INV] = 1.0 / FAR_WIDTH
     return hp, S, P
 
 
-def drive(rows: int, over: int, seed: int, steps: int = 60_000):
+def drive(chunks: int, over: int, seed: int, steps: int = 60_000):
     """Random pushes (soon, within the ring's reach, beyond it, at the same instants) and pops;
     returns the popped (time, seq, code) of the queue and of heapq, and the most each part held."""
     rng = np.random.default_rng(seed)
-    hp, S, P = queue(rows, over)
+    hp, S, P = queue(chunks, over)
     ref: list[tuple[float, int, int]] = []
     got, want = [], []
     most = {"ring": 0, "over": 0, "near": 0}
@@ -77,16 +78,16 @@ def drive(rows: int, over: int, seed: int, steps: int = 60_000):
     return got, want, most
 
 
-@pytest.mark.parametrize("rows, over", [(200_000, 200_000), (500, 300)],
-                         ids=["roomy", "rows and overflow run out"])
-def test_the_queue_pops_in_the_order_of_one_heap(rows, over):
-    got, want, most = drive(rows, over, seed=rows)
+@pytest.mark.parametrize("chunks, over", [(100_000, 200_000), (200, 300)],
+                         ids=["roomy", "chunks and overflow run out"])
+def test_the_queue_pops_in_the_order_of_one_heap(chunks, over):
+    got, want, most = drive(chunks, over, seed=chunks)
     assert len(got) == len(want) > 20_000
     assert got == want
     # every part held entries, so every path was taken
-    assert most["ring"] >= min(rows, 1_000) and most["over"] >= min(over, 100) and most["near"] >= NEAR_MIN
-    if rows < NEAR_MIN:  # full ring and overflow: the near heap took the rest
-        assert most["ring"] == rows and most["over"] == over
+    assert most["ring"] >= min(chunks, 1_000) and most["over"] >= min(over, 100) and most["near"] >= NEAR_MIN
+    if chunks < NEAR_MIN:  # the chunks and the overflow ran out: the near heap took the rest
+        assert most["over"] == over
 
 
 def test_a_small_queue_stays_in_the_near_heap():

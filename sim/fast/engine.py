@@ -23,10 +23,10 @@ from sim.fast.cache import CACHE
 from sim.fast.events import EventActions
 from sim.fast.heap import push, push_codes
 from sim.fast.layout import (
-    BLOCK, DONE, D_RESUME, D_U01, FAR_BUCKETS, FAR_WIDTH, GROW_HEAP, GROW_LOGINS, GROW_POOL, G_BELOW0, G_BUSY_TIME,
-    G_EVER0, G_LAST_UP0, G_LOWEST, G_LOWEST_AT, G_SHARE, G_SINCE, G_TAIL_MAX, G_TOKENS, G_TOKENS_AT, G_WAITS_SUM,
-    G_WASTED_TIME, INF, K_SESSION_END, K_TICK, K_WANT, MAX_PARTITIONS, NEAR_MIN, NOT_YET, N_G, N_P, N_Q, N_S,
-    N_STREAMS, OFFLINE, ONLINE, P2P_TICK, P_FAR_INV, P_PER_WORKER, P_PROMO_DELAY, P_PROMO_RATE, P_RATIO,
+    BLOCK, DONE, D_RESUME, D_U01, FAR_BUCKETS, FAR_CHUNK, FAR_WIDTH, GROW_HEAP, GROW_LOGINS, GROW_POOL, G_BELOW0,
+    G_BUSY_TIME, G_EVER0, G_LAST_UP0, G_LOWEST, G_LOWEST_AT, G_SHARE, G_SINCE, G_TAIL_MAX, G_TOKENS, G_TOKENS_AT,
+    G_WAITS_SUM, G_WASTED_TIME, INF, K_SESSION_END, K_TICK, K_WANT, MAX_PARTITIONS, NEAR_MIN, NOT_YET, N_G, N_P,
+    N_Q, N_S, N_STREAMS, OFFLINE, ONLINE, P2P_TICK, P_FAR_INV, P_PER_WORKER, P_PROMO_DELAY, P_PROMO_RATE, P_RATIO,
     P_SHUTDOWN_AT, P_SHUTDOWN_RATE, Q_ALIFO, Q_CLIMIT, Q_CODEL, Q_DEDICATED, Q_EXTRA, Q_LIMITER, Q_L_DEVICE,
     Q_L_DRAWS, Q_L_GROUPS, Q_L_STOPS, Q_MARGIN, Q_QUEUE_RA, Q_RESUME, Q_RESUME_SVC, Q_WORKERS, REFILL, SPARE,
     S_EPISODES, S_EVENTS, S_FFREE, S_FFREEN, S_FREE, S_GAVE_UP, S_HN, S_LOGINS, S_N0, S_NONS, S_NSN, S_ON, S_POS,
@@ -226,12 +226,13 @@ class Engine(EventActions):
         # the event queue (`sim.fast.heap`): near heap, the ring's rows (a free list), their
         # buckets, the overflow heap; each grows by doubling when the loop asks
         self.H = np.zeros((4 * NEAR_MIN + 1024, 4))
-        rows = m + 1024
-        self.F = np.zeros((rows, 4))
-        self.FN = np.arange(1, rows + 1, dtype=np.int64)
+        chunks = m // FAR_CHUNK + 1024
+        self.F = np.zeros((chunks * FAR_CHUNK, 4))
+        self.FN = np.arange(1, chunks + 1, dtype=np.int64)
         self.FN[-1] = -1
         self.FH = np.full(FAR_BUCKETS, -1, dtype=np.int64)
         self.FC = np.zeros(FAR_BUCKETS, dtype=np.int64)
+        self.FT = np.zeros(FAR_BUCKETS, dtype=np.int64)
         self.O = np.zeros((len(t) + 1024, 4))
 
     def _init_pool(self, cap: int) -> None:
@@ -263,7 +264,7 @@ class Engine(EventActions):
                            0, 0, 0, 0, 1, int(srv.fault_when == "fast"), 0, 0, 0, 0, 0, 0], dtype=np.int64)
         assert len(self.P) == N_P and len(self.Q) == N_Q, "sim.fast.layout's P_ or Q_ fields changed"
         self.S = np.zeros(N_S, dtype=np.int64)
-        self.S[S_FFREE], self.S[S_FFREEN] = 0, len(self.F)
+        self.S[S_FFREE], self.S[S_FFREEN] = 0, len(self.FN)
         self.P[P_FAR_INV] = 1.0 / FAR_WIDTH
         push_codes(self.queue_arrays(), self.S, self.P, *self.start_entries)
         del self.start_entries
@@ -470,7 +471,7 @@ class Engine(EventActions):
 
     def queue_arrays(self) -> tuple:
         """The event queue `hp` (`sim.fast.layout`), as the kernels take it."""
-        return self.H, self.F, self.FN, self.FH, self.FC, self.O
+        return self.H, self.F, self.FN, self.FH, self.FC, self.FT, self.O
 
     def _make_room(self, status: int) -> None:
         if status == GROW_HEAP:
@@ -488,12 +489,12 @@ class Engine(EventActions):
             self.H = _grown(self.H, size)
 
     def _grow_queue(self) -> None:
-        """The part of the event queue the loop found short: the ring's free rows, the overflow
+        """The part of the event queue the loop found short: the ring's free chunks, the overflow
         heap, else the near heap (to take the next bucket, or an event's pushes)."""
         S, margin = self.S, int(self.Q[Q_MARGIN])
         if S[S_FFREEN] < margin:
-            old = len(self.F)
-            self.F = _grown(self.F, 2 * old)
+            old = len(self.FN)
+            self.F = _grown(self.F, 2 * len(self.F))
             links = np.arange(old + 1, 2 * old + 1, dtype=np.int64)
             links[-1] = S[S_FFREE]  # the new rows in front of the free list
             self.FN = np.concatenate([self.FN, links])

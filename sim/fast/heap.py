@@ -12,7 +12,8 @@ Why the buckets: with millions of clients waiting (every one on a retry timer), 
 them all costs a pop ~10 levels of cache misses (the largest part of the fast engine's profile,
 benchmarks/README.md). An entry due later than the current bucket costs instead one append to
 its bucket's list (a bucket is FAR_WIDTH seconds, the ring spans FAR_BUCKETS of them) and, when
-its bucket comes, one push into a near heap of a few entries. While the queue holds fewer than
+its bucket comes, one push into a near heap of a few entries. A bucket's rows are chunks of
+FAR_CHUNK adjacent rows, so pouring it reads memory in order. While the queue holds fewer than
 NEAR_MIN entries every push goes to the near heap: a small run works as with one heap.
 
 Where an entry may be: the near heap may hold any entry (a push goes there when the ring or the
@@ -25,9 +26,9 @@ before it, and moves overflow entries into the ring as it comes within reach.
 from __future__ import annotations
 
 from sim.fast.jit import kernel
-from sim.fast.layout import (FAR_BUCKETS, HP_CODE, HP_GEN, HP_SEQ, HP_TIME, HQ_COUNT, HQ_HEAD, HQ_NEAR, HQ_NEXT,
-                             HQ_OVER, HQ_ROWS, NEAR_MIN, PF_POP, PF_PUSH, P_FAR_INV, S_FCUR, S_FFREE, S_FFREEN,
-                             S_FN, S_HN, S_ON, S_PF_HEAP, S_SEQ)
+from sim.fast.layout import (
+    FAR_BUCKETS, FAR_CHUNK, HP_CODE, HP_GEN, HP_SEQ, HP_TIME, HQ_COUNT, HQ_HEAD, HQ_NEAR, HQ_NEXT, HQ_OVER, HQ_ROWS,
+    HQ_TAIL, NEAR_MIN, PF_POP, PF_PUSH, P_FAR_INV, S_FCUR, S_FFREE, S_FFREEN, S_FN, S_HN, S_ON, S_PF_HEAP, S_SEQ)
 from sim.fast.profile import PROFILE, enter, leave
 
 
@@ -69,16 +70,28 @@ def sift_out(H, n):
 
 @kernel(inline="always")
 def to_bucket(hp, S, b, t, seq, code, g):
-    """Link a row into bucket b of the ring (a free row is there: S_FFREE >= 0)."""
-    F, nxt, head = hp[HQ_ROWS], hp[HQ_NEXT], hp[HQ_HEAD]
-    r = S[S_FFREE]
-    S[S_FFREE] = nxt[r]
-    S[S_FFREEN] -= 1
+    """Append a row to bucket b of the ring; False when it needs a chunk and none is free."""
+    nxt, cnt, tail = hp[HQ_NEXT], hp[HQ_COUNT], hp[HQ_TAIL]
+    n = cnt[b]
+    k = n & (FAR_CHUNK - 1)
+    if k == 0:  # the bucket's chunks are full (or it has none): take a free one
+        ch = S[S_FFREE]
+        if ch < 0:
+            return False
+        S[S_FFREE] = nxt[ch]
+        S[S_FFREEN] -= 1
+        nxt[ch] = -1
+        if n == 0:
+            hp[HQ_HEAD][b] = ch
+        else:
+            nxt[tail[b]] = ch
+        tail[b] = ch
+    F = hp[HQ_ROWS]
+    r = tail[b] * FAR_CHUNK + k
     F[r, HP_TIME], F[r, HP_SEQ], F[r, HP_CODE], F[r, HP_GEN] = t, seq, code, g
-    nxt[r] = head[b]
-    head[b] = r
-    hp[HQ_COUNT][b] += 1
+    cnt[b] = n + 1
     S[S_FN] += 1
+    return True
 
 
 @kernel(inline="always")
@@ -88,8 +101,7 @@ def place(hp, S, P, t, seq, code, g):
     cur = S[S_FCUR]
     if S[S_HN] + S[S_FN] + S[S_ON] >= NEAR_MIN and x >= cur:
         if x < cur + FAR_BUCKETS:
-            if S[S_FFREE] >= 0:
-                to_bucket(hp, S, int(x) & (FAR_BUCKETS - 1), t, seq, code, g)
+            if to_bucket(hp, S, int(x) & (FAR_BUCKETS - 1), t, seq, code, g):
                 return
         elif S[S_ON] < hp[HQ_OVER].shape[0]:
             sift_in(hp[HQ_OVER], S[S_ON], t, seq, code, g)
@@ -124,32 +136,33 @@ def settle(hp, S, P):
         if c > 0:
             if S[S_HN] + c + 16 > H.shape[0]:
                 return False
-            r = head[b]
-            while r >= 0:
-                sift_in(H, S[S_HN], F[r, 0], F[r, 1], F[r, 2], F[r, 3])
-                S[S_HN] += 1
-                following = nxt[r]
-                nxt[r] = S[S_FFREE]
-                S[S_FFREE] = r
-                r = following
+            ch, left = head[b], c
+            while ch >= 0:  # chunk after chunk: rows read in order, a cache miss per chunk at most
+                first = ch * FAR_CHUNK
+                for r in range(first, first + min(FAR_CHUNK, left)):
+                    sift_in(H, S[S_HN], F[r, 0], F[r, 1], F[r, 2], F[r, 3])
+                    S[S_HN] += 1
+                left -= FAR_CHUNK
+                following = nxt[ch]
+                nxt[ch] = S[S_FFREE]
+                S[S_FFREE] = ch
+                S[S_FFREEN] += 1
+                ch = following
             head[b] = -1
             cnt[b] = 0
             S[S_FN] -= c
-            S[S_FFREEN] += c
         S[S_FCUR] = cur + 1
         while S[S_ON] > 0 and over[0, HP_TIME] * inv < cur + 1 + FAR_BUCKETS:  # within the ring's reach now
             t, seq, code, g = over[0, 0], over[0, 1], over[0, 2], over[0, 3]
             sift_out(over, S[S_ON])
             S[S_ON] -= 1
-            if S[S_FFREE] >= 0:
-                to_bucket(hp, S, int(t * inv) & (FAR_BUCKETS - 1), t, seq, code, g)
-            elif S[S_HN] + 16 < H.shape[0]:
+            if not to_bucket(hp, S, int(t * inv) & (FAR_BUCKETS - 1), t, seq, code, g):
+                if S[S_HN] + 16 >= H.shape[0]:  # put it back; the loop grows the arrays first
+                    sift_in(over, S[S_ON], t, seq, code, g)
+                    S[S_ON] += 1
+                    return False
                 sift_in(H, S[S_HN], t, seq, code, g)
                 S[S_HN] += 1
-            else:  # put it back; the loop grows the arrays first
-                sift_in(over, S[S_ON], t, seq, code, g)
-                S[S_ON] += 1
-                return False
     return True
 
 

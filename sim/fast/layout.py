@@ -128,7 +128,7 @@ Int state `S` (int64; counts, ring heads, list lengths):
     S_SFREE              free supernode slots (the top of the `sfree` stack)
     S_FCUR               the event queue's current bucket (`sim.fast.heap`)
     S_FN                 entries in the ring's buckets
-    S_FFREE, S_FFREEN    the ring's free rows: the first (a list through HQ_NEXT;
+    S_FFREE, S_FFREEN    the ring's free chunks: the first (a list through HQ_NEXT;
                          -1: none), how many
     S_ON                 entries in the overflow heap
     S_POS + k            read position in draw stream k (D_TIMEOUT .. D_RESUME)
@@ -157,11 +157,11 @@ Float state `G` (float64):
     ====================  ===========================================================  ======
 
 The event queue `hp` (`sim.fast.heap`): HQ_NEAR (the near heap: rows, a 4-ary min-heap by time,
-then seq; S_HN of them), HQ_ROWS (the ring's rows, same columns; a bucket's rows are a list),
-HQ_NEXT (int64 per row: the next row of its bucket or of the free list, -1: the end), HQ_HEAD
-(int64 per bucket, FAR_BUCKETS: its first row or -1), HQ_COUNT (int64 per bucket: its rows),
-HQ_OVER (the overflow heap: entries beyond the ring's reach; S_ON of them). A row (float64 x 4
-= 32 bytes):
+then seq; S_HN of them), HQ_ROWS (the ring's rows, same columns, in chunks of FAR_CHUNK rows:
+chunk c is rows c x FAR_CHUNK ...), HQ_NEXT (int64 per chunk: the next chunk of its bucket or of
+the free list, -1: the end), HQ_HEAD, HQ_COUNT, HQ_TAIL (int64 per bucket, FAR_BUCKETS: its first
+chunk or -1, its rows, its last chunk; rows fill a bucket's chunks in order), HQ_OVER (the
+overflow heap: entries beyond the ring's reach; S_ON of them). A row (float64 x 4 = 32 bytes):
 
     ====  ======  ==============================================================
     col   name    meaning
@@ -312,9 +312,10 @@ N_G = G_REDISPATCH_AT + 1
 
 # heap row columns
 HP_TIME, HP_SEQ, HP_CODE, HP_GEN = range(4)
-# the event queue `hp` (`sim.fast.heap`): the near heap, the ring's rows, their links, each
-# bucket's first row and count, the overflow heap
-HQ_NEAR, HQ_ROWS, HQ_NEXT, HQ_HEAD, HQ_COUNT, HQ_OVER = range(6)
+# the event queue `hp` (`sim.fast.heap`): the near heap, the ring's rows (in chunks), the chunks'
+# links, each bucket's first chunk, row count and last chunk, the overflow heap
+HQ_NEAR, HQ_ROWS, HQ_NEXT, HQ_HEAD, HQ_COUNT, HQ_TAIL, HQ_OVER = range(7)
+FAR_CHUNK = 8                 # rows in a chunk of the ring (a power of 2): 256 bytes
 FAR_WIDTH = 1 / 64            # s: a bucket of the ring
 FAR_BUCKETS = 1 << 18         # buckets in the ring (a power of 2): 4,096 s ahead
 NEAR_MIN = 4096               # below this many entries in the queue, every push goes to the near heap
