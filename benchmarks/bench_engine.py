@@ -403,15 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    command = "python " + " ".join(
-        shlex.quote(a) for a in ([str(Path(sys.argv[0]))] + (argv if argv is not None else sys.argv[1:])))
-    info = machine()
-    log(f"command: {command}")
-    log(f"machine: nproc={info['nproc']} python={info['python']} simpy={info['simpy']} numpy={info['numpy']} "
-        f"loadavg={' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    started = time.perf_counter()
-    results = {"command": command, "argv": sys.argv, "machine": info,
-               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "loadavg_start": os.getloadavg()}
+    started, results = opening(argv, log)
 
     speed = None
     if not args.skip_speed:
@@ -434,17 +426,34 @@ def main(argv: list[str] | None = None) -> int:
         results["memory"] = {"clients_per_worker": args.clients_per_worker, "target_bytes": TARGET_BYTES,
                              "runs": memory}
 
+    finish(results, started, table(speed, memory), args.out, log)
+    return 0
+
+
+def opening(argv: list[str] | None, log) -> tuple[float, dict]:
+    """The opening lines of a benchmark (its command and the machine); its start and results dict."""
+    command = "python " + " ".join(
+        shlex.quote(a) for a in ([str(Path(sys.argv[0]))] + (argv if argv is not None else sys.argv[1:])))
+    info = machine()
+    log(f"command: {command}")
+    log(f"machine: nproc={info['nproc']} python={info['python']} simpy={info['simpy']} numpy={info['numpy']} "
+        f"git={info['git_commit']}{' (dirty)' if info['git_dirty'] else ''} "
+        f"loadavg={' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return time.perf_counter(), {"command": command, "argv": sys.argv, "machine": info,
+                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "loadavg_start": os.getloadavg()}
+
+
+def finish(results: dict, started: float, text: str, out, log) -> None:
+    """The closing lines of a benchmark: its table, total time and load, and the JSON written."""
     results["total_wall_s"] = time.perf_counter() - started
     results["loadavg_end"] = os.getloadavg()
-    text = table(speed, memory)
     results["table"] = text
     log("\n" + text)
     log(f"\ntotal wall time {results['total_wall_s']:.0f} s; "
         f"loadavg {' '.join(f'{x:.2f}' for x in results['loadavg_end'])} (shared machine: figures are noisy)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, default=float) + "\n")
-    log(f"results: {args.out}")
-    return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    log(f"results: {out}")
 
 
 if __name__ == "__main__":

@@ -133,10 +133,10 @@ def child_compile() -> None:
     print(json.dumps({"first_run_s": first, "second_run_s": time.perf_counter() - t0}))
 
 
-def in_child(args: list[str], env: dict | None = None) -> dict:
-    """Run this script in a child; its JSON line, and its peak RSS and CPU times from os.wait4."""
+def in_child(args: list[str], env: dict | None = None, script: str = __file__) -> dict:
+    """Run `script` (this one) in a child; its JSON line, and its peak RSS and CPU times from os.wait4."""
     with tempfile.TemporaryFile() as out:
-        p = subprocess.Popen([sys.executable, __file__, *args], stdout=out, cwd=ROOT,
+        p = subprocess.Popen([sys.executable, script, *args], stdout=out, cwd=ROOT,
                              env={**os.environ, **(env or {})})
         _, status, ru = os.wait4(p.pid, 0)
         out.seek(0)

@@ -61,7 +61,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 if str(HERE) not in sys.path:  # imported from elsewhere (bench_fast.py)
     sys.path.insert(0, str(HERE))
 
-from bench_engine import MMC_C, MMC_LAMBDA, MMC_MEAN_SERVICE, machine, mmc_scenario  # noqa: E402
+from bench_engine import MMC_C, MMC_LAMBDA, MMC_MEAN_SERVICE, finish, mmc_scenario, opening  # noqa: E402
 
 RESULTS = HERE / "results" / "bench_mmc.json"
 TARGET_FAST = 2_000_000  # customers per wall second
@@ -312,29 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    command = "python " + " ".join(
-        shlex.quote(a) for a in ([str(Path(sys.argv[0]))] + (argv if argv is not None else sys.argv[1:])))
-    info = machine()
-    log(f"command: {command}")
-    log(f"machine: nproc={info['nproc']} python={info['python']} numpy={info['numpy']} "
-        f"git={info['git_commit']}{' (dirty)' if info['git_dirty'] else ''} "
-        f"loadavg={' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    started = time.perf_counter()
-    results = {"command": command, "argv": sys.argv, "machine": info,
-               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "loadavg_start": os.getloadavg()}
+    started, results = opening(argv, log)
     log(f"\nM/M/{MMC_C}, T = {args.T:g} simulated s, {args.repeats} alternating rounds")
     res = measure(args.T, args.repeats, log, ciw=not args.no_ciw, seed=args.seed)
     results.update(res)
-    results["total_wall_s"] = time.perf_counter() - started
-    results["loadavg_end"] = os.getloadavg()
-    text = table(res)
-    results["table"] = text
-    log("\n" + text)
-    log(f"\ntotal wall time {results['total_wall_s']:.0f} s; "
-        f"loadavg {' '.join(f'{x:.2f}' for x in results['loadavg_end'])} (shared machine: figures are noisy)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, default=float) + "\n")
-    log(f"results: {args.out}")
+    finish(results, started, table(res), args.out, log)
     return 0
 
 

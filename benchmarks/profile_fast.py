@@ -34,9 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -44,6 +42,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench_fast import in_child  # noqa: E402
 
 RESULTS = HERE / "results" / "profile_fast.json"
 CACHE = HERE / ".profile-cache"
@@ -100,22 +100,13 @@ def child(scenario: str, scale: float) -> None:
     print(json.dumps(out))
 
 
-def in_child(scenario: str, scale: float, profiled: bool) -> dict:
-    env = {**os.environ}
+def run_child(scenario: str, scale: float, profiled: bool) -> dict:
+    """One run in a child (bench_fast's `in_child`), plain or with the profile's counters."""
+    env = {}
     if profiled:  # a cache per version of the sources (numba checks only the file of the function it loads)
         from sim.fast.cache import sources_digest
         env.update(LOGINSTORM_FAST_PROFILE="1", NUMBA_CACHE_DIR=str(CACHE / sources_digest()[:16]))
-    with tempfile.TemporaryFile() as out:
-        p = subprocess.Popen([sys.executable, __file__, "--child", f"{scenario}:{scale}"], stdout=out, cwd=ROOT,
-                             env=env)
-        _, status, ru = os.wait4(p.pid, 0)
-        out.seek(0)
-        text = out.read().decode()
-    if status != 0:
-        raise RuntimeError(f"child {scenario} x{scale} failed with status {status}: {text}")
-    result = json.loads(text.strip().splitlines()[-1])
-    result["peak_rss_bytes"] = ru.ru_maxrss * 1024
-    return result
+    return in_child(["--child", f"{scenario}:{scale}"], env, script=__file__)
 
 
 def table(plain: dict, prof: dict) -> list[dict]:
@@ -152,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for scale in args.scales:
         print(f"{args.scenario} x{scale:g}: plain run, then profiled run (children)", flush=True)
-        plain = in_child(args.scenario, scale, False)
-        prof = in_child(args.scenario, scale, True)
+        plain = run_child(args.scenario, scale, False)
+        prof = run_child(args.scenario, scale, True)
         rows = table(plain, prof)
         print(f"  {prof['clients']:,} clients, {prof['events']:,} events, {prof['attempts']:,} attempts; "
               f"heap mean {prof['heap_mean']:,.0f} entries at a pop, max {prof['heap_max']:,}")
