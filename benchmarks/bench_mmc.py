@@ -172,7 +172,9 @@ def child_ciw(T: float, seed: int) -> None:
 
     once(min(T, 50.0), seed)  # first-call costs, not measured
     r = once(T, seed)
-    r.update(ciw_version=ciw.__version__, ciw_file=ciw.__file__, import_s=import_s)
+    where = Path(ciw.__file__).resolve()  # relative to the checkout: no path of this machine in the results
+    r.update(ciw_version=ciw.__version__, ciw_file=str(where.relative_to(ROOT) if where.is_relative_to(ROOT) else
+                                                     where.name), import_s=import_s)
     print(json.dumps(r), flush=True)
 
 
