@@ -6,7 +6,6 @@ The steps of a client's life (episode, attempt, retry timer, ...) are in the loo
 
 from __future__ import annotations
 
-
 from sim.fast.jit import kernel
 from sim.fast.layout import (CL_GEN, CL_ORBITING, CONNECTING, GAVE_UP, L_ORBIT, OFFLINE, ONLINE, P_WIDTH,
                              PF_RECORDS, Q_NBINS, S_N0)

@@ -211,7 +211,7 @@ class Engine(EventActions):
 
     def _init_heap(self, pop, n: int, online: int, m: int) -> None:
         """Sessions of the clients online at t = 0 and offline times of the others, in time order
-        (placed in the event queue by `_place_start` once the parameters are set)."""
+        (placed in the event queue by `_init_params`, with `push_codes`, once P and S exist)."""
         times, ids, kinds = [np.empty(0)], [np.empty(0, dtype=np.int64)], [np.empty(0, dtype=np.int64)]
         for dist, lo, hi, kind in ((pop.session, 0, online, K_SESSION_END), (pop.offline, online, n, K_WANT)):
             if hi > lo and not dist.is_infinite:
@@ -223,8 +223,8 @@ class Engine(EventActions):
         t, a, k = np.concatenate(times), np.concatenate(ids), np.concatenate(kinds)
         order = np.argsort(t, kind="stable")
         self.start_entries = (t[order], a[order] * 16 + k[order])
-        # the event queue (`sim.fast.heap`): near heap, the ring's rows (a free list), their
-        # buckets, the overflow heap; each grows by doubling when the loop asks
+        # the event queue (`sim.fast.heap`): near heap, the ring's rows in chunks (the free ones a
+        # list), its buckets, the overflow heap; each grows by doubling when the loop asks
         self.H = np.zeros((4 * NEAR_MIN + 1024, 4))
         chunks = m // FAR_CHUNK + 1024
         self.F = np.zeros((chunks * FAR_CHUNK, 4))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 
-
 from sim import protections
 from sim.fast.clients import state_level, wake
 from sim.fast.heap import pop, push, settle, top_kind

@@ -8,33 +8,30 @@ from __future__ import annotations
 
 import math
 
-
 from sim.fast.jit import kernel
 from sim.fast.layout import (G_BELOW0, G_EVER0, G_LAST_UP0, G_LOWEST, G_LOWEST_AT, G_SHARE, G_SINCE, G_TAIL_MAX,
                              P_TAIL0, P_THR0, P_W_START, PF_RECORDS, REC_CB, REC_CS, REC_CT, REC_LB, REC_LS, REC_LV,
                              REC_S, REC_SCB, REC_SCS, REC_SCT, REC_WS)
-from sim.fast.profile import PROFILE, enter, leave
+from sim.fast.profile import enter, leave
 
 
 @kernel(inline="always")
 def level_add(rec, k, t, delta, width, nbins):
     """`sim.record.Level.add` over arrays: integrate the old value into bins and windows."""
-    mark = enter(rec[REC_S]) if PROFILE else (0, 0)  # nothing taken out of `rec` unless profiling
+    mark = enter(rec[REC_S])
     LV, LB, LS, WS = rec[REC_LV], rec[REC_LB], rec[REC_LS], rec[REC_WS]
     t0 = LV[k, 1]
     v = LV[k, 0]
     LV[k, 1] = t
     LV[k, 0] = v + delta
     if t <= t0:
-        if PROFILE:
-            leave(rec[REC_S], PF_RECORDS, mark)
+        leave(rec[REC_S], PF_RECORDS, mark)
         return
     for w in range(WS.shape[0]):
         if math.isnan(LS[k, w]) and WS[w] < t:
             LS[k, w] = LV[k, 2] + v * (WS[w] - t0)
     if v == 0:
-        if PROFILE:
-            leave(rec[REC_S], PF_RECORDS, mark)
+        leave(rec[REC_S], PF_RECORDS, mark)
         return
     LV[k, 2] += v * (t - t0)
     i = int(t0 / width)
@@ -46,14 +43,13 @@ def level_add(rec, k, t, delta, width, nbins):
         for b in range(i + 1, j):
             LB[k, b] += v * width
         LB[k, j] += v * (t - j * width)
-    if PROFILE:
-        leave(rec[REC_S], PF_RECORDS, mark)
+    leave(rec[REC_S], PF_RECORDS, mark)
 
 
 @kernel(inline="always")
 def count(rec, k, t, width, nbins):
     """`sim.record.Counter.add(t)`: an event at a window's start is in it."""
-    mark = enter(rec[REC_S]) if PROFILE else (0, 0)  # nothing taken out of `rec` unless profiling
+    mark = enter(rec[REC_S])
     WS, CT, CB, CS = rec[REC_WS], rec[REC_CT], rec[REC_CB], rec[REC_CS]
     for w in range(WS.shape[0]):
         if CS[k, w] < 0 and WS[w] <= t:
@@ -61,22 +57,20 @@ def count(rec, k, t, width, nbins):
     CT[k] += 1
     i = int(t / width)
     CB[k, i if i < nbins else nbins - 1] += 1
-    if PROFILE:
-        leave(rec[REC_S], PF_RECORDS, mark)
+    leave(rec[REC_S], PF_RECORDS, mark)
 
 
 @kernel(inline="always")
 def count_start(rec, k, t, width, nbins):
     """`sim.record.StartCounter.add(t)` with the steady window only."""
-    mark = enter(rec[REC_S]) if PROFILE else (0, 0)  # nothing taken out of `rec` unless profiling
+    mark = enter(rec[REC_S])
     WS, SCB, SCT, SCS = rec[REC_WS], rec[REC_SCB], rec[REC_SCT], rec[REC_SCS]
     SCT[k] += 1
     i = int(t / width)
     SCB[k, i if i < nbins else nbins - 1] += 1
     if t >= WS[0]:
         SCS[k] += 1
-    if PROFILE:
-        leave(rec[REC_S], PF_RECORDS, mark)
+    leave(rec[REC_S], PF_RECORDS, mark)
 
 
 @kernel(inline="always")

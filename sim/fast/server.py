@@ -8,7 +8,6 @@ freed there. CoDel (`[server.codel]`) acts in `dispatch`, on the rows of `pr` (`
 
 from __future__ import annotations
 
-
 from sim import protections
 from sim.fast.heap import push
 from numba.extending import register_jitable
